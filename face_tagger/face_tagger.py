@@ -25,6 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import cv2
 
@@ -93,19 +94,24 @@ def read_image(path: str | os.PathLike):
     return image
 
 
-def write_outputs(path: Path, image, boxes: list[list[int]]) -> list[Path]:
-    """Write ``<image>_tagged.jpg`` with the boxes drawn and ``<image>_tagged.dat`` with the count."""
+def write_outputs(path: Path, image, boxes: list[list[int]], out_dir: Path | None = None) -> list[Path]:
+    """Write ``<image>_tagged.jpg`` with the boxes drawn and ``<image>_tagged.dat`` with the count.
+
+    They go beside the image unless ``out_dir`` is given.
+    """
     for x, y, w, h in boxes:
         cv2.rectangle(image, (x, y), (x + w, y + h), (0, 255, 0), 2)
-    tagged_jpg = path.with_name(path.name + "_tagged.jpg")
-    tagged_dat = path.with_name(path.name + "_tagged.dat")
+    folder = out_dir or path.parent
+    tagged_jpg = folder / f"{path.name}_tagged.jpg"
+    tagged_dat = folder / f"{path.name}_tagged.dat"
     if not cv2.imwrite(str(tagged_jpg), image):
         raise ImageError(f"could not write {tagged_jpg}")
     tagged_dat.write_text(f"face_cnt\n{len(boxes)}\n")
     return [tagged_jpg, tagged_dat]
 
 
-def tag_image(detector: FaceDetector, path: Path, name: str | None = None) -> tuple[dict, list[Path]]:
+def tag_image(detector: FaceDetector, path: Path, name: str | None = None,
+              out_dir: Path | None = None) -> tuple[dict, list[Path]]:
     """Detect faces in one file; return its result record and the output files written.
 
     A bad image gives a record with ``status: "error"`` instead of an exception, so
@@ -120,7 +126,7 @@ def tag_image(detector: FaceDetector, path: Path, name: str | None = None) -> tu
         boxes = detector.detect(image)
         record.update(faces=len(boxes), boxes=boxes)
         if boxes:
-            outputs = write_outputs(path, image, boxes)
+            outputs = write_outputs(path, image, boxes, out_dir)
     except (ImageError, cv2.error) as exc:
         record.update(status="error", error=str(exc))
     record["seconds"] = round(time.perf_counter() - start, 4)
@@ -205,49 +211,66 @@ def aws_region(rescale_region: str | None) -> str:
     return "us-east-1"
 
 
+class Location(NamedTuple):
+    """Where one storage area lives: an S3 client with its credentials, a bucket and a key prefix."""
+
+    client: object
+    bucket: str
+    prefix: str
+
+
+def s3_client(credentials: dict, region: str | None = None):
+    """One S3 client for a chunk's transfers, with retries and enough connections for the thread pool."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session(
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
+    ).client("s3", region_name=aws_region(region),
+             config=Config(retries={"max_attempts": 6, "mode": "standard"}, max_pool_connections=TRANSFER_THREADS))
+
+
+def token_location(http, token_url: str) -> Location:
+    """Ask one storage-token endpoint and turn its answer into a Location."""
+    response = http.get(token_url, timeout=30)
+    if not response.ok:
+        raise UsageError(f"storage token request failed: HTTP {response.status_code} for {token_url}")
+    body = response.json()
+    bucket, _, prefix = body["storagePath"].removeprefix("s3://").partition("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return Location(s3_client(body["credentials"], body.get("region")), bucket, prefix)
+
+
 class HtcStorage:
-    """Project shared storage and task storage, reached the way a job container can.
+    """Project shared storage (inputs) and task storage (results) for one job."""
 
-    The job's bearer token buys short-lived storage credentials from the HTC API;
-    boto3 then moves the objects (and honours ``AWS_ENDPOINT_URL_S3`` when set).
-    """
+    def __init__(self, shared: Location, task: Location):
+        self.shared, self.task = shared, task
 
-    def __init__(self, api_url: str, token: str, project_id: str, task_id: str):
-        import boto3
+    @classmethod
+    def from_api(cls, api_url: str, token: str, project_id: str, task_id: str) -> "HtcStorage":
+        """Reach storage the way a job container can.
+
+        The job's bearer token buys short-lived storage credentials from the HTC API;
+        boto3 then moves the objects (and honours ``AWS_ENDPOINT_URL_S3`` when set).
+        """
         import requests
-        from botocore.config import Config
         from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
 
-        self._boto3 = boto3
-        self._boto_config = Config(retries={"max_attempts": 6, "mode": "standard"},
-                                   max_pool_connections=TRANSFER_THREADS)
-        self.http = requests.Session()
+        http = requests.Session()
         retry = Retry(total=5, backoff_factor=0.5, backoff_jitter=0.5,
                       status_forcelist=(429, 500, 502, 503, 504), respect_retry_after_header=True)
-        self.http.mount("http://", HTTPAdapter(max_retries=retry))
-        self.http.mount("https://", HTTPAdapter(max_retries=retry))
-        self.http.headers["Authorization"] = f"Bearer {token}"
+        http.mount("http://", HTTPAdapter(max_retries=retry))
+        http.mount("https://", HTTPAdapter(max_retries=retry))
+        http.headers["Authorization"] = f"Bearer {token}"
         base = f"{api_url.rstrip('/')}/htc/projects/{project_id}"
-        self.shared = self._location(f"{base}/storage/token")
-        self.task = self._location(f"{base}/tasks/{task_id}/storage/token")
-
-    def _location(self, token_url: str) -> tuple:
-        """(client, bucket, prefix) for one storage token endpoint."""
-        response = self.http.get(token_url, timeout=30)
-        if not response.ok:
-            raise UsageError(f"storage token request failed: HTTP {response.status_code} for {token_url}")
-        body = response.json()
-        creds = body["credentials"]
-        client = self._boto3.session.Session(
-            aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
-            aws_session_token=creds.get("AWS_SESSION_TOKEN"),
-        ).client("s3", region_name=aws_region(body.get("region")), config=self._boto_config)
-        bucket, _, prefix = body["storagePath"].removeprefix("s3://").partition("/")
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        return client, bucket, prefix
+        with http:
+            return cls(token_location(http, f"{base}/storage/token"),
+                       token_location(http, f"{base}/tasks/{task_id}/storage/token"))
 
     def read_shared_text(self, key: str) -> str:
         client, bucket, prefix = self.shared
@@ -279,11 +302,13 @@ class HtcStorage:
             list(pool.map(lambda pair: client.upload_file(str(pair[0]), bucket, prefix + pair[1]), files))
 
 
-def run_local(detector: FaceDetector, paths: list[str], as_json: bool) -> int:
+def run_local(detector: FaceDetector, paths: list[str], as_json: bool, out_dir: Path | None = None) -> int:
     """Tag files on disk, one line (or JSON object) per image; exit 1 if any image failed."""
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
     for name in paths:
-        record, _ = tag_image(detector, Path(name), name)
+        record, _ = tag_image(detector, Path(name), name, out_dir)
         failed += record["status"] != "ok"
         if as_json:
             print(json.dumps({k: record[k] for k in ("image", "faces", "boxes", "seconds", "status", "error")}))
@@ -328,7 +353,7 @@ def required_env(*names: str) -> dict[str, str]:
 
 def storage_from_env() -> HtcStorage:
     env = required_env("RESCALE_HTC_BEARER_TOKEN", "RESCALE_HTC_PROJECT_ID", "RESCALE_HTC_TASK_ID")
-    return HtcStorage(os.environ.get("RESCALE_HTC_API_URL") or DEFAULT_API_URL,
+    return HtcStorage.from_api(os.environ.get("RESCALE_HTC_API_URL") or DEFAULT_API_URL,
                       env["RESCALE_HTC_BEARER_TOKEN"], env["RESCALE_HTC_PROJECT_ID"], env["RESCALE_HTC_TASK_ID"])
 
 
@@ -377,6 +402,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="*", help="local image files (local mode)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.add_argument("--output-dir", type=Path, help="write the tagged files here instead of beside each image")
     # A string default goes through type=float too, so a bad SCALE_FACTOR gets argparse's clear error.
     parser.add_argument("--scale-factor", type=float,
                         default=os.environ.get("SCALE_FACTOR", str(DEFAULT_SCALE_FACTOR)),
@@ -395,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("HTC_INPUT_IMAGE"):
             return run_single(detector, args.images)
         if args.images:
-            return run_local(detector, args.images, args.json)
+            return run_local(detector, args.images, args.json, args.output_dir)
         return run_batch(detector)
     except UsageError as exc:
         print(f"face_tagger: error: {exc}", file=sys.stderr)
