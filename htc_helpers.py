@@ -1,0 +1,678 @@
+"""Helpers for the Rescale HTC REST API: the repetitive parts of a long HTC run.
+
+``HtcSession`` is a ``requests.Session`` that authenticates itself, renews its
+bearer token, sets timeouts, retries transient failures and raises typed errors,
+so API calls can stay short and visible::
+
+    session = HtcSession(api_url, api_key)
+    regions = session.get(f"{api_url}/htc/regions").json()
+
+Everything else is a plain function that takes the session and the ids it needs:
+paging, polling, logs, job statistics, storage transfers and result aggregation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
+from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
+
+import boto3
+import botocore.session
+import pandas as pd
+import plotly.express as px
+import requests
+from botocore.config import Config
+from botocore.credentials import CredentialResolver, RefreshableCredentials
+from requests.adapters import HTTPAdapter
+from tqdm import tqdm
+from urllib3.util.retry import Retry
+
+JOB_STATUSES = (
+    "SUBMITTED_TO_RESCALE", "SUBMITTED_TO_PROVIDER", "RUNNABLE", "STARTING", "RUNNING",
+    "SUCCEEDED", "FAILED", "POD_SUCCEEDED", "POD_FAILED",
+)
+TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "POD_SUCCEEDED", "POD_FAILED"})
+FAILED_STATUSES = frozenset({"FAILED", "POD_FAILED"})
+# The platform refreshes job statuses every 30 s; polling faster only adds load.
+STATUS_REFRESH_SECONDS = 30
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+RESULT_COLUMNS = ["image", "faces", "status", "error", "seconds", "boxes", "scale_factor", "job", "source"]
+
+
+# --- errors ------------------------------------------------------------------------------
+
+class HtcError(Exception):
+    """An HTC API call failed. ``status`` is the HTTP status; ``description`` the server's explanation."""
+
+    def __init__(self, message: str, *, status: int | None = None, method: str | None = None,
+                 url: str | None = None, description: str | None = None):
+        super().__init__(message)
+        self.status, self.method, self.url, self.description = status, method, url, description
+
+
+class HtcBadRequest(HtcError):
+    """400: the request was invalid; ``description`` holds the server's ``errorDescription``."""
+
+
+class HtcUnauthorized(HtcError):
+    """401: the API key is wrong, or the bearer token expired and could not be renewed."""
+
+
+class HtcForbidden(HtcError):
+    """403: valid credentials without access to this resource."""
+
+
+class HtcNotFound(HtcError):
+    """404: no such project, task, job or object."""
+
+
+class HtcRateLimited(HtcError):
+    """429 that persisted through every retry."""
+
+
+class HtcServerError(HtcError):
+    """5xx that persisted through every retry (or a non-idempotent call that was not retried)."""
+
+
+class HtcTimeoutError(HtcError, TimeoutError):
+    """A wait gave up; ``history`` holds what was observed until then, when there is any."""
+
+    def __init__(self, message: str, history: pd.DataFrame | None = None):
+        super().__init__(message)
+        self.history = history
+
+
+_ERRORS = {400: HtcBadRequest, 401: HtcUnauthorized, 403: HtcForbidden, 404: HtcNotFound, 429: HtcRateLimited}
+
+
+def _raise_for_status(response: requests.Response) -> None:
+    if response.ok:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        # HTCRequestError and OAuth2ErrorResponse use errorDescription; other bodies vary.
+        description = next((str(body[k]) for k in ("errorDescription", "message", "detail", "error")
+                            if body.get(k)), None)
+    else:
+        description = response.text[:500] or None
+    method = response.request.method
+    # The URL carries ids and query parameters only: credentials travel in headers, never in URLs.
+    message = f"HTTP {response.status_code} {response.reason} for {method} {response.url}"
+    if description:
+        message += f": {description}"
+    status = response.status_code
+    cls = HtcServerError if status >= 500 else _ERRORS.get(status, HtcError)
+    raise cls(message, status=status, method=method, url=response.url, description=description)
+
+
+# --- session -----------------------------------------------------------------------------
+
+class _HtcRetry(Retry):
+    """urllib3's Retry, except that a POST is also retried on 429.
+
+    A 429 means the server turned the request away before doing anything, so even
+    a job submission can be sent again. A POST that got a 5xx or a read timeout is
+    not retried: ``jobs/batch`` may already have created the jobs, and sending it
+    again would run them twice.
+    """
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if method.upper() == "POST" and status_code == 429:
+            return True
+        return super().is_retry(method, status_code, has_retry_after)
+
+
+class HtcSession(requests.Session):
+    """A ``requests.Session`` for one HTC API base URL.
+
+    * gets a bearer token from the API key, renews it ``refresh_margin`` seconds
+      (at most a tenth of its lifetime) before it expires, and once more after a 401;
+    * inside a job, without a key, uses ``$RESCALE_HTC_BEARER_TOKEN`` as it is;
+    * takes absolute URLs or paths relative to the base URL;
+    * applies ``timeout`` (connect, read) to every request;
+    * retries connection errors, 429 and 5xx with exponential backoff and jitter,
+      honouring ``Retry-After`` (POST only on 429, see ``_HtcRetry``);
+    * raises a typed ``HtcError`` for every non-2xx response.
+
+    Example: ``session = HtcSession(config.htc_api_url(), api_key)``
+    """
+
+    def __init__(self, api_url: str, api_key: str | None = None, *, bearer_token: str | None = None,
+                 timeout: tuple[float, float] = (10, 60), max_retries: int = 6,
+                 backoff_factor: float = 1.0, backoff_max: float = 60.0, refresh_margin: float = 300.0):
+        super().__init__()
+        self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
+        self.refresh_margin = refresh_margin
+        if api_key is None and bearer_token is None:
+            bearer_token = os.environ.get("RESCALE_HTC_BEARER_TOKEN")
+            if not bearer_token:
+                raise ValueError("HtcSession needs an API key, or RESCALE_HTC_BEARER_TOKEN inside an HTC job")
+        self._api_key = api_key
+        self._token = bearer_token
+        # A job token is used as given: there is no key to renew it with.
+        self._renew_at = float("inf") if api_key is None else 0.0
+        self._token_lock = threading.Lock()
+        retry = _HtcRetry(
+            total=max_retries, connect=max_retries, read=max_retries, status=max_retries, other=0,
+            backoff_factor=backoff_factor, backoff_max=backoff_max, backoff_jitter=backoff_factor,
+            status_forcelist=RETRY_STATUSES, allowed_methods=Retry.DEFAULT_ALLOWED_METHODS,
+            respect_retry_after_header=True, retry_after_max=int(backoff_max * 5),
+            # Hand the last 429/5xx back instead of raising MaxRetryError, so it becomes a typed error.
+            raise_on_status=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry)
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+
+    def __repr__(self) -> str:
+        return f"<HtcSession {self.api_url} ({'API key' if self._api_key else 'job token'})>"
+
+    def bearer_token(self) -> str:
+        """The current bearer token, renewed first when it is about to expire.
+
+        Example: ``env["RESCALE_HTC_BEARER_TOKEN"] = session.bearer_token()``
+        """
+        with self._token_lock:
+            if self._token is None or time.monotonic() >= self._renew_at:
+                self._renew_token()
+            return self._token
+
+    def _renew_token(self) -> None:
+        started = time.monotonic()
+        response = super().request("GET", f"{self.api_url}/auth/token", timeout=self.timeout,
+                                   headers={"Authorization": f"Token {self._api_key}"})
+        _raise_for_status(response)
+        body = response.json()
+        lifetime = float(body["expiresIn"])
+        self._token = body["tokenValue"]
+        self._renew_at = started + lifetime - min(self.refresh_margin, lifetime / 10)
+
+    def _is_api_url(self, url: str) -> bool:
+        # The bearer token goes only to the API itself, never to another host a URL may point at.
+        return url == self.api_url or url.startswith(self.api_url + "/")
+
+    def request(self, method, url, params=None, data=None, headers=None, **kwargs):
+        """Send a request; relative ``url`` is joined to the base URL. Raises ``HtcError`` on non-2xx."""
+        if not urlsplit(url).scheme:
+            url = f"{self.api_url}/{url.lstrip('/')}"
+        kwargs.setdefault("timeout", self.timeout)
+        if not self._is_api_url(url):
+            response = super().request(method, url, params, data, headers, **kwargs)
+        else:
+            response = self._send_with_token(method, url, params, data, headers or {}, kwargs)
+        _raise_for_status(response)
+        return response
+
+    def _send_with_token(self, method, url, params, data, headers, kwargs):
+        token = self.bearer_token()
+        response = super().request(method, url, params, data,
+                                   {**headers, "Authorization": f"Bearer {token}"}, **kwargs)
+        if response.status_code == 401 and self._api_key is not None:
+            # The token was revoked or the clocks disagree: renew once and try again.
+            with self._token_lock:
+                if self._token == token:
+                    self._renew_token()
+                token = self._token
+            response = super().request(method, url, params, data,
+                                       {**headers, "Authorization": f"Bearer {token}"}, **kwargs)
+        return response
+
+
+# --- paging, polling, logs ---------------------------------------------------------------
+
+def _next_request(current_url: str, next_url: str, params: dict) -> tuple[str, dict]:
+    """The URL and parameters for the page ``next`` points at, each parameter once."""
+    parts = urlsplit(urljoin(current_url, next_url))
+    merged = dict(params)
+    # ``next`` wins (it carries the new pageIndex); filters it leaves out are kept from the first call.
+    merged.update(parse_qs(parts.query, keep_blank_values=True))
+    return urlunsplit(parts._replace(query="")), merged
+
+
+def paginate(session: HtcSession, url: str, params: dict | None = None, *, max_items: int | None = None) -> list:
+    """All items of a list endpoint, following ``next`` to the end or until ``max_items``.
+
+    Example: ``tasks = paginate(session, f"/htc/projects/{project_id}/tasks", {"pageSize": 500})``
+    """
+    items: list = []
+    params = dict(params or {})
+    while max_items is None or len(items) < max_items:
+        response = session.get(url, params=params)
+        body = response.json()
+        if isinstance(body, list):  # e.g. tasks/{id}/groups answers with a bare list
+            items.extend(body)
+            break
+        page = body.get("items") or []
+        items.extend(page)
+        if not body.get("next") or not page:
+            break
+        url, params = _next_request(response.url, body["next"], params)
+    return items if max_items is None else items[:max_items]
+
+
+def _timestamp(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _pause(interval: float, deadline: float | None, timeout_error) -> float:
+    """How long to sleep before the next poll: ``interval``, cut short by the deadline, which raises once reached."""
+    if deadline is None:
+        return interval
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise timeout_error()
+    return min(interval, left)
+
+
+def wait_for_job(session: HtcSession, project_id: str, task_id: str, job_id: str, *,
+                 interval: float = STATUS_REFRESH_SECONDS, timeout: float | None = None) -> dict:
+    """Poll a job instance's events until its latest status is terminal; return that event.
+
+    Example: ``event = wait_for_job(session, project_id, task_id, f"{parent_job_id}:0")``
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    url = f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/events"
+    while True:
+        events = paginate(session, url, {"pageSize": 500})
+        latest = max(events, key=lambda e: _timestamp(e["dateTime"]), default=None)
+        if latest is not None and latest["status"] in TERMINAL_STATUSES:
+            return latest
+        time.sleep(_pause(interval, deadline, lambda: HtcTimeoutError(
+            f"job {job_id} still not finished after {timeout} s "
+            f"(status: {latest['status'] if latest else 'no events yet'})")))
+
+
+def get_logs(session: HtcSession, project_id: str, task_id: str, job_id: str) -> list[dict]:
+    """Every log line of a job instance, oldest first, as ``{"timestamp", "message"}`` dicts.
+
+    Example: ``for line in get_logs(session, pid, tid, job_id): print(line["message"])``
+    """
+    return paginate(session, f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs",
+                    {"sort": "asc", "pageSize": 1000})
+
+
+# --- job statistics ----------------------------------------------------------------------
+
+def get_all_jobs(session: HtcSession, project_id: str, task_id: str, group: str | None = None,
+                 status: str | None = None, view_type: str = "SIMPLE") -> list[dict]:
+    """Every job of a task, optionally only one group and/or one status.
+
+    Example: ``failed = get_all_jobs(session, pid, tid, group, status="FAILED")``
+    """
+    params = {"viewType": view_type, "pageSize": 500}
+    if group is not None:
+        params["group"] = group
+    if status is not None:
+        params["status"] = status
+    return paginate(session, f"/htc/projects/{project_id}/tasks/{task_id}/jobs", params)
+
+
+def status_counts(jobs: list[dict]) -> dict[str, int]:
+    """Jobs per status: all nine known statuses (zero when absent) plus any new ones the API adds.
+
+    Example: ``status_counts(get_all_jobs(session, pid, tid, group))["SUCCEEDED"]``
+    """
+    counts = dict.fromkeys(JOB_STATUSES, 0)
+    counts.update(Counter(job["status"] for job in jobs))
+    return counts
+
+
+def failure_summary(jobs: list[dict]) -> dict[str, int]:
+    """How many failed jobs share each ``"failureCode: statusReason"``, most frequent first.
+
+    Example: ``failure_summary(get_all_jobs(session, pid, tid, group, status="FAILED"))``
+    """
+    reasons = Counter(f"{job.get('failureCode')}: {job.get('statusReason')}"
+                      for job in jobs if job["status"] in FAILED_STATUSES)
+    return dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def group_status_counts(session: HtcSession, project_id: str, task_id: str, group: str) -> dict[str, int]:
+    """Jobs per status in one group, from ``group-summary-statistics`` (all zero before it appears).
+
+    Example: ``group_status_counts(session, pid, tid, group)["RUNNING"]``
+    """
+    counts = dict.fromkeys(JOB_STATUSES, 0)
+    items = paginate(session, f"/htc/projects/{project_id}/tasks/{task_id}/group-summary-statistics",
+                     {"group": group})
+    for item in items:
+        if item.get("group") in (None, group):
+            for status, n in (item.get("jobStatuses") or {}).items():
+                counts[status] = counts.get(status, 0) + int(n or 0)
+    return counts
+
+
+def _all_terminal(counts: dict[str, int], expected_jobs: int | None) -> bool:
+    total = sum(counts.values())
+    done = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
+    return total > 0 and done == total and total >= (expected_jobs or 0)
+
+
+def _watch_group(session, project_id, task_id, group, stop, *, expected_jobs, interval, timeout, progress):
+    """Poll group statistics until ``stop(counts)``; return the history and the last counts."""
+    rows: list[tuple] = []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with tqdm(total=expected_jobs, desc=group, unit="job", disable=not progress) as bar:
+        while True:
+            counts = group_status_counts(session, project_id, task_id, group)
+            now = pd.Timestamp.now(tz="UTC")
+            rows += [(now, status, n) for status, n in counts.items()]
+            bar.total = max(sum(counts.values()), expected_jobs or 0)
+            bar.n = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
+            bar.set_postfix_str(", ".join(f"{s}={n}" for s, n in counts.items() if n))
+            history = pd.DataFrame(rows, columns=["time", "status", "count"])
+            if stop(counts):
+                return history, counts
+            time.sleep(_pause(interval, deadline, lambda: HtcTimeoutError(
+                f"group {group!r} not finished after {timeout} s: {counts}", history)))
+
+
+def monitor_group(session: HtcSession, project_id: str, task_id: str, group: str, *,
+                  expected_jobs: int | None = None, interval: float = STATUS_REFRESH_SECONDS,
+                  timeout: float | None = None, progress: bool = True) -> pd.DataFrame:
+    """Wait until every job of a group is terminal; return status counts over time.
+
+    The result has columns ``time``, ``status``, ``count`` (one row per status per poll).
+    Example: ``history = monitor_group(session, pid, tid, group, expected_jobs=1000)``
+    """
+    history, _ = _watch_group(session, project_id, task_id, group,
+                              lambda counts: _all_terminal(counts, expected_jobs),
+                              expected_jobs=expected_jobs, interval=interval, timeout=timeout, progress=progress)
+    return history
+
+
+def plot_status_history(history: pd.DataFrame, title: str = "Job statuses over time"):
+    """A plotly line chart of ``monitor_group``'s result; statuses that stayed at zero are left out.
+
+    Example: ``plot_status_history(history).show()``
+    """
+    seen = history.groupby("status")["count"].transform("max") > 0
+    order = [s for s in JOB_STATUSES if s in set(history["status"])]
+    order += sorted(set(history["status"]) - set(order))
+    # A linear axis: a log axis would hide the zero counts that show a status emptying out.
+    return px.line(history[seen], x="time", y="count", color="status", markers=True, title=title,
+                   category_orders={"status": order})
+
+
+def cancel_group(session: HtcSession, project_id: str, task_id: str, group: str) -> None:
+    """Ask the platform to cancel every job of one group (best effort).
+
+    Example: ``cancel_group(session, pid, tid, group)``
+    """
+    if not group:
+        # Without ?group= the endpoint cancels every job in the task.
+        raise ValueError("cancel_group needs a group name")
+    session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/cancel", params={"group": group})
+
+
+def monitor_for_cancellation(session: HtcSession, project_id: str, task_id: str, group: str, *,
+                             max_failed_ratio: float = 0.15, min_finished: int = 1,
+                             expected_jobs: int | None = None, interval: float = STATUS_REFRESH_SECONDS,
+                             timeout: float | None = None, progress: bool = True) -> tuple[bool, pd.DataFrame]:
+    """Watch a group; once more than ``max_failed_ratio`` of its finished jobs failed, cancel it.
+
+    After a cancellation it waits for the group to settle. Returns ``(cancelled, history)``.
+    Example: ``cancelled, history = monitor_for_cancellation(session, pid, tid, group, max_failed_ratio=0.15)``
+    """
+    def too_many_failures(counts):
+        finished = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
+        failed = sum(n for s, n in counts.items() if s in FAILED_STATUSES)
+        return finished >= min_finished and failed / finished > max_failed_ratio
+
+    started = time.monotonic()
+    history, counts = _watch_group(
+        session, project_id, task_id, group,
+        lambda c: _all_terminal(c, expected_jobs) or too_many_failures(c),
+        expected_jobs=expected_jobs, interval=interval, timeout=timeout, progress=progress)
+    if _all_terminal(counts, expected_jobs) or not too_many_failures(counts):
+        return False, history
+    cancel_group(session, project_id, task_id, group)
+    remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+    try:
+        settled = monitor_group(session, project_id, task_id, group, expected_jobs=expected_jobs,
+                                interval=interval, timeout=remaining, progress=progress)
+    except HtcTimeoutError as exc:
+        exc.history = pd.concat([history, exc.history], ignore_index=True)
+        raise
+    return True, pd.concat([history, settled], ignore_index=True)
+
+
+# --- storage -----------------------------------------------------------------------------
+
+def project_storage_token(session: HtcSession, project_id: str, region: str | None = None) -> dict:
+    """Short-lived credentials for the project's shared storage (secret: don't print them).
+
+    Example: ``token = project_storage_token(session, pid, "AWS_EU_WEST_1")``
+    """
+    suffix = f"/{region}" if region else ""
+    return session.get(f"/htc/projects/{project_id}/storage/token{suffix}").json()
+
+
+def task_storage_token(session: HtcSession, project_id: str, task_id: str, region: str | None = None) -> dict:
+    """Short-lived credentials for one task's storage (secret: don't print them).
+
+    Example: ``token = task_storage_token(session, pid, tid)``
+    """
+    suffix = f"/{region}" if region else ""
+    return session.get(f"/htc/projects/{project_id}/tasks/{task_id}/storage/token{suffix}").json()
+
+
+def _aws_region(rescale_region: str | None) -> str | None:
+    """``AWS_EU_WEST_1`` -> ``eu-west-1``."""
+    if rescale_region and rescale_region.startswith("AWS_"):
+        return rescale_region[4:].lower().replace("_", "-")
+    return None
+
+
+def _credential_metadata(token: dict) -> dict:
+    creds = token["credentials"]
+    return {"access_key": creds["AWS_ACCESS_KEY_ID"], "secret_key": creds["AWS_SECRET_ACCESS_KEY"],
+            "token": creds.get("AWS_SESSION_TOKEN"), "expiry_time": token["expiration"]}
+
+
+def _s3(session: HtcSession, project_id: str, task_id: str | None, region: str | None, workers: int = 8):
+    """An S3 client on a storage token's credentials, renewed before they expire; with bucket and key prefix."""
+    def fetch():
+        if task_id is None:
+            return project_storage_token(session, project_id, region)
+        return task_storage_token(session, project_id, task_id, region)
+
+    token = fetch()
+    if token.get("provider", "AWS") != "AWS":
+        raise NotImplementedError(f"only AWS storage is supported here, not {token['provider']}")
+    path = token.get("storagePath") or (token["projectSharedStoragePath"] if task_id is None else None)
+    if not path:
+        raise HtcError("the task storage token has no storagePath")
+    bucket, _, prefix = path.removeprefix("s3://").partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+
+    lifetime = (_timestamp(token["expiration"]) - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    # botocore asks for new credentials this long before expiry (15 and 10 min by default,
+    # scaled down for short-lived tokens so they are not renewed on every call).
+    credentials = RefreshableCredentials.create_from_metadata(
+        _credential_metadata(token), lambda: _credential_metadata(fetch()), "htc-storage-token",
+        advisory_timeout=min(900, max(lifetime, 0) / 4), mandatory_timeout=min(600, max(lifetime, 0) / 8))
+    botocore_session = botocore.session.get_session()
+    # A resolver with our single source replaces botocore's default chain (env, ~/.aws, ...).
+    botocore_session.register_component(
+        "credential_provider",
+        CredentialResolver([SimpleNamespace(METHOD="htc-storage-token", load=lambda: credentials)]))
+    # The endpoint comes from AWS_ENDPOINT_URL_S3 when that is set (the local emulator sets it).
+    client = boto3.session.Session(botocore_session=botocore_session).client(
+        "s3", region_name=_aws_region(token.get("region")),
+        config=Config(retries={"mode": "standard", "max_attempts": 6}, max_pool_connections=max(10, workers)))
+    return client, bucket, prefix
+
+
+def _list(client, bucket: str, prefix: str, under: str = "") -> list[dict]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + under)
+    return [{"key": obj["Key"][len(prefix):], "last_modified": obj["LastModified"], "size": obj["Size"]}
+            for page in pages for obj in page.get("Contents", [])]
+
+
+def list_objects(session: HtcSession, project_id: str, task_id: str | None = None, *,
+                 prefix: str = "", region: str | None = None) -> list[str]:
+    """Object keys, relative to the storage path, of a task's storage (or shared storage without a task).
+
+    Example: ``[k for k in list_objects(session, pid, tid) if k.endswith(".dat")]``
+    """
+    client, bucket, base = _s3(session, project_id, task_id, region)
+    return [obj["key"] for obj in _list(client, bucket, base, prefix)]
+
+
+def _transfer(fn, items: list, workers: int, progress: bool, desc: str) -> list:
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(items), desc=desc, unit="file",
+                                                    disable=not progress) as bar:
+        results = []
+        for result in pool.map(fn, items):
+            results.append(result)
+            bar.update()
+    return results
+
+
+def upload_files(session: HtcSession, project_id: str, source, task_id: str | None = None, *,
+                 prefix: str = "", region: str | None = None, workers: int = 8, progress: bool = True) -> list[str]:
+    """Upload a directory (keys relative to it) or a list of files (keys are their names); return the keys.
+
+    Without ``task_id`` the files go to project shared storage.
+    Example: ``upload_files(session, pid, "data/images")``
+    """
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        root = Path(source)
+        pairs = [(p, prefix + p.relative_to(root).as_posix()) for p in sorted(root.rglob("*")) if p.is_file()]
+    else:
+        pairs = [(Path(p), prefix + Path(p).name) for p in ([source] if isinstance(source, (str, os.PathLike))
+                                                              else source)]
+    client, bucket, base = _s3(session, project_id, task_id, region, workers)
+
+    def put(pair):
+        client.upload_file(str(pair[0]), bucket, base + pair[1])
+        return pair[1]
+
+    return _transfer(put, pairs, workers, progress, "upload")
+
+
+def _safe_key(key: str) -> str:
+    if not key or key.startswith("/") or ".." in PurePosixPath(key).parts or "\\" in key:
+        raise ValueError(f"refusing object key that would leave the target directory: {key!r}")
+    return key
+
+
+def download_files(session: HtcSession, project_id: str, keys: list[str], dest, task_id: str | None = None, *,
+                   region: str | None = None, workers: int = 8, progress: bool = True) -> list[Path]:
+    """Download objects (keys relative to the storage path) into ``dest``; return the local paths.
+
+    Example: ``download_files(session, pid, ["000000367818.jpg_tagged.jpg"], "output", tid)``
+    """
+    dest = Path(dest)
+    keys = [_safe_key(k) for k in keys]
+    client, bucket, base = _s3(session, project_id, task_id, region, workers)
+
+    def get(key):
+        local = dest / key
+        local.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, base + key, str(local))
+        return local
+
+    return _transfer(get, keys, workers, progress, "download")
+
+
+# --- results -----------------------------------------------------------------------------
+
+def _parse_image_list(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_image_list(session: HtcSession, project_id: str, key: str = "image_list.dat",
+                    region: str | None = None) -> list[str]:
+    """The image keys listed in a file in project shared storage, one a line, blank lines skipped.
+
+    Example: ``images = read_image_list(session, pid)``
+    """
+    client, bucket, base = _s3(session, project_id, None, region)
+    return _parse_image_list(client.get_object(Bucket=bucket, Key=base + key)["Body"].read().decode())
+
+
+def _dat_faces(key: str, text: str) -> int:
+    lines = text.split()
+    if len(lines) != 2 or lines[0] != "face_cnt" or not lines[1].isdigit():
+        raise ValueError(f"{key} is not a face count file ('face_cnt' then a number)")
+    return int(lines[1])
+
+
+def collect_results(session: HtcSession, project_id: str, task_id: str, *, region: str | None = None,
+                    workers: int = 8) -> pd.DataFrame:
+    """Gather the workers' results from task storage into one row per image.
+
+    Reads every ``manifests/*.jsonl``; images that no manifest mentions but that have a
+    ``<image>_tagged.dat`` (a worker that died before writing its manifest) come from that file.
+    When an image appears more than once, a successful record wins over a failed one,
+    then the newest manifest. Columns: ``RESULT_COLUMNS``.
+    Example: ``results = collect_results(session, pid, tid)``
+    """
+    client, bucket, base = _s3(session, project_id, task_id, region, workers)
+    objects = _list(client, bucket, base)
+    manifests = [o for o in objects if o["key"].startswith("manifests/") and o["key"].endswith(".jsonl")]
+    dats = [o for o in objects if o["key"].endswith("_tagged.dat")]
+
+    def read(obj):
+        return client.get_object(Bucket=bucket, Key=base + obj["key"])["Body"].read().decode()
+
+    with ThreadPoolExecutor(workers) as pool:
+        manifest_texts = list(pool.map(read, manifests))
+        records = []
+        for obj, text in zip(manifests, manifest_texts):
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise ValueError(f"{obj['key']} line {n} is not JSON") from None
+                records.append({**record, "source": obj["key"], "_modified": obj["last_modified"]})
+        reported = {r["image"] for r in records}
+        orphans = [o for o in dats if o["key"].removesuffix("_tagged.dat") not in reported]
+        for obj, text in zip(orphans, pool.map(read, orphans)):
+            records.append({"image": obj["key"].removesuffix("_tagged.dat"), "faces": _dat_faces(obj["key"], text),
+                            "status": "ok", "source": obj["key"], "_modified": obj["last_modified"]})
+
+    df = pd.DataFrame(records, columns=RESULT_COLUMNS + ["_modified"])
+    df["_ok"] = df["status"] == "ok"
+    df = (df.sort_values(["_ok", "_modified"], kind="stable")
+            .drop_duplicates("image", keep="last")
+            .drop(columns=["_ok", "_modified"])
+            .sort_values("image", ignore_index=True))
+    df["faces"] = df["faces"].astype("Int64")
+    return df
+
+
+def find_max_faces(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows with the highest face count (all of them on a tie); empty when no image has a face.
+
+    Example: ``find_max_faces(results)[["image", "faces"]]``
+    """
+    ok = results[(results["status"] == "ok") & results["faces"].notna()]
+    if ok.empty or ok["faces"].max() < 1:
+        return results.iloc[0:0]
+    return ok[ok["faces"] == ok["faces"].max()].sort_values("image", ignore_index=True)
+
+
+def missing_results(images: list[str], results: pd.DataFrame) -> list[str]:
+    """The input images without a successful result, in input order: the completeness check.
+
+    Example: ``assert not missing_results(read_image_list(session, pid), results)``
+    """
+    done = set(results.loc[results["status"] == "ok", "image"])
+    return [image for image in dict.fromkeys(images) if image not in done]
