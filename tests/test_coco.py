@@ -21,6 +21,7 @@ def served_file(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/archive.zip", (root / "archive.zip").read_bytes()
     server.shutdown()
+    server.server_close()
 
 
 def test_download_keeps_a_file_whose_checksum_matches(served_file, tmp_path):
