@@ -1,0 +1,160 @@
+"""API keys and bearer tokens: the emulator signs its own JWTs.
+
+A user token (from ``GET /auth/token``) reaches everything the API key's
+owner can. A job token, injected into each running job as
+``RESCALE_HTC_BEARER_TOKEN``, reaches only its own project and task, which
+is how the platform limits what a job can do with a leaked token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+
+ISSUER = "htc-emulator"
+ALGORITHM = "HS256"
+USER_ID = "emulator-user"
+USER_EMAIL = "user@htc-emulator.invalid"
+WORKSPACE_ID = "emulator-workspace"
+WORKSPACE_NAME = "HTC emulator workspace"
+ORGANIZATION_CODE = "emulator-org"
+
+# Claims the emulator sets itself; a job's user-defined ``claims`` may not
+# replace them, or a job could widen its own scope.
+RESERVED_CLAIMS = frozenset(
+    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "groups", "tokenType",
+     "workspaceId", "projectId", "taskId", "jobId"}
+)
+
+
+class AuthenticationError(Exception):
+    """The credentials are missing, malformed, wrong or expired (HTTP 401)."""
+
+
+class PermissionDenied(Exception):
+    """Valid credentials, but not for this resource (HTTP 403)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the user, or one job acting with its job token."""
+
+    kind: str  # "user" or "job"
+    subject: str
+    project_id: str | None = None
+    task_id: str | None = None
+    job_id: str | None = None
+
+    @property
+    def is_job(self) -> bool:
+        return self.kind == "job"
+
+    def require_scope(self, project_id: str | None, task_id: str | None = None) -> None:
+        """Refuse a job token outside its own project and task.
+
+        Routes that name no project (regions, storage options, the project
+        list) have ``project_id=None`` and are closed to job tokens.
+        """
+        if not self.is_job:
+            return
+        if project_id is None or project_id != self.project_id:
+            raise PermissionDenied("job tokens may only access their own project")
+        if task_id is not None and task_id != self.task_id:
+            raise PermissionDenied("job tokens may only access their own task")
+
+
+class TokenAuthority:
+    """Checks the API key and issues and verifies HS256 JWTs."""
+
+    def __init__(self, api_key: str, token_lifetime: int = 21600) -> None:
+        if token_lifetime <= 0:
+            raise ValueError("token_lifetime must be positive")
+        self._api_key = api_key
+        self.token_lifetime = int(token_lifetime)
+        # 32 random bytes: PyJWT warns about shorter HMAC keys.
+        self._secret = secrets.token_bytes(32)
+
+    def check_api_key(self, authorization: str | None) -> None:
+        """Accept only ``Authorization: Token <api key>``."""
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() != "token" or not value.strip():
+            raise AuthenticationError("expected header 'Authorization: Token <API key>'")
+        if not hmac.compare_digest(value.strip().encode(), self._api_key.encode()):
+            raise AuthenticationError("invalid API key")
+
+    def user_token(self) -> tuple[str, int]:
+        """A fresh user JWT and its lifetime in seconds."""
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "sub": USER_ID,
+            "iat": now,
+            "exp": now + self.token_lifetime,
+            "jti": uuid.uuid4().hex,
+            "tokenType": "USER",
+            "workspaceId": WORKSPACE_ID,
+            "email": USER_EMAIL,
+            "groups": ["HTC_USER", "WORKSPACE_MEMBER"],
+        }
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), self.token_lifetime
+
+    def job_token(
+        self,
+        *,
+        project_id: str,
+        task_id: str,
+        job_id: str,
+        lifetime: int,
+        extra_claims: dict[str, str] | None = None,
+    ) -> str:
+        """A JWT scoped to one job's project and task."""
+        now = int(time.time())
+        claims = dict(extra_claims or {})
+        claims.update(
+            {
+                "iss": ISSUER,
+                "sub": USER_ID,
+                "iat": now,
+                "exp": now + max(1, int(lifetime)),
+                "jti": uuid.uuid4().hex,
+                "tokenType": "JOB",
+                "workspaceId": WORKSPACE_ID,
+                "projectId": project_id,
+                "taskId": task_id,
+                "jobId": job_id,
+                "groups": ["HTC_JOB"],
+            }
+        )
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def principal(self, authorization: str | None) -> Principal:
+        """Verify ``Authorization: Bearer <jwt>`` and say who is calling."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationError("expected header 'Authorization: Bearer <token>'")
+        try:
+            claims = jwt.decode(
+                token.strip(),
+                self._secret,
+                algorithms=[ALGORITHM],
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "sub"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthenticationError("token expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise AuthenticationError("invalid token") from exc
+        if claims.get("tokenType") == "JOB":
+            return Principal(
+                kind="job",
+                subject=claims["sub"],
+                project_id=claims.get("projectId"),
+                task_id=claims.get("taskId"),
+                job_id=claims.get("jobId"),
+            )
+        return Principal(kind="user", subject=claims["sub"])

@@ -1,0 +1,240 @@
+"""Runs jobs as local processes (or containers), a few at a time.
+
+One intake thread moves submitted jobs to the provider queue
+(SUBMITTED_TO_PROVIDER, then RUNNABLE); ``concurrency`` worker threads take
+RUNNABLE jobs in submission order and run one attempt each: STARTING, then
+RUNNING once the process exists, then SUCCEEDED or FAILED (or back to
+RUNNABLE when ``retryStrategy.maxRetries`` allows another attempt).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from .auth import TokenAuthority
+from .images import DockerEngine, DockerfileError, ImageRegistry, LocalImage
+from .models import Backend, Job
+
+# How long past a job's timeout its token stays valid (for a final upload).
+JOB_TOKEN_GRACE_SECONDS = 600
+
+
+class Scheduler:
+    """Executes the backend's jobs; the backend calls :meth:`enqueue` and :meth:`kill`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        images: ImageRegistry,
+        tokens: TokenAuthority,
+        *,
+        api_url: str,
+        s3_endpoint: str,
+        concurrency: int | None = None,
+        time_scale: float = 1.0,
+        docker: DockerEngine | None = None,
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        self.backend = backend
+        self.images = images
+        self.tokens = tokens
+        self.api_url = api_url
+        self.s3_endpoint = s3_endpoint
+        self.concurrency = concurrency or os.cpu_count() or 1
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.time_scale = time_scale
+        self.docker = docker
+        self._scratch = Path(tempfile.mkdtemp(prefix="htc-emulator-jobs-"))
+        self._intake: queue.Queue = queue.Queue()
+        self._runnable: queue.Queue = queue.Queue()
+        self._running: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._intake_loop, name="htc-intake", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._worker_loop, name=f"htc-worker-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        backend.executor = self
+        for thread in self._threads:
+            thread.start()
+
+    # --- the backend's interface ----------------------------------------------
+
+    def enqueue(self, jobs: list[Job]) -> None:
+        self._intake.put(jobs)
+
+    def kill(self, job: Job) -> None:
+        with self._lock:
+            process = self._running.get(job.job_id)
+        if process is not None:
+            self._kill_process(process, job)
+
+    def stop(self) -> None:
+        """Kill running jobs and stop the threads (queued jobs stay queued)."""
+        self._stopping.set()
+        with self._lock:
+            running = list(self._running.items())
+        for job_id, process in running:
+            self._kill_process(process, self.backend.jobs.get(job_id))
+        self._intake.put(None)
+        for _ in range(self.concurrency):
+            self._runnable.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    # --- threads ------------------------------------------------------------
+
+    def _intake_loop(self) -> None:
+        while (jobs := self._intake.get()) is not None:
+            for job in jobs:
+                if self.backend.advance(job, "SUBMITTED_TO_PROVIDER", "Submitted to provider") and \
+                        self.backend.advance(job, "RUNNABLE", "Waiting for capacity"):
+                    self._runnable.put(job)
+
+    def _worker_loop(self) -> None:
+        while (job := self._runnable.get()) is not None:
+            if self._stopping.is_set() or not self.backend.claim_for_start(job):
+                continue
+            if self._run_attempt(job) and not self._stopping.is_set():
+                self._runnable.put(job)
+
+    # --- one attempt ----------------------------------------------------------
+
+    def _run_attempt(self, job: Job) -> bool:
+        """Run one attempt to its end; True if the job should run again."""
+        image_name = job.definition["imageName"]
+        image = self.images.get(image_name)
+        project = self.backend.project(job.project_id)
+        if image is None or image.repository not in project.repositories:
+            return self.backend.finish_attempt(
+                job, "FAILED",
+                f"CannotPullContainerError: {image_name} is not in the project's container registry",
+                failure_code="ErrorStartingContainer",
+            )
+        workdir = Path(tempfile.mkdtemp(prefix="attempt-", dir=self._scratch))
+        try:
+            return self._execute(job, image, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _execute(self, job: Job, image: LocalImage, workdir: Path) -> bool:
+        env = self._job_environment(job, image, workdir)
+        commands = list(job.definition.get("commands") or [])
+        try:
+            if self.docker is not None:
+                argv = self.docker.run_argv(image, commands, sorted(env), self._container_name(job))
+                process_env = {**os.environ, **env}
+            else:
+                argv = image.local_command(commands)
+                process_env = env
+            process = subprocess.Popen(
+                argv, cwd=workdir, env=process_env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except (OSError, DockerfileError) as exc:
+            return self.backend.finish_attempt(
+                job, "FAILED", f"CannotStartContainerError: {getattr(exc, 'strerror', None) or exc}",
+                failure_code="ErrorStartingContainer",
+            )
+        with self._lock:
+            self._running[job.job_id] = process
+        if job.cancel_requested or self._stopping.is_set():
+            self._kill_process(process, job)
+        self.backend.transition(job, "RUNNING", f"Running attempt {job.attempt}")
+        reader = threading.Thread(target=self._pump_logs, args=(job, process), daemon=True)
+        reader.start()
+        timed_out = False
+        try:
+            returncode = process.wait(timeout=job.timeout_seconds * self.time_scale)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self._kill_process(process, job)
+            returncode = process.wait()
+        # Whatever the job left behind in its process group goes too, as
+        # it would with its container.
+        self._signal_group(process)
+        reader.join(timeout=10)
+        with self._lock:
+            self._running.pop(job.job_id, None)
+        # Like a container runtime: death by signal N is exit code 128 + N.
+        exit_code = returncode if returncode >= 0 else 128 - returncode
+        if timed_out:
+            return self.backend.finish_attempt(
+                job, "FAILED", "Job attempt duration exceeded timeout",
+                failure_code="ErrorTimeout", exit_code=exit_code,
+            )
+        if exit_code == 0:
+            return self.backend.finish_attempt(job, "SUCCEEDED", "Completed", exit_code=0)
+        return self.backend.finish_attempt(
+            job, "FAILED", "Essential container in task exited",
+            failure_code="ErrorNonZeroContainerExitCode", exit_code=exit_code,
+        )
+
+    def _job_environment(self, job: Job, image: LocalImage, workdir: Path) -> dict[str, str]:
+        """Minimal base, the image's ENV, the user's envs, then the platform's variables."""
+        env = {
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
+            "HOME": str(workdir),
+            "TMPDIR": str(workdir),
+            "LANG": "C.UTF-8",
+            # Keeps the project tree free of __pycache__ from job imports.
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        if sys.prefix != sys.base_prefix:
+            env["VIRTUAL_ENV"] = sys.prefix
+        if self.docker is not None:
+            env = {}  # the container brings its own base environment and ENV lines
+        else:
+            env.update(image.env)
+        env.update({pair["name"]: pair["value"] for pair in job.definition.get("envs", [])})
+        token = self.tokens.job_token(
+            project_id=job.project_id, task_id=job.task_id, job_id=job.job_id,
+            lifetime=int(job.timeout_seconds * self.time_scale) + JOB_TOKEN_GRACE_SECONDS,
+            extra_claims=job.claims,
+        )
+        env.update({
+            "AWS_BATCH_JOB_ARRAY_INDEX": str(job.index),
+            "AWS_BATCH_JOB_ID": job.job_id,
+            "AWS_BATCH_JOB_ATTEMPT": str(job.attempt),
+            "RESCALE_HTC_PROJECT_ID": job.project_id,
+            "RESCALE_HTC_TASK_ID": job.task_id,
+            "RESCALE_HTC_REGION": job.region,
+            "RESCALE_HTC_BEARER_TOKEN": token,
+            "RESCALE_HTC_API_URL": self.api_url,
+            "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
+        })
+        return env
+
+    def _pump_logs(self, job: Job, process: subprocess.Popen) -> None:
+        """stdout and stderr, merged like a container's log stream, one event per line."""
+        with process.stdout:
+            for raw in iter(process.stdout.readline, b""):
+                self.backend.append_log(job, raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+
+    @staticmethod
+    def _container_name(job: Job) -> str:
+        return f"htc-emulator-{job.job_id.replace(':', '-')}-{job.attempt}"
+
+    def _kill_process(self, process: subprocess.Popen, job: Job | None) -> None:
+        if self.docker is not None and job is not None:
+            subprocess.run(self.docker.kill_argv(self._container_name(job)), capture_output=True, check=False)
+        self._signal_group(process)
+
+    @staticmethod
+    def _signal_group(process: subprocess.Popen) -> None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -1,0 +1,155 @@
+"""Object storage: one S3 bucket in moto's server, with STS credentials.
+
+Layout (the same for every region; the emulator has one bucket where the
+platform has one per storage region)::
+
+    projects/<projectId>/shared/            project shared storage
+    projects/<projectId>/tasks/<taskId>/    a task's folder (taskFolderPath)
+
+Storage tokens carry real temporary credentials from moto's STS. moto does
+not enforce IAM by default, so the credentials are not scoped to a prefix
+the way the platform's are; the emulator's API still refuses job tokens
+outside their own project and task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+from collections.abc import Callable
+
+import boto3
+from botocore.config import Config
+from moto.server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+ACCOUNT_ID = "123456789012"
+STORAGE_ROLE_ARN = f"arn:aws:iam::{ACCOUNT_ID}:role/htc-emulator-storage"
+BOTO_REGION = "us-east-1"
+# The emulator's own S3/STS calls use this key; storage faults spare them
+# so that an injected S3 error never turns into an API 500.
+ADMIN_ACCESS_KEY = "HTCEMULATORADMIN"
+
+# A WSGI app wrapper: given moto's app, return the app that serves requests.
+WsgiWrapper = Callable[[Callable], Callable]
+
+
+class InvalidObjectKey(ValueError):
+    """A path that would escape its storage prefix."""
+
+
+def safe_relative_key(path: str) -> str:
+    """Check a client-supplied object path relative to a storage prefix.
+
+    Absolute paths, ``..`` segments, backslashes and empty paths are
+    refused: a key must stay inside the prefix it is joined to.
+    """
+    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        raise InvalidObjectKey(f"object path must be relative and non-empty: {path!r}")
+    if any(segment in ("..", ".") for segment in path.split("/")):
+        raise InvalidObjectKey(f"object path must not contain '.' or '..' segments: {path!r}")
+    return path
+
+
+def project_shared_prefix(project_id: str) -> str:
+    return f"projects/{project_id}/shared/"
+
+
+def task_prefix(project_id: str, task_id: str) -> str:
+    return f"projects/{project_id}/tasks/{task_id}/"
+
+
+class _MotoServer(ThreadedMotoServer):
+    """moto's threaded server with an optional WSGI wrapper around its app."""
+
+    def __init__(self, wrap: WsgiWrapper | None) -> None:
+        super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
+        self._wrap = wrap
+
+    def _server_entry(self) -> None:
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server(
+            self._ip_address,
+            self._port,
+            self._wrap(app) if self._wrap else app,
+            True,
+            request_handler=MotoRequestHandler,
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
+class Storage:
+    """The bucket, its endpoint, and credentials for it."""
+
+    def __init__(self, wrap: WsgiWrapper | None = None, credential_lifetime: int = 3600) -> None:
+        # moto logs every request (presigned URLs included) through werkzeug.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.credential_lifetime = credential_lifetime
+        # Unique per instance: moto keeps its state per process, and tests
+        # run several emulators side by side.
+        self.bucket = f"htc-emulator-{secrets.token_hex(4)}"
+        self._server = _MotoServer(wrap)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        session = boto3.session.Session(
+            aws_access_key_id=ADMIN_ACCESS_KEY,
+            aws_secret_access_key=secrets.token_hex(20),
+            region_name=BOTO_REGION,
+        )
+        config = Config(signature_version="s3v4", retries={"max_attempts": 2})
+        self._s3 = session.client("s3", endpoint_url=self.endpoint, config=config)
+        self._sts = session.client("sts", endpoint_url=self.endpoint, config=config)
+        self._s3.create_bucket(Bucket=self.bucket)
+
+    def temporary_credentials(self, session_name: str) -> tuple[dict[str, str], dt.datetime]:
+        """STS credentials in the platform's ``credentials`` map, and their expiry."""
+        response = self._sts.assume_role(
+            RoleArn=STORAGE_ROLE_ARN,
+            RoleSessionName=session_name[:64],
+            DurationSeconds=self.credential_lifetime,
+        )
+        creds = response["Credentials"]
+        return (
+            {
+                "AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+                "AWS_SESSION_TOKEN": creds["SessionToken"],
+            },
+            creds["Expiration"].astimezone(dt.timezone.utc),
+        )
+
+    def presigned_put_url(self, key: str, lifetime: int = 3600) -> tuple[str, dt.datetime]:
+        url = self._s3.generate_presigned_url(
+            "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=lifetime
+        )
+        return url, dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=lifetime)
+
+    def uri(self, key_prefix: str) -> str:
+        return f"s3://{self.bucket}/{key_prefix}"
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; return how many were deleted."""
+        deleted = 0
+        paginator = self._s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+                deleted += len(keys)
+        return deleted
+
+    def stop(self) -> None:
+        """Empty and drop the bucket (moto's state outlives the server), then stop."""
+        try:
+            self.delete_prefix("")
+            self._s3.delete_bucket(Bucket=self.bucket)
+        finally:
+            self._server.stop()

@@ -1,0 +1,198 @@
+"""Entities as the spec's response objects.
+
+Fields the spec plainly marks nullable are sent as ``null`` while unknown
+(a job's ``startedAt`` before it starts); other fields without a value
+are left out rather than sent as ``null``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from . import auth
+from .models import Job, JobEvent, Project, Task
+
+REGISTRY_HOST = "registry.htc-emulator.invalid"
+# Architectures each provider's regions offer in the emulator.
+PROVIDER_ARCHITECTURES = {"AWS": ["X86", "AARCH64"], "GCP": ["X86", "AARCH64"], "AZURE": ["X86"]}
+
+
+def isotime(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def provider_of(region: str) -> str:
+    return region.split("_", 1)[0]
+
+
+def registry_uri(project: Project) -> str:
+    return f"{REGISTRY_HOST}/projects/{project.project_id}/"
+
+
+def project_view(project: Project) -> dict:
+    return {
+        "projectId": project.project_id,
+        "projectName": project.name,
+        "projectDescription": project.description,
+        "regions": project.regions,
+        "regionSettings": project.region_settings,
+        "createdBy": auth.USER_ID,
+        "workspaceId": auth.WORKSPACE_ID,
+        "organizationCode": auth.ORGANIZATION_CODE,
+        "createdAt": isotime(project.created_at),
+        "containerRegistry": registry_uri(project),
+        "repositories": sorted(project.repositories),
+        "projectFolderPath": project.folder_path,
+    }
+
+
+def repository_view(project: Project, name: str, created: bool) -> dict:
+    return {
+        "repositoryName": name,
+        "successfullyCreated": created,
+        "projectId": project.project_id,
+        "createdBy": auth.USER_ID,
+        "workspaceId": auth.WORKSPACE_ID,
+        "registryURI": registry_uri(project),
+    }
+
+
+def task_view(task: Task) -> dict:
+    view = {
+        "taskId": task.task_id,
+        "projectId": task.project_id,
+        "taskName": task.name,
+        "taskDescription": task.description,
+        "createdBy": auth.USER_ID,
+        "workspaceId": auth.WORKSPACE_ID,
+        "createdAt": isotime(task.created_at),
+        "lastActiveAt": isotime(task.last_active_at),
+        "archivedAt": isotime(task.archived_at),
+        "deletedAt": isotime(task.deleted_at),
+        "lifecycleStatus": task.lifecycle_status,
+        "taskFolderPath": task.folder_path,
+    }
+    # archivedAt/deletedAt are "nullable" only beside an allOf of a
+    # non-nullable Instant, which validators read as not nullable: leave
+    # them out until they have a value.
+    return {k: v for k, v in view.items() if v is not None}
+
+
+def region_view(region: str) -> dict:
+    provider = provider_of(region)
+    return {
+        "region": region,
+        "enabled": True,
+        "weight": 1,
+        "supportedArchitectures": PROVIDER_ARCHITECTURES.get(provider, ["X86"]),
+        "cloudProvider": provider,
+        "updatedBy": auth.USER_ID,
+        "updatedAt": isotime(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)),
+    }
+
+
+def submit_view(batch: dict, *, project_id: str, task_id: str, parent_job_id: str,
+                group: str | None, received: dt.datetime) -> dict:
+    """The submitted batch echoed back with its read-only fields filled in."""
+    echo = {k: v for k, v in batch.items() if k != "regions"}  # regions is writeOnly
+    echo.update({
+        "parentJobId": parent_job_id,
+        "projectId": project_id,
+        "taskId": task_id,
+        "createdBy": auth.USER_ID,
+        "workspaceId": auth.WORKSPACE_ID,
+        "rescaleTimeReceived": isotime(received),
+        "jobDefinitionName": f"htc-emulator-{parent_job_id}",
+    })
+    if group is not None:
+        echo["group"] = group
+    return echo
+
+
+def _attempt_times(events: list[JobEvent]) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """startedAt of the latest attempt and completedAt if it is terminal."""
+    started = next((e.at for e in reversed(events) if e.status == "RUNNING"), None)
+    completed = events[-1].at if events[-1].status in ("SUCCEEDED", "FAILED") else None
+    return started, completed
+
+
+def _last_outcome(events: list[JobEvent]) -> JobEvent | None:
+    """The event that carries the latest failure code / exit code, if any."""
+    return next((e for e in reversed(events) if e.failure_code or e.container), None)
+
+
+def job_view(job: Job, as_of: dt.datetime | None, view_type: str = "FULL") -> dict:
+    events = job.visible_events(as_of)
+    current = events[-1]
+    started, completed = _attempt_times(events)
+    outcome = _last_outcome(events) if current.status in ("SUCCEEDED", "FAILED") else None
+    view = {
+        "jobUUID": job.job_id,
+        "projectId": job.project_id,
+        "taskId": job.task_id,
+        "status": current.status,
+        "statusReason": current.reason,
+        "createdAt": isotime(job.created_at),
+        "updatedAt": isotime(current.at),
+        "startedAt": isotime(started),
+        "completedAt": isotime(completed),
+        "container": outcome.container if outcome else None,
+    }
+    if job.group is not None:
+        view["group"] = job.group
+    if outcome is not None and outcome.failure_code:
+        view["failureCode"] = outcome.failure_code
+    if view_type == "SIMPLE":
+        return view
+    definition = job.definition
+    instance_id = f"local-{job.job_id}" if started else None
+    view.update({
+        "region": job.region,
+        "workspaceId": auth.WORKSPACE_ID,
+        "createdBy": auth.USER_ID,
+        "imageName": definition["imageName"],
+        "commands": definition.get("commands", []),
+        "envs": definition.get("envs", []),
+        "tags": job.tags,
+        "architecture": definition.get("architecture", "X86"),
+        "maxVCpus": definition.get("maxVCpus", 1),
+        "minVCpus": definition.get("maxVCpus", 1),
+        "maxMemory": definition.get("maxMemory", 128),
+        "maxDiskGiB": definition.get("maxDiskGiB", 0),
+        "maxSwap": definition.get("maxSwap"),
+        "maxGpus": None,
+        "execTimeoutSeconds": job.timeout_seconds,
+        "instanceId": instance_id,
+        "instanceLabels": _instance_labels(job) if started else None,
+    })
+    if started:
+        view["providerJobId"] = f"local-{job.job_id}"
+        view["jobExecutionEnvironment"] = {"instanceId": instance_id, "instanceType": "local-process", "architecture": 1}
+    return view
+
+
+def _instance_labels(job: Job) -> dict:
+    return {
+        "csp": provider_of(job.region),
+        "priority": job.definition.get("priority", "ON_DEMAND_PRIORITY"),
+        "instanceType": "local-process",
+        "instanceArchitecture": job.definition.get("architecture", "X86"),
+        "accountId": "htc-emulator",
+        "region": job.region,
+    }
+
+
+def event_view(job: Job, event: JobEvent) -> dict:
+    return {
+        "eventId": event.event_id,
+        "jobId": job.job_id,
+        "dateTime": isotime(event.at),
+        "status": event.status,
+        "statusReason": event.reason,
+        "container": event.container,
+        "instanceId": None,
+        "instanceLabels": None,
+        "userCancelledEvent": event.user_cancelled,
+    }

@@ -1,0 +1,183 @@
+"""One HTC emulator for the whole test session, notebook included.
+
+nbval's cells are not pytest functions, so fixtures never run for them:
+the emulator starts in ``pytest_sessionstart`` and its settings go into
+``os.environ``, which the notebook's kernel inherits when nbval starts it.
+Tests reach the same emulator through the ``emulator`` fixture; tests that
+need other settings (short tokens, faults, time scale) start their own
+with ``htc_emulator.running(...)``.
+
+``client_for(emu)`` gives an HTTP client that checks every request body
+and response against the OpenAPI document (``htc_emulator.spec``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from htc_emulator import running
+from htc_emulator.spec import ContractValidator, load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+TUTORIAL_IMAGE = "opencv-htc-tutorial:v1"
+TUTORIAL_DOCKERFILE = "docker/Dockerfile"
+# Like run_tutorial.py: the notebook's 60 s timeouts (the spec's minimum) last 3 s.
+SESSION_TIME_SCALE = 0.05
+
+_session: dict = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    images = {TUTORIAL_IMAGE: TUTORIAL_DOCKERFILE} if (ROOT / TUTORIAL_DOCKERFILE).is_file() else {}
+    context = running(images=images, time_scale=SESSION_TIME_SCALE)
+    emu = context.__enter__()
+    tmp = tempfile.TemporaryDirectory(prefix="htc-emulator-session-")
+    apiconfig = emu.write_apiconfig(Path(tmp.name) / "apiconfig")
+    _session.update(context=context, emulator=emu, tmp=tmp)
+    os.environ.update(emu.env(), RESCALE_APICONFIG=str(apiconfig))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "context" in _session:
+        _session.pop("context").__exit__(None, None, None)
+        _session.pop("tmp").cleanup()
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    """The session's running emulator (the one the environment points at)."""
+    return _session["emulator"]
+
+
+class ContractClient:
+    """Talks to one emulator over HTTP; every exchange is checked against the spec.
+
+    ``request_valid`` says what the spec should think of the request:
+    True (it must accept it), False (it must refuse it: a deliberately bad
+    request) or None (don't check, e.g. an id that merely doesn't exist).
+    Every response must conform, whatever its status.
+    """
+
+    def __init__(self, emu, validator: ContractValidator) -> None:
+        self.emu = emu
+        self.validator = validator
+        self.http = requests.Session()
+        self._token: str | None = None
+        self.exchanges = 0
+
+    def close(self) -> None:
+        self.http.close()
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            response = self.request("GET", self.emu.root_url + "/auth/token", auth=None,
+                                    headers={"Authorization": f"Token {self.emu.api_key}"})
+            assert response.status_code == 200, response.text
+            self._token = response.json()["tokenValue"]
+        return self._token
+
+    def request(self, method: str, path: str, *, auth: str | None = "user", request_valid: bool | None = True,
+                **kwargs) -> requests.Response:
+        url = path if path.startswith("http") else self.emu.api_url + path
+        headers = kwargs.pop("headers", {})
+        if auth == "user":
+            headers["Authorization"] = f"Bearer {self.token}"
+        elif auth is not None:
+            headers["Authorization"] = f"Bearer {auth}"
+        response = self.http.request(method, url, headers=headers, timeout=60, **kwargs)
+        self.exchanges += 1
+        problems = self.validator.response_errors(response)
+        assert not problems, f"{method} {url} -> {response.status_code} breaks the spec: {problems}"
+        if request_valid is not None:
+            refused = self.validator.request_errors(response.request)
+            assert bool(refused) != request_valid, (
+                f"spec {'refuses' if refused else 'accepts'} {method} {url}: {refused or kwargs}")
+        return response
+
+    def get(self, path, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path, **kwargs):
+        return self.request("POST", path, **kwargs)
+
+    def patch(self, path, **kwargs):
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path, **kwargs):
+        return self.request("DELETE", path, **kwargs)
+
+    # --- the tutorial's steps, for tests that need a project and a task -----
+
+    def ok(self, method: str, path: str, **kwargs):
+        response = self.request(method, path, **kwargs)
+        assert response.status_code == 200, f"{method} {path}: {response.status_code} {response.text}"
+        return response.json() if response.content else None
+
+    def new_project(self, regions=("AWS_EU_WEST_1",), repositories=()) -> str:
+        project = self.ok("POST", "/htc/projects",
+                          json={"projectName": "test", "projectDescription": "pytest", "regions": list(regions)})
+        for repository in repositories:
+            self.ok("POST", f"/htc/projects/{project['projectId']}/container-registry/repo/{repository}")
+        return project["projectId"]
+
+    def new_task(self, project_id: str) -> str:
+        task = self.ok("POST", f"/htc/projects/{project_id}/tasks", json={"taskName": "t", "taskDescription": "d"})
+        return task["taskId"]
+
+    def submit(self, project_id: str, task_id: str, definition: dict, *, batch_size: int = 1,
+               group: str | None = None, **extra) -> str:
+        body = [{"jobName": "test", "batchSize": batch_size, "htcJobDefinition": definition, **extra}]
+        params = {"group": group} if group else None
+        submitted = self.ok("POST", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body, params=params)
+        return submitted[0]["parentJobId"]
+
+    def wait_terminal(self, project_id: str, task_id: str, count: int, timeout: float = 60) -> dict:
+        """Poll the task's statistics until ``count`` jobs are SUCCEEDED or FAILED."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")["jobStatuses"]
+            if stats["SUCCEEDED"] + stats["FAILED"] >= count:
+                return stats
+            assert time.monotonic() < deadline, f"jobs not finished after {timeout} s: {stats}"
+            time.sleep(0.1)
+
+    def job(self, project_id: str, task_id: str, job_id: str) -> dict:
+        return self.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}")
+
+    def logs(self, project_id: str, task_id: str, job_id: str) -> list[str]:
+        body = self.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs",
+                       params={"sort": "asc", "pageSize": 10000})
+        return [line["message"] for line in body["items"]]
+
+
+@pytest.fixture(scope="session")
+def openapi_spec() -> dict:
+    return load_spec()
+
+
+@pytest.fixture(scope="session")
+def client_for(openapi_spec):
+    """``client_for(emu)``: a spec-checking client for any running emulator."""
+    clients = []
+
+    def make(emu) -> ContractClient:
+        client = ContractClient(emu, ContractValidator(emu.api_url, openapi_spec))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def api(emulator, client_for) -> ContractClient:
+    """A spec-checking client for the session emulator."""
+    return client_for(emulator)
