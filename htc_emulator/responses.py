@@ -476,7 +476,10 @@ def get_job_logs(request: Request, projectId: str, taskId: str, jobId: str, page
 
 @htc.post("/htc/projects/{projectId}/tasks/{taskId}/jobs/cancel")
 def cancel_jobs(request: Request, projectId: str, taskId: str, group: str | None = None) -> Response:
-    _services(request).backend.cancel(projectId, taskId, _group(group))
+    try:
+        _services(request).backend.cancel(projectId, taskId, _group(group))
+    except NotFound:
+        return Response(status_code=404)  # the spec gives this 404 an empty content map: no body
     return Response(status_code=200)
 
 

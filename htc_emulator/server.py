@@ -11,7 +11,6 @@ import configparser
 import contextlib
 import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -86,13 +85,6 @@ def _register_images(registry: ImageRegistry, images: Mapping[str, ImageSource] 
         registry.register(name, dockerfile, context)
 
 
-def _listen(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    return sock
-
-
 @contextlib.contextmanager
 def running(
     api_key: str | None = None,
@@ -131,29 +123,29 @@ def running(
         for name in registry.names():
             engine.build(registry.get(name))
 
-    sock = _listen(port)
-    root_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     storage = scheduler = server = thread = None
     try:
         storage = Storage(wrap=lambda app: injector.wsgi(app, ADMIN_ACCESS_KEY))
         backend = Backend(storage, refresh_delay=refresh_delay)
-        scheduler = Scheduler(
-            backend, registry, tokens, api_url=root_url + API_PREFIX, s3_endpoint=storage.endpoint,
-            concurrency=concurrency, time_scale=time_scale, docker=engine,
-        )
         app = create_app(Services(backend=backend, tokens=tokens, storage=storage, images=registry))
         config = uvicorn.Config(
             injector.asgi(auth_middleware(app, tokens)),
-            lifespan="off", log_level="warning", access_log=False,
+            host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False,
         )
         server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="htc-api", daemon=True)
+        thread = threading.Thread(target=server.run, name="htc-api", daemon=True)
         thread.start()
         deadline = time.monotonic() + 30
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the API server did not start")
+                raise RuntimeError(f"the API server did not start on 127.0.0.1:{port}")
             time.sleep(0.01)
+        root_url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        # Jobs need the API URL, known only now; nobody can know the port to submit a job before this.
+        scheduler = Scheduler(
+            backend, registry, tokens, api_url=root_url + API_PREFIX, s3_endpoint=storage.endpoint,
+            concurrency=concurrency, time_scale=time_scale, docker=engine,
+        )
         yield Emulator(root_url=root_url, api_key=api_key, storage=storage, backend=backend,
                        images=registry, faults=injector, scheduler=scheduler)
     finally:
@@ -164,4 +156,3 @@ def running(
             scheduler.stop()
         if storage is not None:
             storage.stop()
-        sock.close()
