@@ -44,6 +44,10 @@ FAILED_STATUSES = frozenset({"FAILED", "POD_FAILED"})
 # The platform refreshes job statuses every 30 s; polling faster only adds load.
 STATUS_REFRESH_SECONDS = 30
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+# Storage credentials are renewed this many seconds before they expire, or when this
+# share of their lifetime is left if that comes later (short-lived test credentials).
+STORAGE_RENEW_BEFORE = 300
+STORAGE_RENEW_FRACTION = 0.25
 RESULT_COLUMNS = ["image", "faces", "status", "error", "seconds", "boxes", "scale_factor", "job", "source"]
 
 
@@ -348,7 +352,7 @@ def group_status_counts(session: HtcSession, project_id: str, task_id: str, grou
     items = paginate(session, f"/htc/projects/{project_id}/tasks/{task_id}/group-summary-statistics",
                      {"group": group})
     for item in items:
-        if item.get("group") in (None, group):
+        if item.get("group") == group:
             for status, n in (item.get("jobStatuses") or {}).items():
                 counts[status] = counts.get(status, 0) + int(n or 0)
     return counts
@@ -498,12 +502,13 @@ def _s3(session: HtcSession, project_id: str, task_id: str | None, region: str |
     bucket, _, prefix = path.removeprefix("s3://").partition("/")
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
 
-    lifetime = (_timestamp(token["expiration"]) - dt.datetime.now(dt.timezone.utc)).total_seconds()
-    # botocore asks for new credentials this long before expiry (15 and 10 min by default,
-    # scaled down for short-lived tokens so they are not renewed on every call).
+    lifetime = max(0.0, (_timestamp(token["expiration"]) - dt.datetime.now(dt.timezone.utc)).total_seconds())
+    renew_before = min(STORAGE_RENEW_BEFORE, lifetime * STORAGE_RENEW_FRACTION)
+    # botocore fetches new credentials through `fetch` once fewer than `renew_before` seconds
+    # are left, and makes every transfer wait for them when half of that is left.
     credentials = RefreshableCredentials.create_from_metadata(
         _credential_metadata(token), lambda: _credential_metadata(fetch()), "htc-storage-token",
-        advisory_timeout=min(900, max(lifetime, 0) / 4), mandatory_timeout=min(600, max(lifetime, 0) / 8))
+        advisory_timeout=renew_before, mandatory_timeout=renew_before / 2)
     botocore_session = botocore.session.get_session()
     # A resolver with our single source replaces botocore's default chain (env, ~/.aws, ...).
     botocore_session.register_component(

@@ -126,3 +126,402 @@ def test_cancel_group_refuses_to_cancel_the_whole_task():
 
 def test_no_host_hard_coded_outside_config():
     assert "htc.rescale.com" not in (ROOT / "htc_helpers.py").read_text()
+
+
+# --- against the emulator ----------------------------------------------------------------
+
+import json
+import time
+import uuid
+from urllib.parse import parse_qsl, urlsplit
+
+import requests
+
+import config
+from htc_emulator import running
+
+TUTORIAL_IMAGE = "opencv-htc-tutorial:v1"
+DATA = ROOT / "data"
+
+
+@pytest.fixture(scope="module")
+def session(emulator):
+    # Through config.py, as the notebook does: conftest points the environment at the emulator.
+    return htc.HtcSession(config.htc_api_url(), config.get_profile()[1], backoff_factor=0.05)
+
+
+def new_project(session, repository=None):
+    project = session.post("/htc/projects", json={"projectName": "helpers", "projectDescription": "pytest",
+                                                  "regions": ["AWS_EU_WEST_1"]}).json()
+    if repository:
+        session.post(f"/htc/projects/{project['projectId']}/container-registry/repo/{repository}")
+    return project["projectId"]
+
+
+def new_task(session, project_id, name="t"):
+    return session.post(f"/htc/projects/{project_id}/tasks",
+                        json={"taskName": name, "taskDescription": "pytest"}).json()["taskId"]
+
+
+def record_responses(session):
+    """Every response the session receives (token requests and retried 401s included)."""
+    seen = []
+    session.hooks["response"].append(lambda response, *args, **kwargs: seen.append(response))
+    return seen
+
+
+def test_absolute_and_relative_urls_reach_the_same_endpoint(session, emulator):
+    assert session.get(f"{emulator.api_url}/htc/regions").json() == session.get("htc/regions").json()
+    assert session.get("/htc/storage").json()[0]["storageName"] == emulator.bucket
+
+
+def test_bearer_token_only_sent_to_the_api(emulator):
+    session = htc.HtcSession(emulator.api_url, emulator.api_key)
+    seen = record_responses(session)
+    session.get("/htc/regions")
+    try:
+        session.get(emulator.s3_endpoint + "/")
+    except htc.HtcError:
+        pass  # moto's answer doesn't matter here, only what was sent
+    assert seen[-2].request.headers["Authorization"].startswith("Bearer ")
+    assert seen[-1].request.url.startswith(emulator.s3_endpoint)
+    assert "Authorization" not in seen[-1].request.headers
+
+
+# --- typed errors
+
+def test_400_carries_the_servers_error_description(session):
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    with pytest.raises(htc.HtcBadRequest) as err:
+        session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+                     json=[{"batchSize": 0, "htcJobDefinition": {"imageName": "x:v1"}}])
+    assert err.value.status == 400 and "batchSize" in err.value.description
+    assert err.value.description in str(err.value) and err.value.method == "POST"
+
+
+def test_401_for_a_wrong_api_key_without_echoing_it(emulator):
+    wrong = "not-the-key-" + uuid.uuid4().hex
+    with pytest.raises(htc.HtcUnauthorized) as err:
+        htc.HtcSession(emulator.api_url, wrong).get("/htc/regions")
+    assert err.value.status == 401 and wrong not in str(err.value)
+
+
+def test_403_for_a_job_token_outside_its_scope(session, emulator, monkeypatch):
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    token = emulator.scheduler.tokens.job_token(project_id=project_id, task_id=task_id,
+                                                 job_id="j:0", lifetime=60)
+    monkeypatch.setenv("RESCALE_HTC_BEARER_TOKEN", token)
+    job_session = htc.HtcSession(emulator.api_url)
+    assert htc.task_storage_token(job_session, project_id, task_id)["projectId"] == project_id
+    with pytest.raises(htc.HtcForbidden) as err:
+        job_session.get("/htc/regions")
+    assert err.value.status == 403 and token not in str(err.value) and token not in repr(job_session)
+
+
+def test_404_for_an_unknown_project(session):
+    with pytest.raises(htc.HtcNotFound) as err:
+        session.get(f"/htc/projects/{uuid.uuid4()}")
+    assert err.value.status == 404 and isinstance(err.value, htc.HtcError)
+
+
+@pytest.fixture(scope="module")
+def faulty():
+    """An emulator whose faults the tests script; Retry-After: 1 s, 'slow' waits 1 s."""
+    with running(faults={"retry_after": 1, "slow_seconds": 1.0}) as emu:
+        yield emu
+
+
+@pytest.fixture
+def faults(faulty):
+    faulty.faults.clear()
+    faulty.faults.injected.clear()
+    yield faulty.faults
+    faulty.faults.clear()
+
+
+def fast_session(emu, **kwargs):
+    session = htc.HtcSession(emu.api_url, emu.api_key, backoff_factor=0.01, **kwargs)
+    session.bearer_token()  # fetched now, so scripted faults hit the call under test
+    return session
+
+
+@pytest.mark.parametrize("kind, error", [("429", htc.HtcRateLimited), ("503", htc.HtcServerError),
+                                         ("500", htc.HtcServerError)])
+def test_429_and_5xx_raise_typed_errors_once_retries_run_out(faulty, faults, kind, error):
+    session = fast_session(faulty, max_retries=1)
+    faults.script([kind] * 3)
+    with pytest.raises(error) as err:
+        session.get("/htc/regions")
+    assert err.value.status == int(kind) and "injected fault" in err.value.description
+    assert faults.injected[("api", kind)] == 2  # the first try and one retry
+
+
+# --- retries
+
+def test_get_retries_429_and_5xx_and_honours_retry_after(faulty, faults):
+    session = fast_session(faulty)
+    faults.script(["429", "500", "503"])
+    started = time.monotonic()
+    assert session.get("/htc/regions").json()
+    # 429 and 503 carry Retry-After: 1; the backoff alone would be a few hundredths of a second.
+    assert time.monotonic() - started >= 2.0
+    assert faults.injected == {("api", "429"): 1, ("api", "500"): 1, ("api", "503"): 1}
+
+
+def test_post_is_retried_on_429_and_submits_once(faulty, faults):
+    session = fast_session(faulty)
+    project_id = new_project(session)
+    faults.script(["429", "429"], path=r"/tasks$")
+    name = "rate-limited-" + uuid.uuid4().hex
+    new_task(session, project_id, name)
+    assert faults.injected[("api", "429")] == 2
+    names = [t["taskName"] for t in htc.paginate(session, f"/htc/projects/{project_id}/tasks")]
+    assert names.count(name) == 1
+
+
+def test_post_is_not_retried_on_5xx(faulty, faults):
+    session = fast_session(faulty)
+    project_id = new_project(session)
+    faults.script(["500"], path=r"/tasks$")
+    with pytest.raises(htc.HtcServerError):
+        new_task(session, project_id, "never-created")
+    assert faults.injected[("api", "500")] == 1
+    assert htc.paginate(session, f"/htc/projects/{project_id}/tasks") == []
+
+
+def test_read_timeout_retried_for_get(faulty, faults):
+    session = fast_session(faulty, timeout=(5, 0.3))
+    faults.script(["slow"])
+    assert session.get("/htc/regions").json()
+    assert faults.injected[("api", "slow")] == 1
+
+
+def test_read_timeout_not_retried_for_post(faulty, faults):
+    # The server may have acted on a request whose answer timed out; a retry could submit twice.
+    session = fast_session(faulty, timeout=(5, 0.3))
+    project_id = new_project(session)
+    faults.script(["slow"], path=r"/tasks$")
+    with pytest.raises(requests.exceptions.ReadTimeout):  # a retry would have succeeded
+        new_task(session, project_id, "slow-post")
+    assert faults.injected[("api", "slow")] == 1
+
+
+def test_connection_errors_are_raised_after_retries(tmp_path):
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound but not listening: connections are refused
+        session = htc.HtcSession(f"http://127.0.0.1:{port}/api/v1", "key", max_retries=2, backoff_factor=0.01)
+        with pytest.raises(requests.exceptions.ConnectionError):
+            session.get("/htc/regions")
+
+
+# --- token renewal
+
+@pytest.fixture(scope="module")
+def short_tokens():
+    with running(token_lifetime=2) as emu:
+        yield emu
+
+
+def test_token_renewed_before_it_expires(short_tokens):
+    session = htc.HtcSession(short_tokens.api_url, short_tokens.api_key)
+    seen = record_responses(session)
+    started = time.monotonic()
+    first = session.bearer_token()
+    time.sleep(0.5)
+    assert session.bearer_token() == first
+    # A 2 s token is renewed a tenth of its lifetime early: from 1.8 s on.
+    time.sleep(max(0.0, started + 1.9 - time.monotonic()))
+    second = session.bearer_token()
+    assert second != first
+    session.get("/htc/regions")
+    assert [r.status_code for r in seen] == [200, 200, 200]
+    assert [urlsplit(r.url).path.endswith("/auth/token") for r in seen] == [True, True, False]
+
+
+def test_token_renewed_once_after_a_401(short_tokens):
+    session = htc.HtcSession(short_tokens.api_url, short_tokens.api_key)
+    seen = record_responses(session)
+    # JWT expiry counts whole seconds, so a 2 s token fetched at x.6 s is dead at x+2 s, 1.4 s
+    # later, while the client (which counts from expiresIn) still trusts it until 1.8 s: the
+    # same situation as a clock running behind the server's.
+    while not 0.6 <= time.time() % 1 < 0.65:
+        time.sleep(0.005)
+    started = time.monotonic()
+    stale = session.bearer_token()
+    time.sleep(max(0.0, started + 1.6 - time.monotonic()))
+    assert session.get("/htc/regions").json()
+    assert [r.status_code for r in seen] == [200, 401, 200, 200]
+    assert seen[1].request.headers["Authorization"] == f"Bearer {stale}"
+    assert seen[3].request.headers["Authorization"] != f"Bearer {stale}"
+
+
+def test_expired_job_token_is_not_renewed(short_tokens, monkeypatch):
+    admin = htc.HtcSession(short_tokens.api_url, short_tokens.api_key)
+    project_id = new_project(admin)
+    task_id = new_task(admin, project_id)
+    monkeypatch.setenv("RESCALE_HTC_BEARER_TOKEN", short_tokens.scheduler.tokens.job_token(
+        project_id=project_id, task_id=task_id, job_id="j:0", lifetime=1))
+    job_session = htc.HtcSession(short_tokens.api_url)
+    seen = record_responses(job_session)
+    time.sleep(1.1)
+    with pytest.raises(htc.HtcUnauthorized):
+        job_session.get(f"/htc/projects/{project_id}/tasks/{task_id}/storage/token")
+    assert [r.status_code for r in seen] == [401]
+
+
+# --- paging
+
+def test_paginate_follows_next_without_duplicating_parameters(session):
+    project_id = new_project(session)
+    created = [new_task(session, project_id, f"task-{i}") for i in range(7)]
+    seen = record_responses(session)
+    url = f"/htc/projects/{project_id}/tasks"
+    tasks = htc.paginate(session, url, {"pageSize": 3})
+    assert [t["taskId"] for t in tasks] == created
+    assert len(seen) == 3
+    for response in seen:
+        keys = [k for k, _ in parse_qsl(urlsplit(response.url).query)]
+        assert sorted(keys) == sorted(set(keys)), response.url
+
+    seen.clear()
+    assert [t["taskId"] for t in htc.paginate(session, url, {"pageSize": 3}, max_items=4)] == created[:4]
+    assert len(seen) == 2  # the cap holds across pages and stops fetching
+    seen.clear()
+    assert len(htc.paginate(session, url, {"pageSize": 3}, max_items=3)) == 3 and len(seen) == 1
+
+
+# --- storage
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {"image_list.dat": b"a.jpg\nsub/b.jpg\n", "a.jpg": b"\xff\xd8a", "sub/b.jpg": b"\xff\xd8b"}
+    for key, data in files.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(data)
+    return files
+
+
+def test_storage_round_trip_shared_and_task(session, tmp_path):
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    files = make_tree(tmp_path / "src")
+    assert sorted(htc.upload_files(session, project_id, tmp_path / "src", progress=False)) == sorted(files)
+    assert sorted(htc.list_objects(session, project_id)) == sorted(files)
+    assert htc.list_objects(session, project_id, task_id) == []
+
+    htc.upload_files(session, project_id, [tmp_path / "src" / "a.jpg"], task_id, prefix="in/", progress=False)
+    assert htc.list_objects(session, project_id, task_id) == ["in/a.jpg"]
+    assert htc.list_objects(session, project_id, prefix="sub/") == ["sub/b.jpg"]
+
+    paths = htc.download_files(session, project_id, sorted(files), tmp_path / "out", progress=False)
+    assert {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes() for p in paths} == files
+    assert htc.read_image_list(session, project_id) == ["a.jpg", "sub/b.jpg"]
+    with pytest.raises(ValueError, match="leave the target directory"):
+        htc.download_files(session, project_id, ["../escape"], tmp_path / "out")
+
+
+def test_storage_credentials_renewed_when_they_expire(session, tmp_path, monkeypatch):
+    project_id = new_project(session)
+    lifetime = (htc._timestamp(htc.project_storage_token(session, project_id)["expiration"])
+                - pd.Timestamp.now(tz="UTC")).total_seconds()
+    # Treat the credentials as due for renewal 0.5 s after they were issued.
+    monkeypatch.setattr(htc, "STORAGE_RENEW_BEFORE", lifetime)
+    monkeypatch.setattr(htc, "STORAGE_RENEW_FRACTION", 1 - 0.5 / lifetime)
+    (tmp_path / "f.txt").write_text("x")
+    seen = record_responses(session)
+    client, bucket, prefix = htc._s3(session, project_id, None, None)
+    client.upload_file(str(tmp_path / "f.txt"), bucket, prefix + "f.txt")
+    fetched = sum(r.url.endswith("/storage/token") for r in seen)
+    time.sleep(0.6)
+    assert htc._list(client, bucket, prefix)[0]["key"] == "f.txt"
+    assert sum(r.url.endswith("/storage/token") for r in seen) == fetched + 1
+    session.hooks["response"].clear()
+
+
+def test_storage_transfers_survive_injected_s3_errors(faulty, faults, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", faulty.s3_endpoint)  # this emulator's S3, not the session's
+    session = fast_session(faulty)
+    project_id = new_project(session)
+    files = make_tree(tmp_path / "src")
+    faults.script(["503", "500"], target="storage")
+    assert sorted(htc.upload_files(session, project_id, tmp_path / "src", workers=1, progress=False)) == sorted(files)
+    assert faults.injected[("storage", "503")] == 1 and faults.injected[("storage", "500")] == 1
+    assert sorted(htc.list_objects(session, project_id)) == sorted(files)
+
+
+# --- aggregation from manifests written here
+
+def put_text(session, project_id, task_id, tmp_path, files: dict[str, str]):
+    root = tmp_path / uuid.uuid4().hex
+    for key, text in files.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_text(text)
+    htc.upload_files(session, project_id, root, task_id, progress=False)
+
+
+def manifest(*records):
+    base = {"boxes": [], "seconds": 0.1, "error": None, "scale_factor": 1.2, "job": "p:0"}
+    return "".join(json.dumps({**base, **r}) + "\n" for r in records)
+
+
+def test_collect_results_from_manifests_and_dat_files(session, tmp_path):
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    put_text(session, project_id, task_id, tmp_path, {
+        "manifests/chunk-00000.jsonl": manifest({"image": "a.jpg", "faces": 3, "status": "ok"},
+                                                {"image": "b.jpg", "faces": None, "status": "error",
+                                                 "error": "not a readable image"}),
+        "manifests/chunk-00001.jsonl": manifest({"image": "c.jpg", "faces": 3, "status": "ok"},
+                                                {"image": "d.jpg", "faces": 0, "status": "ok"}) + "\n",
+        "a.jpg_tagged.dat": "face_cnt\n3\n",
+        # A job that uploaded its outputs but died before its manifest:
+        "e.jpg_tagged.dat": "face_cnt\n2\n",
+    })
+    # A later single-image run that succeeded for b.jpg wins over the failed record.
+    put_text(session, project_id, task_id, tmp_path, {
+        "manifests/single-b.jpg.jsonl": manifest({"image": "b.jpg", "faces": 1, "status": "ok"})})
+
+    df = htc.collect_results(session, project_id, task_id)
+    assert list(df.columns) == htc.RESULT_COLUMNS
+    assert df["image"].tolist() == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
+    assert df["faces"].tolist() == [3, 1, 3, 0, 2]
+    assert df.set_index("image")["source"].to_dict() == {
+        "a.jpg": "manifests/chunk-00000.jsonl", "b.jpg": "manifests/single-b.jpg.jsonl",
+        "c.jpg": "manifests/chunk-00001.jsonl", "d.jpg": "manifests/chunk-00001.jsonl",
+        "e.jpg": "e.jpg_tagged.dat"}
+    assert htc.find_max_faces(df)["image"].tolist() == ["a.jpg", "c.jpg"]
+    assert htc.missing_results(["a.jpg", "b.jpg", "f.jpg", "e.jpg"], df) == ["f.jpg"]
+
+
+def test_collect_results_of_an_empty_task(session):
+    project_id = new_project(session)
+    df = htc.collect_results(session, project_id, new_task(session, project_id))
+    assert df.empty and list(df.columns) == htc.RESULT_COLUMNS
+    assert htc.find_max_faces(df).empty
+    assert htc.missing_results(["a.jpg"], df) == ["a.jpg"]
+
+
+def test_collect_results_rejects_a_corrupt_manifest(session, tmp_path):
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    put_text(session, project_id, task_id, tmp_path, {"manifests/chunk-00003.jsonl": manifest(
+        {"image": "a.jpg", "faces": 1, "status": "ok"}) + "{truncated\n"})
+    with pytest.raises(ValueError, match=r"manifests/chunk-00003.jsonl line 2"):
+        htc.collect_results(session, project_id, task_id)
+
+
+# --- monitoring
+
+def test_monitor_group_timeout_keeps_the_history(session):
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    with pytest.raises(htc.HtcTimeoutError) as err:
+        htc.monitor_group(session, project_id, task_id, "no-such-group", interval=0.1, timeout=0.35,
+                          progress=False)
+    history = err.value.history
+    assert isinstance(err.value, TimeoutError)
+    assert history["time"].nunique() >= 3 and set(history["status"]) == set(htc.JOB_STATUSES)
+    assert (history["count"] == 0).all()
