@@ -1,0 +1,100 @@
+"""API key exchange, bearer tokens (401) and job-token scope (403)."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from htc_emulator import running
+
+
+def test_api_key_exchange_needs_the_token_scheme_and_the_right_key(api, emulator):
+    url = emulator.root_url + "/auth/token"
+    for headers in ({}, {"Authorization": "Token wrong-key"}, {"Authorization": f"Bearer {emulator.api_key}"},
+                    {"Authorization": "Token "}):
+        response = api.get(url, auth=None, headers=headers, request_valid=None)
+        assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+    assert api.get(url, auth=None, headers={"Authorization": f"Token {emulator.api_key}"}).status_code == 200
+
+
+def test_whoami_with_the_api_key(api, emulator):
+    me = api.ok("GET", "/auth/whoami", auth=None, headers={"Authorization": f"Token {emulator.api_key}"})
+    assert me["user"]["workspace"]["id"] == "emulator-workspace"
+    assert api.get("/auth/whoami", auth=None, request_valid=None).status_code == 401
+
+
+def forged(claims: dict, key: bytes = b"x" * 32, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def test_htc_calls_need_a_valid_bearer_token(api, emulator):
+    now = int(time.time())
+    other_signer = forged({"iss": "htc-emulator", "sub": "emulator-user", "iat": now, "exp": now + 600})
+    unsigned = forged({"iss": "htc-emulator", "sub": "emulator-user", "iat": now, "exp": now + 600},
+                      key=None, algorithm="none")
+    for token in (None, "garbage", emulator.api_key, other_signer, unsigned):
+        response = api.get("/htc/regions", auth=token, request_valid=None)
+        assert response.status_code == 401, token
+        assert response.headers["www-authenticate"] == "Bearer"
+    response = api.get("/htc/regions", auth=None, headers={"Authorization": f"Token {emulator.api_key}"},
+                       request_valid=None)
+    assert response.status_code == 401
+
+
+def test_authentication_comes_before_input_validation(api, emulator):
+    project_id = api.new_project()
+    task_id = api.new_task(project_id)
+    response = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", auth="nope",
+                        data=b"{not json", headers={"Content-Type": "application/json"}, request_valid=None)
+    assert response.status_code == 401
+
+
+def test_expired_tokens_are_refused(client_for):
+    with running(token_lifetime=1) as emu:
+        client = client_for(emu)
+        body = client.ok("GET", emu.root_url + "/auth/token", auth=None,
+                         headers={"Authorization": f"Token {emu.api_key}"})
+        assert body["expiresIn"] == 1
+        token = body["tokenValue"]
+        assert client.get("/htc/storage", auth=token).status_code == 200
+        time.sleep(2.1)
+        expired = client.get("/htc/storage", auth=token, request_valid=None)
+        assert expired.status_code == 401 and "expired" in expired.json()["errorDescription"]
+
+
+@pytest.fixture(scope="module")
+def scoped(api, emulator):
+    """A project with two tasks, another project, and a job token for the first task."""
+    project_id = api.new_project()
+    task_id, sibling_id = api.new_task(project_id), api.new_task(project_id)
+    other_project = api.new_project()
+    token = emulator.scheduler.tokens.job_token(project_id=project_id, task_id=task_id,
+                                                 job_id="parent:0", lifetime=600)
+    return project_id, task_id, sibling_id, other_project, token
+
+
+@pytest.mark.parametrize("method,path,expected", [
+    ("GET", "/htc/projects/{p}/storage/token", 200),
+    ("GET", "/htc/projects/{p}/storage/token/AWS_EU_WEST_1", 200),
+    ("GET", "/htc/projects/{p}/tasks/{t}/storage/token", 200),
+    ("GET", "/htc/projects/{p}/tasks/{t}/storage/token/AWS_EU_WEST_1", 200),
+    ("GET", "/htc/projects/{p}/tasks/{t}", 200),
+    ("GET", "/htc/projects/{p}/tasks/{s}/storage/token", 403),
+    ("GET", "/htc/projects/{p}/tasks/{s}", 403),
+    ("DELETE", "/htc/projects/{p}/tasks/{s}", 403),
+    ("GET", "/htc/projects/{o}", 403),
+    ("GET", "/htc/projects/{o}/storage/token", 403),
+    ("POST", "/htc/projects/{o}/tasks", 403),
+    ("GET", "/htc/projects", 403),
+    ("GET", "/htc/regions", 403),
+    ("GET", "/htc/storage", 403),
+])
+def test_job_tokens_reach_only_their_own_project_and_task(api, scoped, method, path, expected):
+    project_id, task_id, sibling_id, other_project, token = scoped
+    url = path.format(p=project_id, t=task_id, s=sibling_id, o=other_project)
+    kwargs = {"json": {"taskName": "x", "taskDescription": "y"}} if method == "POST" else {}
+    response = api.request(method, url, auth=token, request_valid=None, **kwargs)
+    assert response.status_code == expected, response.text
+    assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{sibling_id}")["lifecycleStatus"] == "ACTIVE"

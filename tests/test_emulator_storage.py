@@ -1,0 +1,103 @@
+"""Storage: STS credentials from the API move real objects in moto's S3."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+import requests
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+
+def s3_for(token: dict):
+    """A boto3 client built only from a storage token; the endpoint comes from AWS_ENDPOINT_URL_S3."""
+    credentials = token["credentials"]
+    return boto3.session.Session(
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=credentials["AWS_SESSION_TOKEN"],
+    ).client("s3", region_name=token["region"][4:].lower().replace("_", "-"),
+             config=Config(retries={"total_max_attempts": 1}))
+
+
+def split(storage_path: str) -> tuple[str, str]:
+    bucket, _, prefix = storage_path.removeprefix("s3://").partition("/")
+    return bucket, prefix
+
+
+@pytest.fixture
+def layout(api):
+    project_id = api.new_project()
+    task_id, other_task = api.new_task(project_id), api.new_task(project_id)
+    return project_id, task_id, other_task
+
+
+def keys(client, bucket: str, prefix: str) -> list[str]:
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(obj["Key"][len(prefix):] for obj in listing.get("Contents", []))
+
+
+def test_upload_with_project_token_download_with_task_token(api, layout, emulator, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", emulator.s3_endpoint)
+    project_id, task_id, _ = layout
+    project_token = api.ok("GET", f"/htc/projects/{project_id}/storage/token")
+    bucket, shared = split(project_token["storagePath"])
+    s3_for(project_token).put_object(Bucket=bucket, Key=shared + "inputs/a.txt", Body=b"alpha")
+    task_token = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/token/AWS_EU_WEST_1")
+    task_s3 = s3_for(task_token)
+    _, shared_again = split(task_token["projectSharedStoragePath"])
+    assert task_s3.get_object(Bucket=bucket, Key=shared_again + "inputs/a.txt")["Body"].read() == b"alpha"
+    _, task_prefix = split(task_token["storagePath"])
+    task_s3.put_object(Bucket=bucket, Key=task_prefix + "out/result.json", Body=b"{}")
+    assert keys(task_s3, bucket, task_prefix) == ["out/result.json"]
+    assert task_token["credentials"]["AWS_ACCESS_KEY_ID"] != project_token["credentials"]["AWS_ACCESS_KEY_ID"]
+
+
+def test_presigned_put_url_uploads_into_its_prefix(api, layout, emulator):
+    project_id, task_id, _ = layout
+    presigned = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url",
+                       params={"filePath": "uploads/data.bin"})
+    assert requests.put(presigned["url"], data=b"payload", timeout=30).status_code == 200
+    admin = boto3.client("s3", endpoint_url=emulator.s3_endpoint, region_name="us-east-1",
+                         aws_access_key_id="test", aws_secret_access_key="test")
+    body = admin.get_object(Bucket=emulator.bucket, Key=f"projects/{project_id}/tasks/{task_id}/uploads/data.bin")
+    assert body["Body"].read() == b"payload"
+
+
+def test_deleting_a_task_deletes_its_objects_only(api, layout, emulator, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", emulator.s3_endpoint)
+    project_id, task_id, other_task = layout
+    project_token = api.ok("GET", f"/htc/projects/{project_id}/storage/token")
+    bucket, shared = split(project_token["storagePath"])
+    s3 = s3_for(project_token)
+    s3.put_object(Bucket=bucket, Key=shared + "keep.txt", Body=b"1")
+    prefixes = {}
+    for task in (task_id, other_task):
+        token = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task}/storage/token")
+        prefixes[task] = split(token["storagePath"])[1]
+        for name in ("a", "b/c"):
+            s3.put_object(Bucket=bucket, Key=prefixes[task] + name, Body=b"x")
+    api.ok("DELETE", f"/htc/projects/{project_id}/tasks/{task_id}")
+    assert keys(s3, bucket, prefixes[task_id]) == []
+    assert keys(s3, bucket, prefixes[other_task]) == ["a", "b/c"]
+    assert keys(s3, bucket, shared) == ["keep.txt"]
+    assert api.get(f"/htc/projects/{project_id}/tasks/{task_id}/storage/token").status_code == 404
+
+
+def test_storage_tokens_expire_in_the_future(api, layout):
+    import datetime as dt
+
+    project_id, _, _ = layout
+    token = api.ok("GET", f"/htc/projects/{project_id}/storage/token")
+    expiration = dt.datetime.fromisoformat(token["expiration"].replace("Z", "+00:00"))
+    assert dt.timedelta(minutes=50) < expiration - dt.datetime.now(dt.timezone.utc) < dt.timedelta(minutes=70)
+
+
+def test_s3_refuses_what_does_not_exist(api, layout, emulator, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", emulator.s3_endpoint)
+    project_id, _, _ = layout
+    token = api.ok("GET", f"/htc/projects/{project_id}/storage/token")
+    bucket, shared = split(token["storagePath"])
+    with pytest.raises(ClientError) as missing:
+        s3_for(token).get_object(Bucket=bucket, Key=shared + "nope")
+    assert missing.value.response["Error"]["Code"] == "NoSuchKey"
