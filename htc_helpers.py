@@ -16,13 +16,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
-from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import boto3
 import botocore.session
@@ -94,7 +95,15 @@ class HtcTimeoutError(HtcError, TimeoutError):
         self.history = history
 
 
+_SECRET_PARAM = re.compile(r"signature|credential|token|secret|key|password", re.IGNORECASE)
 _ERRORS = {400: HtcBadRequest, 401: HtcUnauthorized, 403: HtcForbidden, 404: HtcNotFound, 429: HtcRateLimited}
+
+
+def _redact(url: str) -> str:
+    """The URL with the values of credential-like query parameters (presigned URLs) blanked out."""
+    parts = urlsplit(url)
+    query = [(k, "REDACTED" if _SECRET_PARAM.search(k) else v) for k, v in parse_qsl(parts.query, True)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/:")))
 
 
 def _raise_for_status(response: requests.Response) -> None:
@@ -111,13 +120,13 @@ def _raise_for_status(response: requests.Response) -> None:
     else:
         description = response.text[:500] or None
     method = response.request.method
-    # The URL carries ids and query parameters only: credentials travel in headers, never in URLs.
-    message = f"HTTP {response.status_code} {response.reason} for {method} {response.url}"
+    url = _redact(response.url)
+    message = f"HTTP {response.status_code} {response.reason} for {method} {url}"
     if description:
         message += f": {description}"
     status = response.status_code
     cls = HtcServerError if status >= 500 else _ERRORS.get(status, HtcError)
-    raise cls(message, status=status, method=method, url=response.url, description=description)
+    raise cls(message, status=status, method=method, url=url, description=description)
 
 
 # --- session -----------------------------------------------------------------------------
@@ -152,27 +161,30 @@ class HtcSession(requests.Session):
     Example: ``session = HtcSession(config.htc_api_url(), api_key)``
     """
 
-    def __init__(self, api_url: str, api_key: str | None = None, *, bearer_token: str | None = None,
+    def __init__(self, api_url: str, api_key: str | None = None, *, job_token: str | None = None,
                  timeout: tuple[float, float] = (10, 60), max_retries: int = 6,
                  backoff_factor: float = 1.0, backoff_max: float = 60.0, refresh_margin: float = 300.0):
         super().__init__()
+        if api_key is not None and job_token is not None:
+            raise ValueError("give HtcSession an API key or a job token, not both")
+        if api_key is None and job_token is None:
+            job_token = os.environ.get("RESCALE_HTC_BEARER_TOKEN")
+            if not job_token:
+                raise ValueError("HtcSession needs an API key, or RESCALE_HTC_BEARER_TOKEN inside an HTC job")
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
         self.refresh_margin = refresh_margin
-        if api_key is None and bearer_token is None:
-            bearer_token = os.environ.get("RESCALE_HTC_BEARER_TOKEN")
-            if not bearer_token:
-                raise ValueError("HtcSession needs an API key, or RESCALE_HTC_BEARER_TOKEN inside an HTC job")
         self._api_key = api_key
-        self._token = bearer_token
+        self._token = job_token
         # A job token is used as given: there is no key to renew it with.
         self._renew_at = float("inf") if api_key is None else 0.0
         self._token_lock = threading.Lock()
         retry = _HtcRetry(
-            total=max_retries, connect=max_retries, read=max_retries, status=max_retries, other=0,
+            total=max_retries, other=0,
             backoff_factor=backoff_factor, backoff_max=backoff_max, backoff_jitter=backoff_factor,
             status_forcelist=RETRY_STATUSES, allowed_methods=Retry.DEFAULT_ALLOWED_METHODS,
-            respect_retry_after_header=True, retry_after_max=int(backoff_max * 5),
+            # urllib3 would otherwise wait up to 6 h when a server asks for it.
+            respect_retry_after_header=True, retry_after_max=300,
             # Hand the last 429/5xx back instead of raising MaxRetryError, so it becomes a typed error.
             raise_on_status=False,
         )

@@ -108,6 +108,8 @@ def test_plot_status_history_drops_always_zero_statuses():
 
 
 def test_session_needs_key_or_job_token(monkeypatch):
+    with pytest.raises(ValueError, match="not both"):
+        htc.HtcSession("http://127.0.0.1:9/api/v1", "key", job_token="jwt")
     monkeypatch.delenv("RESCALE_HTC_BEARER_TOKEN", raising=False)
     with pytest.raises(ValueError, match="RESCALE_HTC_BEARER_TOKEN"):
         htc.HtcSession("http://127.0.0.1:9/api/v1")
@@ -308,7 +310,7 @@ def test_read_timeout_not_retried_for_post(faulty, faults):
     assert faults.injected[("api", "slow")] == 1
 
 
-def test_connection_errors_are_raised_after_retries(tmp_path):
+def test_connection_errors_are_raised_after_retries():
     import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -619,3 +621,15 @@ def test_too_many_failures_cancel_the_group(session, tutorial_project):
     assert sum(summary.values()) == len(failed) == 6
     # The failures that tripped the threshold, then the jobs the cancellation ended.
     assert summary.get("ErrorUnknownFailure: Cancelled by user", 0) >= 1 and len(summary) >= 2
+
+
+def test_presigned_urls_work_and_their_signatures_stay_out_of_errors(session, emulator):
+    project_id = new_project(session)
+    url = session.get(f"/htc/projects/{project_id}/storage/presigned-url", params={"filePath": "p.txt"}).json()["url"]
+    session.put(url, data=b"presigned")  # not an API URL: sent without the bearer token
+    assert htc.list_objects(session, project_id) == ["p.txt"]
+
+    signature = dict(parse_qsl(urlsplit(url).query))["X-Amz-Signature"]
+    with pytest.raises(htc.HtcNotFound) as err:
+        session.put(url.replace(f"/{emulator.bucket}/", "/no-such-bucket-for-this-test/"), data=b"x")
+    assert signature not in str(err.value) and "X-Amz-Signature=REDACTED" in str(err.value)
