@@ -302,7 +302,9 @@ def wait_for_job(session: HtcSession, project_id: str, task_id: str, job_id: str
     url = f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/events"
     while True:
         events = paginate(session, url, {"pageSize": 500})
-        latest = max(events, key=lambda e: _timestamp(e["dateTime"]), default=None)
+        # Within one timestamp a terminal event is the later one: nothing follows it.
+        latest = max(events, key=lambda e: (_timestamp(e["dateTime"]), e["status"] in TERMINAL_STATUSES),
+                     default=None)
         if latest is not None and latest["status"] in TERMINAL_STATUSES:
             return latest
         time.sleep(_pause(interval, deadline, lambda: HtcTimeoutError(
@@ -388,11 +390,11 @@ def _watch_group(session, project_id, task_id, group, stop, *, expected_jobs, in
             bar.total = max(sum(counts.values()), expected_jobs or 0)
             bar.n = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
             bar.set_postfix_str(", ".join(f"{s}={n}" for s, n in counts.items() if n))
-            history = pd.DataFrame(rows, columns=["time", "status", "count"])
             if stop(counts):
-                return history, counts
+                return pd.DataFrame(rows, columns=["time", "status", "count"]), counts
             time.sleep(_pause(interval, deadline, lambda: HtcTimeoutError(
-                f"group {group!r} not finished after {timeout} s: {counts}", history)))
+                f"group {group!r} not finished after {timeout} s: {counts}",
+                pd.DataFrame(rows, columns=["time", "status", "count"]))))
 
 
 def monitor_group(session: HtcSession, project_id: str, task_id: str, group: str, *,
@@ -445,14 +447,14 @@ def monitor_for_cancellation(session: HtcSession, project_id: str, task_id: str,
     def too_many_failures(counts):
         finished = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
         failed = sum(n for s, n in counts.items() if s in FAILED_STATUSES)
-        return finished >= min_finished and failed / finished > max_failed_ratio
+        return finished >= max(min_finished, 1) and failed / finished > max_failed_ratio
 
     started = time.monotonic()
     history, counts = _watch_group(
         session, project_id, task_id, group,
         lambda c: _all_terminal(c, expected_jobs) or too_many_failures(c),
         expected_jobs=expected_jobs, interval=interval, timeout=timeout, progress=progress)
-    if _all_terminal(counts, expected_jobs) or not too_many_failures(counts):
+    if _all_terminal(counts, expected_jobs):
         return False, history
     cancel_group(session, project_id, task_id, group)
     remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
@@ -535,7 +537,7 @@ def _s3(session: HtcSession, project_id: str, task_id: str | None, region: str |
 
 def _list(client, bucket: str, prefix: str, under: str = "") -> list[dict]:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + under)
-    return [{"key": obj["Key"][len(prefix):], "last_modified": obj["LastModified"], "size": obj["Size"]}
+    return [{"key": obj["Key"][len(prefix):], "last_modified": obj["LastModified"]}
             for page in pages for obj in page.get("Contents", [])]
 
 
