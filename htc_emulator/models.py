@@ -293,7 +293,8 @@ class Backend:
                 raise InvalidRequest("taskId", f"jobs can only be submitted to an ACTIVE task, not {task.lifecycle_status}")
             for batch in batches:
                 parent = str(uuid.uuid4())
-                regions = batch.get("regions") or project.regions
+                # The first requested region the project has, else the project's default.
+                region = ([r for r in batch.get("regions", []) if r in project.regions] or project.regions)[0]
                 size = batch.get("batchSize", 1)
                 for index in range(size):
                     job = Job(
@@ -305,7 +306,7 @@ class Backend:
                         task_id=task_id,
                         group=group,
                         job_name=batch.get("jobName"),
-                        region=regions[0],
+                        region=region,
                         definition=batch["htcJobDefinition"],
                         tags=batch.get("tags", []),
                         max_retries=batch.get("retryStrategy", {}).get("maxRetries", 0),

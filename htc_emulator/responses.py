@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import auth, views
-from .auth import AuthenticationError, PermissionDenied, Principal, TokenAuthority
+from .auth import AuthenticationError, PermissionDenied, TokenAuthority
 from .images import ImageRegistry, normalize_image_name
 from .models import SUMMARY_STATUSES, Backend, InvalidRequest, NotFound, Project, Task
 from .schemas import (
