@@ -128,16 +128,15 @@ def auth_middleware(app, tokens: TokenAuthority):
             return await app(scope, receive, send)
         headers = dict(scope["headers"])
         authorization = headers.get(b"authorization", b"").decode("latin-1")
+        match = _SCOPE_RE.match(path)
+        project_id, task_id = (match["project"], match["task"]) if match else (None, None)
         try:
-            principal = tokens.principal(authorization)
-            match = _SCOPE_RE.match(path)
-            principal.require_scope(match["project"] if match else None, match["task"] if match else None)
+            tokens.principal(authorization).require_scope(project_id, task_id)
         except AuthenticationError as exc:
             response = _oauth2_error(401, "invalid_token", str(exc), {"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
         except PermissionDenied as exc:
             return await _oauth2_error(403, "forbidden", str(exc))(scope, receive, send)
-        scope.setdefault("state", {})["principal"] = principal
         return await app(scope, receive, send)
 
     return middleware

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 GOOD_DEFINITION = {"imageName": "opencv-htc-tutorial:v1", "commands": ["python", "-c", "pass"],
@@ -190,7 +190,7 @@ _fields = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None)
 @given(body=st.one_of(_json, st.lists(_fields, min_size=1, max_size=2)))
 def test_arbitrary_batch_bodies_never_crash_or_half_apply(api, place, body):
     project_id, task_id = place
