@@ -7,21 +7,33 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test data venv venv-dev bench clean
+# Debian's Chromium for the browser test; root installs it, anyone else through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+.PHONY: run lab test refresh data venv venv-dev chromium bench clean
+
+# Start the emulator, execute the notebook headless, write build/tutorial.{ipynb,html}.
 run: venv data
-	mkdir -p build
-	$(PY) face_tagger/face_tagger.py --json --output-dir build/tagged data/images/* > build/results.jsonl || true
-	$(PY) -c "import pandas as pd; df = pd.read_json('build/results.jsonl', lines=True); \
-	best = df[df.faces == df.faces.max()]; \
-	print(f'{len(df)} images, {int((df.status != \"ok\").sum())} failed'); \
-	[print(f'most faces: {r.image} with {int(r.faces)}') for r in best.itertuples()]"
+	$(PY) run_tutorial.py run
 
-test: venv-dev data
+# Start the emulator and JupyterLab, to step through the notebook.
+lab: venv data
+	$(PY) run_tutorial.py lab
+
+test: venv-dev data chromium
 	$(PY) -m pytest
+
+# Re-execute tutorial.ipynb in place: the outputs that nbval compares.
+refresh: venv data
+	$(PY) run_tutorial.py refresh
 
 bench: venv-dev data
 	$(PY) bench/worker.py
+	$(PY) bench/emulator.py
+
+chromium:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
 data: data/ground_truth.json
 

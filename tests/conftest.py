@@ -1,58 +1,18 @@
-"""One HTC emulator for the whole test session, notebook included.
-
-nbval's cells are not pytest functions, so fixtures never run for them:
-the emulator starts in ``pytest_sessionstart`` and its settings go into
-``os.environ``, which the notebook's kernel inherits when nbval starts it.
-Tests reach the same emulator through the ``emulator`` fixture; tests that
-need other settings (short tokens, faults, time scale) start their own
-with ``htc_emulator.running(...)``.
+"""Spec-checking HTTP clients for the emulator tests.
 
 ``client_for(emu)`` gives an HTTP client that checks every request body
-and response against the OpenAPI document (``htc_emulator.spec``).
+and response against the OpenAPI document (``htc_emulator.spec``). The
+session emulator itself starts in the project's root ``conftest.py``.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from htc_emulator import running
 from htc_emulator.spec import ContractValidator, load_spec
-
-ROOT = Path(__file__).resolve().parent.parent
-TUTORIAL_IMAGE = "opencv-htc-tutorial:v1"
-TUTORIAL_DOCKERFILE = "docker/Dockerfile"
-# Like run_tutorial.py: the notebook's 60 s timeouts (the spec's minimum) last 3 s.
-SESSION_TIME_SCALE = 0.05
-
-_session: dict = {}
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    images = {TUTORIAL_IMAGE: TUTORIAL_DOCKERFILE} if (ROOT / TUTORIAL_DOCKERFILE).is_file() else {}
-    context = running(images=images, time_scale=SESSION_TIME_SCALE)
-    emu = context.__enter__()
-    tmp = tempfile.TemporaryDirectory(prefix="htc-emulator-session-")
-    apiconfig = emu.write_apiconfig(Path(tmp.name) / "apiconfig")
-    _session.update(context=context, emulator=emu, tmp=tmp)
-    os.environ.update(emu.env(), RESCALE_APICONFIG=str(apiconfig))
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if "context" in _session:
-        _session.pop("context").__exit__(None, None, None)
-        _session.pop("tmp").cleanup()
-
-
-@pytest.fixture(scope="session")
-def emulator():
-    """The session's running emulator (the one the environment points at)."""
-    return _session["emulator"]
 
 
 class ContractClient:
