@@ -1,0 +1,125 @@
+"""The worker in its HTC modes, run as a job would be, against the session emulator's API and storage.
+
+The runtime is simulated the way the tutorial does it: the job's variables in the
+environment, the worker as a subprocess. Bad inputs must be recorded in the
+manifest while the rest of the chunk goes on.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+import htc_helpers as htc
+from face_tagger import face_tagger as ft
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = ROOT / "face_tagger" / "face_tagger.py"
+FACE_PHOTO = ROOT / "data" / "images" / "2008_004176.jpg"
+
+
+@pytest.fixture(scope="module")
+def job_context(emulator, tmp_path_factory):
+    """A project and a task whose shared storage holds one good photo, one corrupt one and a list."""
+    session = htc.HtcSession(emulator.api_url, emulator.api_key)
+    project = session.post("/htc/projects", json={"projectName": "worker", "projectDescription": "HTC modes",
+                                                  "regions": ["AWS_EU_WEST_1"]}).json()
+    task = session.post(f"/htc/projects/{project['projectId']}/tasks",
+                        json={"taskName": "worker", "taskDescription": "HTC modes"}).json()
+    folder = tmp_path_factory.mktemp("shared")
+    (folder / "good.jpg").write_bytes(FACE_PHOTO.read_bytes())
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "list.dat").write_text("good.jpg\n\ncorrupt.jpg\n  \nmissing.jpg\n../escape.jpg\n")
+    htc.upload_files(session, project["projectId"], folder, progress=False)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "RESCALE_HTC_API_URL": emulator.api_url,
+        "AWS_ENDPOINT_URL_S3": emulator.s3_endpoint,
+        "RESCALE_HTC_PROJECT_ID": project["projectId"],
+        "RESCALE_HTC_TASK_ID": task["taskId"],
+        "RESCALE_HTC_BEARER_TOKEN": session.bearer_token(),
+    }
+    return session, project["projectId"], task["taskId"], env
+
+
+def run_job(env, *args, **extra):
+    return subprocess.run([sys.executable, str(WORKER), *args], env={**env, **extra},
+                          capture_output=True, text=True, timeout=120)
+
+
+def manifest(session, project_id, task_id, key, folder):
+    htc.download_files(session, project_id, [key], folder, task_id, progress=False)
+    return [json.loads(line) for line in (folder / key).read_text().splitlines()]
+
+
+def test_batch_chunks_account_for_every_listed_image_once(job_context, tmp_path):
+    session, project_id, task_id, env = job_context
+    batch = {"IMG_OBJKEY_LIST": "list.dat", "BATCH_JOB_ARRAY_SIZE": "6"}  # 4 images over 6 jobs
+    for index in range(6):
+        result = run_job(env, **batch, AWS_BATCH_JOB_ARRAY_INDEX=str(index), AWS_BATCH_JOB_ID=f"p:{index}")
+        assert result.returncode == 0, result.stderr
+        assert env["RESCALE_HTC_BEARER_TOKEN"] not in result.stdout + result.stderr
+
+    records = [r for i in range(6)
+               for r in manifest(session, project_id, task_id, f"manifests/chunk-{i:05d}.jsonl", tmp_path)]
+    by_image = {r["image"]: r for r in records}
+    assert sorted(r["image"] for r in records) == sorted(["good.jpg", "corrupt.jpg", "missing.jpg", "../escape.jpg"])
+    assert by_image["good.jpg"]["status"] == "ok" and by_image["good.jpg"]["faces"] >= 1
+    assert by_image["good.jpg"]["faces"] == len(by_image["good.jpg"]["boxes"])
+    assert "not a readable image" in by_image["corrupt.jpg"]["error"]
+    assert "download of 'missing.jpg' failed" in by_image["missing.jpg"]["error"]
+    assert "unsafe object key" in by_image["../escape.jpg"]["error"]
+    assert {r["job"] for r in records} <= {f"p:{i}" for i in range(6)}
+
+    keys = set(htc.list_objects(session, project_id, task_id))
+    assert {"good.jpg_tagged.jpg", "good.jpg_tagged.dat"} <= keys
+    assert not any(k.startswith(("corrupt", "missing")) for k in keys)
+
+
+def test_single_image_mode_tags_the_named_object(job_context, tmp_path):
+    session, project_id, task_id, env = job_context
+    result = run_job(env, HTC_INPUT_IMAGE="good.jpg")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("good.jpg: Found ")
+    [record] = manifest(session, project_id, task_id, "manifests/single-good.jpg.jsonl", tmp_path)
+    htc.download_files(session, project_id, ["good.jpg_tagged.dat", "good.jpg_tagged.jpg"], tmp_path, task_id,
+                       progress=False)
+    assert (tmp_path / "good.jpg_tagged.dat").read_text() == f"face_cnt\n{record['faces']}\n"
+    assert cv2.imread(str(tmp_path / "good.jpg_tagged.jpg")) is not None
+
+
+def test_single_image_mode_fails_the_job_for_a_missing_object(job_context):
+    _, _, _, env = job_context
+    result = run_job(env, HTC_INPUT_IMAGE="absent.jpg")
+    assert result.returncode == 1
+    assert "absent.jpg: ERROR download of 'absent.jpg' failed" in result.stdout
+
+
+def test_index_out_of_range_is_a_clear_error(job_context):
+    _, _, _, env = job_context
+    result = run_job(env, IMG_OBJKEY_LIST="list.dat", BATCH_JOB_ARRAY_SIZE="6", AWS_BATCH_JOB_ARRAY_INDEX="6")
+    assert result.returncode == ft.EXIT_USAGE
+    assert "AWS_BATCH_JOB_ARRAY_INDEX 6 is outside 0..5" in result.stderr
+
+
+def test_a_missing_image_list_is_a_clear_error(job_context):
+    _, _, _, env = job_context
+    result = run_job(env, IMG_OBJKEY_LIST="nope.dat", BATCH_JOB_ARRAY_SIZE="1")
+    assert result.returncode == ft.EXIT_USAGE
+    assert "'nope.dat' not found in project shared storage" in result.stderr
+
+
+def test_simulated_failures_fail_the_same_jobs_every_time(job_context):
+    _, _, _, env = job_context
+    raising = next(i for i in range(100) if ft.simulated_failure(0.5, i) == "raise")
+    passing = next(i for i in range(100) if ft.simulated_failure(0.5, i) is None)
+    batch = {"IMG_OBJKEY_LIST": "list.dat", "BATCH_JOB_ARRAY_SIZE": "100", "SIMULATE_FAILURES": "0.5"}
+    for _ in range(2):
+        failed = run_job(env, **batch, AWS_BATCH_JOB_ARRAY_INDEX=str(raising))
+        assert failed.returncode == 1 and f"simulated failure for array index {raising}" in failed.stderr
+        assert run_job(env, **batch, AWS_BATCH_JOB_ARRAY_INDEX=str(passing)).returncode == 0
+    assert run_job(env, **{**batch, "SIMULATE_FAILURES": "false"},
+                   AWS_BATCH_JOB_ARRAY_INDEX=str(raising)).returncode == 0
