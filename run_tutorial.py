@@ -95,10 +95,14 @@ def lab(port: int) -> None:
     """JupyterLab on loopback with the emulator's settings, until interrupted."""
     with emulator_environment() as emu:
         print(f"HTC emulator: {emu.api_url}")
-        print(f"JupyterLab:   http://127.0.0.1:{port}/lab/tree/{NOTEBOOK.name}")
+        print(f"JupyterLab:   open {NOTEBOOK.name} from the URL with a token that JupyterLab prints below")
+        command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
+                   f"--port={port}", f"--ServerApp.root_dir={ROOT}"]
+        # Containers and CI machines often run as root, which JupyterLab refuses without this flag.
+        if os.geteuid() == 0:
+            command.append("--allow-root")
         with contextlib.suppress(KeyboardInterrupt):
-            subprocess.run([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
-                            f"--port={port}", f"--ServerApp.root_dir={ROOT}"], check=False)
+            subprocess.run(command, check=False)
 
 
 def main() -> None:
