@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import pytest
 
+from htc_emulator import ExchangeRecorder
 from run_tutorial import emulator_environment
 
 _session: dict = {}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    context = emulator_environment()
+    # Every exchange is kept for tests/test_contract_audit.py, which checks them all against the spec.
+    context = emulator_environment(recorder=ExchangeRecorder())
     _session.update(emulator=context.__enter__(), context=context)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """Run the session audit after everything else, the notebook included."""
+    items.sort(key=lambda item: item.get_closest_marker("session_audit") is not None)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

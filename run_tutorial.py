@@ -36,9 +36,12 @@ MOST_FACES_TAG = "most-faces"
 
 
 @contextlib.contextmanager
-def emulator_environment():
-    """Start the emulator and put its settings (and an apiconfig profile) into os.environ."""
-    with running(**EMULATOR_SETTINGS) as emu, tempfile.TemporaryDirectory() as tmp:
+def emulator_environment(**settings):
+    """Start the emulator and put its settings (and an apiconfig profile) into os.environ.
+
+    ``settings`` are passed to ``htc_emulator.running`` on top of the tutorial's own.
+    """
+    with running(**{**EMULATOR_SETTINGS, **settings}) as emu, tempfile.TemporaryDirectory() as tmp:
         apiconfig = Path(tmp) / "apiconfig"
         emu.write_apiconfig(apiconfig)
         saved = dict(os.environ)

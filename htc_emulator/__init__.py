@@ -12,6 +12,7 @@ or from a shell with ``python -m htc_emulator``.
 """
 
 from .faults import FaultInjector
+from .recorder import ExchangeRecorder
 from .server import Emulator, running
 
-__all__ = ["Emulator", "FaultInjector", "running"]
+__all__ = ["Emulator", "ExchangeRecorder", "FaultInjector", "running"]

@@ -22,6 +22,7 @@ from .auth import TokenAuthority
 from .faults import FaultInjector
 from .images import DockerEngine, ImageRegistry, LocalImage
 from .models import Backend
+from .recorder import ExchangeRecorder
 from .responses import API_PREFIX, Services, auth_middleware, create_app
 from .scheduler import Scheduler
 from .storage import ADMIN_ACCESS_KEY, Storage
@@ -33,7 +34,8 @@ class Emulator:
     """A running emulator: where it is and how to reach it."""
 
     def __init__(self, *, root_url: str, api_key: str, storage: Storage, backend: Backend,
-                 images: ImageRegistry, faults: FaultInjector, scheduler: Scheduler) -> None:
+                 images: ImageRegistry, faults: FaultInjector, scheduler: Scheduler,
+                 recorder: ExchangeRecorder | None = None) -> None:
         self.root_url = root_url
         self.api_url = root_url + API_PREFIX
         self.api_key = api_key
@@ -44,6 +46,7 @@ class Emulator:
         self.images = images
         self.faults = faults
         self.scheduler = scheduler
+        self.recorder = recorder
 
     def env(self) -> dict[str, str]:
         """The variables a client needs: API URL, API key, S3 endpoint."""
@@ -96,6 +99,7 @@ def running(
     faults: FaultInjector | Mapping | None = None,
     port: int = 0,
     docker: bool = False,
+    recorder: ExchangeRecorder | None = None,
 ) -> Iterator[Emulator]:
     """Start an emulator for the ``with`` block and stop it afterwards.
 
@@ -106,7 +110,8 @@ def running(
     ``execTimeoutSeconds``; ``refresh_delay`` (seconds) makes job statuses
     change only at refresh ticks. ``faults`` is a :class:`FaultInjector` or
     the settings for :meth:`FaultInjector.from_config`. ``docker=True`` runs
-    jobs as real containers and needs a reachable Docker engine.
+    jobs as real containers and needs a reachable Docker engine. A
+    ``recorder`` keeps every HTTP exchange, injected faults included.
     """
     if refresh_delay < 0:
         raise ValueError("refresh_delay must not be negative")
@@ -128,8 +133,9 @@ def running(
         storage = Storage(wrap=lambda app: injector.wsgi(app, ADMIN_ACCESS_KEY))
         backend = Backend(storage, refresh_delay=refresh_delay)
         app = create_app(Services(backend=backend, tokens=tokens, storage=storage, images=registry))
+        served = injector.asgi(auth_middleware(app, tokens))
         config = uvicorn.Config(
-            injector.asgi(auth_middleware(app, tokens)),
+            recorder.asgi(served) if recorder is not None else served,
             host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False,
         )
         server = uvicorn.Server(config)
@@ -147,7 +153,7 @@ def running(
             concurrency=concurrency, time_scale=time_scale, docker=engine,
         )
         yield Emulator(root_url=root_url, api_key=api_key, storage=storage, backend=backend,
-                       images=registry, faults=injector, scheduler=scheduler)
+                       images=registry, faults=injector, scheduler=scheduler, recorder=recorder)
     finally:
         if server is not None:
             server.should_exit = True
