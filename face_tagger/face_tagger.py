@@ -194,6 +194,8 @@ def apply_simulated_failure(index: int) -> None:
     if mode == "hang":
         print(f"simulated hang for array index {index}: sleeping past the job timeout", flush=True)
         time.sleep(float(os.environ.get("SIMULATE_HANG_SECONDS", "86400")))
+        # A timeout longer than the sleep must still see this job fail, not succeed late.
+        raise RuntimeError(f"simulated hang for array index {index} outlived the job timeout")
 
 
 def safe_key(key: str) -> str:
@@ -232,16 +234,46 @@ def s3_client(credentials: dict, region: str | None = None):
              config=Config(retries={"max_attempts": 6, "mode": "standard"}, max_pool_connections=TRANSFER_THREADS))
 
 
-def token_location(http, token_url: str) -> Location:
-    """Ask one storage-token endpoint and turn its answer into a Location."""
-    response = http.get(token_url, timeout=30)
+def storage_token(http, url: str) -> dict:
+    """One storage-token answer, checked for what the worker needs."""
+    response = http.get(url, timeout=30)
     if not response.ok:
-        raise UsageError(f"storage token request failed: HTTP {response.status_code} for {token_url}")
+        raise UsageError(f"storage token request failed: HTTP {response.status_code} for {url}")
     body = response.json()
-    bucket, _, prefix = body["storagePath"].removeprefix("s3://").partition("/")
+    if body.get("provider", "AWS") != "AWS":
+        raise UsageError(f"only AWS storage is supported, the token is for {body['provider']}")
+    if not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(body.get("credentials") or {}):
+        raise UsageError(f"the storage token from {url} carries no AWS credentials")
+    if not body.get("projectSharedStoragePath"):
+        raise UsageError(f"the storage token from {url} has no projectSharedStoragePath")
+    return body
+
+
+def location(token: dict, path: str) -> Location:
+    """A Location for an ``s3://bucket/prefix/`` path, on the token's credentials."""
+    bucket, _, prefix = path.removeprefix("s3://").partition("/")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    return Location(s3_client(body["credentials"], body.get("region")), bucket, prefix)
+    return Location(s3_client(token["credentials"], token.get("region")), bucket, prefix)
+
+
+def regional_task_path(http, url: str, region: str | None, shared_path: str) -> str:
+    """The task's storage path from ``regional-storage``, for tokens without ``storagePath``.
+
+    The spec's storage token documents only ``projectSharedStoragePath``; the task
+    path it documents is the ``taskPath`` of each regional store.
+    """
+    response = http.get(url, timeout=30)
+    if not response.ok:
+        raise UsageError(f"regional storage request failed: HTTP {response.status_code} for {url}")
+    for store in response.json().get("regionalStores") or []:
+        if store.get("region") == region and store.get("taskPath"):
+            path = store["taskPath"]
+            if path.startswith("s3://"):
+                return path
+            bucket = shared_path.removeprefix("s3://").partition("/")[0]
+            return f"s3://{bucket}/{path.lstrip('/')}"
+    raise UsageError(f"no task storage path for region {region} in {url}")
 
 
 class HtcStorage:
@@ -251,7 +283,7 @@ class HtcStorage:
         self.shared, self.task = shared, task
 
     @classmethod
-    def from_api(cls, api_url: str, token: str, project_id: str, task_id: str) -> "HtcStorage":
+    def from_api(cls, api_url: str, token: str, project_id: str, task_id: str, http=None) -> "HtcStorage":
         """Reach storage the way a job container can.
 
         The job's bearer token buys short-lived storage credentials from the HTC API;
@@ -261,7 +293,7 @@ class HtcStorage:
         from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
 
-        http = requests.Session()
+        http = http or requests.Session()
         retry = Retry(total=5, backoff_factor=0.5, backoff_jitter=0.5,
                       status_forcelist=(429, 500, 502, 503, 504), respect_retry_after_header=True)
         http.mount("http://", HTTPAdapter(max_retries=retry))
@@ -269,8 +301,12 @@ class HtcStorage:
         http.headers["Authorization"] = f"Bearer {token}"
         base = f"{api_url.rstrip('/')}/htc/projects/{project_id}"
         with http:
-            return cls(token_location(http, f"{base}/storage/token"),
-                       token_location(http, f"{base}/tasks/{task_id}/storage/token"))
+            shared = storage_token(http, f"{base}/storage/token")
+            task = storage_token(http, f"{base}/tasks/{task_id}/storage/token")
+            shared_path = shared["projectSharedStoragePath"]
+            task_path = task.get("storagePath") or regional_task_path(
+                http, f"{base}/tasks/{task_id}/storage/regional-storage", task.get("region"), shared_path)
+            return cls(location(shared, shared_path), location(task, task_path))
 
     def read_shared_text(self, key: str) -> str:
         client, bucket, prefix = self.shared
@@ -393,9 +429,23 @@ def run_single(detector: FaceDetector, args: list[str]) -> int:
         key = args[0]
     else:
         key = setting
-    records = run_htc(detector, [safe_key(key)], f"manifests/single-{key.replace('/', '_')}.jsonl",
-                      storage_from_env())
+    try:
+        safe_key(key)
+    except ImageError as exc:
+        raise UsageError(f"HTC_INPUT_IMAGE: {exc}") from None
+    records = run_htc(detector, [key], f"manifests/single-{key.replace('/', '_')}.jsonl", storage_from_env())
     return 0 if records[0]["status"] == "ok" else 1
+
+
+def opencv_threads(setting: str | None) -> int:
+    """``OPENCV_THREADS``, default 1: the ``maxVCpus: 1`` a job asks for; more only fights the other jobs."""
+    try:
+        threads = int(setting or "1")
+    except ValueError:
+        raise UsageError(f"OPENCV_THREADS must be a whole number, got {setting!r}") from None
+    if threads < 1:
+        raise UsageError(f"OPENCV_THREADS must be at least 1, got {threads}")
+    return threads
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -415,8 +465,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
-        # One thread matches the maxVCpus: 1 a job asks for; more only fights the other jobs on the host.
-        cv2.setNumThreads(int(os.environ.get("OPENCV_THREADS", "1")))
+        cv2.setNumThreads(opencv_threads(os.environ.get("OPENCV_THREADS")))
         detector = FaceDetector.load(args.cascade, args.scale_factor)
         if os.environ.get("HTC_INPUT_IMAGE"):
             return run_single(detector, args.images)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import requests
 
 import htc_helpers as htc
 from face_tagger import face_tagger as ft
@@ -123,3 +124,46 @@ def test_simulated_failures_fail_the_same_jobs_every_time(job_context):
         assert run_job(env, **batch, AWS_BATCH_JOB_ARRAY_INDEX=str(passing)).returncode == 0
     assert run_job(env, **{**batch, "SIMULATE_FAILURES": "false"},
                    AWS_BATCH_JOB_ARRAY_INDEX=str(raising)).returncode == 0
+
+
+def test_task_storage_is_found_without_the_undocumented_storage_path(job_context, tmp_path):
+    """The spec's storage token has no ``storagePath``; the worker then asks ``regional-storage``."""
+    session, project_id, task_id, env = job_context
+    http = requests.Session()
+
+    def drop_storage_path(response, *args, **kwargs):
+        if response.url.endswith("/storage/token"):
+            body = response.json()
+            body.pop("storagePath")
+            response._content = json.dumps(body).encode()
+
+    http.hooks["response"].append(drop_storage_path)
+    storage = ft.HtcStorage.from_api(env["RESCALE_HTC_API_URL"], env["RESCALE_HTC_BEARER_TOKEN"],
+                                     project_id, task_id, http=http)
+    expected = htc.task_storage_token(session, project_id, task_id)["storagePath"]
+    assert f"s3://{storage.task.bucket}/{storage.task.prefix}" == expected
+    assert storage.read_shared_text("list.dat").startswith("good.jpg\n")
+    note = tmp_path / "note.txt"
+    note.write_text("written without storagePath")
+    storage.upload_task([(note, "notes/note.txt")])
+    assert "notes/note.txt" in htc.list_objects(session, project_id, task_id)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"HTC_INPUT_IMAGE": "../outside.jpg"}, "HTC_INPUT_IMAGE: unsafe object key"),
+    ({"HTC_INPUT_IMAGE": "good.jpg", "OPENCV_THREADS": "two"}, "OPENCV_THREADS must be a whole number"),
+])
+def test_bad_settings_are_clear_errors_not_tracebacks(job_context, settings, message):
+    _, _, _, env = job_context
+    result = run_job(env, **settings)
+    assert result.returncode == ft.EXIT_USAGE
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_simulated_hang_fails_even_when_it_outlives_its_sleep(job_context):
+    _, _, _, env = job_context
+    hanging = next(i for i in range(100) if ft.simulated_failure(1.0, i) == "hang")
+    result = run_job(env, IMG_OBJKEY_LIST="list.dat", BATCH_JOB_ARRAY_SIZE="100", SIMULATE_FAILURES="1",
+                     SIMULATE_HANG_SECONDS="0.1", AWS_BATCH_JOB_ARRAY_INDEX=str(hanging))
+    assert result.returncode == 1
+    assert f"simulated hang for array index {hanging} outlived the job timeout" in result.stderr
