@@ -22,6 +22,9 @@ from face_data import augment, ground_truth
 
 def derive(src: Path, dest: Path, count: int, seed: int = 0) -> dict:
     """Write `count` derived images and their ground truth into `dest`; returns the images mapping."""
+    if dest.resolve() == src.resolve():
+        # Writing into the source would delete its photos as stale and overwrite its ground truth.
+        raise ValueError(f"--dest {dest} is the source data set; choose another folder")
     truth = ground_truth.load(src / "ground_truth.json")["images"]
     if not truth:
         raise ValueError(f"{src}: no images to derive from")
@@ -74,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.count < 1:
         parser.error("--count must be at least 1")
     start = time.perf_counter()
-    derived = derive(args.src, args.dest, args.count, args.seed)
+    try:
+        derived = derive(args.src, args.dest, args.count, args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
     known = sum(e["faces"] is not None for e in derived.values())
     labelled = [e for e in derived.values() if e["boxes"]]
     print(

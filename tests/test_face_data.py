@@ -252,6 +252,13 @@ def test_scale_up_ground_truth_is_consistent_and_reruns_leave_no_stale_images(sm
     assert len(list((dest / "images").iterdir())) == 5
 
 
+def test_scale_up_refuses_to_write_into_its_source(small_src):
+    before = tree_bytes(small_src)
+    with pytest.raises(ValueError, match="is the source data set"):
+        scale_up.derive(small_src, small_src, 5)
+    assert tree_bytes(small_src) == before
+
+
 # --- scoring --------------------------------------------------------------------------------------------------------
 
 
