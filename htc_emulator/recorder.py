@@ -56,14 +56,18 @@ class ExchangeRecorder:
                     response_body.extend(message.get("body", b""))
                 await send(message)
 
-            await app(scope, receive_and_keep, send_and_keep)
-            headers = _decode(scope["headers"])
-            query = scope["query_string"].decode("latin-1")
-            url = f"http://{headers.get('host', 'localhost')}{scope['path']}" + (f"?{query}" if query else "")
-            exchange = Exchange(scope["method"], url, headers, bytes(request_body), response.get("status", 0),
-                                response.get("headers", {}), bytes(response_body))
-            with recorder._lock:
-                recorder._exchanges.append(exchange)
+            try:
+                await app(scope, receive_and_keep, send_and_keep)
+            finally:
+                # Starlette sends its 500 and then re-raises the exception: a crash is recorded
+                # too, as the 500 it sent, or as a bare 500 if it died before answering at all.
+                headers = _decode(scope["headers"])
+                query = scope["query_string"].decode("latin-1")
+                url = f"http://{headers.get('host', 'localhost')}{scope['path']}" + (f"?{query}" if query else "")
+                exchange = Exchange(scope["method"], url, headers, bytes(request_body), response.get("status", 500),
+                                    response.get("headers", {}), bytes(response_body))
+                with recorder._lock:
+                    recorder._exchanges.append(exchange)
 
         return middleware
 

@@ -35,6 +35,11 @@ def test_every_response_of_the_session_follows_the_spec(emulator, openapi_spec, 
     if len(request.session.items) == 1:
         pytest.skip("the audit checks what the rest of the session did, and nothing else ran")
     assert exchanges, "the session emulator recorded no exchange"
+    # spec.CORRECTIONS make 500 a valid answer everywhere (for injected faults), so the schema
+    # check alone would pass a crash. The session emulator injects none: any 5xx is a bug.
+    if not emulator.faults.injected:
+        crashes = Counter(f"{e.method} {e.url.split('?')[0]} -> {e.status}" for e in exchanges if e.status >= 500)
+        assert not crashes, f"the session emulator answered with 5xx without an injected fault: {dict(crashes)}"
     validator = ContractValidator(emulator.api_url, openapi_spec)
     broken, accepted_but_invalid = Counter(), Counter()
     for exchange in exchanges:

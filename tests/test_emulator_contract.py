@@ -7,11 +7,14 @@ spec alone can't (values, links, state).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
 
+from htc_emulator import ExchangeRecorder, running
 from htc_emulator.spec import ContractValidator, corrected_spec
 
 # A no-op job that runs quickly wherever the tutorial image is registered.
@@ -229,3 +232,42 @@ def test_response_checker_catches_a_broken_response(openapi_spec, emulator):
     assert validator.response_errors(fake("/htc/projects/p", b'{"projectName": 5}'))
     assert not validator.response_errors(fake("/htc/projects/p", b'{"projectName": "x", "projectDescription": "y"}'))
     assert corrected_spec(openapi_spec, "http://h")["servers"] == [{"url": "http://h"}]
+
+
+def test_a_crashing_route_is_recorded_as_its_500(client_for, monkeypatch):
+    """Starlette sends its 500 and then re-raises; the recorder must keep that exchange all the same."""
+    with running(recorder=ExchangeRecorder()) as emu:
+        client = client_for(emu)
+
+        def crash():
+            raise RuntimeError("backend bug")
+
+        monkeypatch.setattr(emu.backend, "list_projects", crash)
+        response = client.get("/htc/projects", request_valid=None)
+        assert response.status_code == 500
+        # The server thread records the exchange after the client has its answer.
+        deadline = time.monotonic() + 5
+        while not (crashed := [e for e in emu.recorder.exchanges if e.url.endswith("/htc/projects")]):
+            assert time.monotonic() < deadline, "the crashed exchange was never recorded"
+            time.sleep(0.01)
+        assert [(e.method, e.status) for e in crashed] == [("GET", 500)]
+        assert b"RuntimeError" in crashed[0].response_body
+
+
+def test_an_app_that_dies_before_answering_is_recorded_as_500():
+    async def dies(scope, receive, send):
+        raise RuntimeError("no response at all")
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        raise AssertionError("nothing should be sent")
+
+    recorder = ExchangeRecorder()
+    scope = {"type": "http", "method": "POST", "path": "/htc/projects", "query_string": b"",
+             "headers": [(b"host", b"h")]}
+    with pytest.raises(RuntimeError):
+        asyncio.run(recorder.asgi(dies)(scope, receive, send))
+    [exchange] = recorder.exchanges
+    assert (exchange.method, exchange.url, exchange.status) == ("POST", "http://h/htc/projects", 500)
