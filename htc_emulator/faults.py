@@ -21,8 +21,9 @@ Python::
     emu.faults.clear()
     emu.faults.injected                                      # Counter of (target, kind)
 
-A script runs before the rate: while it has entries, every matching
-request takes the next one.
+A script runs before the rate: while it has entries, every request its
+``path`` matches takes the next one. The rate and the script of a target
+each keep their own ``path``.
 """
 
 from __future__ import annotations
@@ -54,10 +55,14 @@ _S3_ERRORS = {
 
 @dataclass
 class _Rule:
+    """A rate or a script, each with its own path filter, so that scripting one never re-scopes the other."""
+
+    kinds: collections.deque | tuple[str, ...]
     rate: float = 0.0
-    kinds: tuple[str, ...] = ()
-    script: collections.deque | None = None
     path: re.Pattern | None = None
+
+    def matches(self, path: str) -> bool:
+        return self.path is None or self.path.search(path) is not None
 
 
 class FaultInjector:
@@ -68,7 +73,8 @@ class FaultInjector:
         self.slow_seconds = slow_seconds
         self.injected: collections.Counter = collections.Counter()
         self._random = random.Random(seed)
-        self._rules = {target: _Rule() for target in TARGETS}
+        self._rates: dict[str, _Rule | None] = dict.fromkeys(TARGETS)
+        self._scripts: dict[str, _Rule | None] = dict.fromkeys(TARGETS)
         self._lock = threading.Lock()
 
     @classmethod
@@ -106,33 +112,27 @@ class FaultInjector:
         if not 0.0 <= rate <= 1.0 or (rate > 0 and not kinds):
             raise ValueError("rate must be within [0, 1] and needs at least one kind")
         with self._lock:
-            rule = self._rules[target]
-            rule.rate, rule.kinds = float(rate), kinds
-            rule.path = re.compile(path) if path else None
+            self._rates[target] = _Rule(kinds, float(rate), re.compile(path) if path else None)
 
     def script(self, kinds: Iterable[str], *, target: str = "api", path: str | None = None) -> None:
         """Inject exactly this sequence into the next matching requests."""
         kinds = self._check(kinds, target)
         with self._lock:
-            rule = self._rules[target]
-            rule.script = collections.deque(kinds)
-            rule.path = re.compile(path) if path else None
+            self._scripts[target] = _Rule(collections.deque(kinds), path=re.compile(path) if path else None)
 
     def clear(self, target: str | None = None) -> None:
         with self._lock:
             for name in [target] if target else TARGETS:
-                self._rules[name] = _Rule()
+                self._rates[name] = self._scripts[name] = None
 
     def pick(self, target: str, path: str) -> str | None:
         """The fault for this request, or None."""
         with self._lock:
-            rule = self._rules[target]
-            if rule.path is not None and not rule.path.search(path):
-                return None
-            if rule.script:
-                kind = rule.script.popleft()
-            elif rule.rate and self._random.random() < rule.rate:
-                kind = self._random.choice(rule.kinds)
+            script, rate = self._scripts[target], self._rates[target]
+            if script is not None and script.kinds and script.matches(path):
+                kind = script.kinds.popleft()
+            elif rate is not None and rate.rate and rate.matches(path) and self._random.random() < rate.rate:
+                kind = self._random.choice(rate.kinds)
             else:
                 return None
             if kind == "ok":

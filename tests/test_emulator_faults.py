@@ -110,3 +110,16 @@ def test_faults_from_a_mapping_and_from_the_command_line(client_for):
     assert injector.pick("api", "/api/v1/htc/regions") is None
     scripted = build_faults(parse_args(["--fault-target", "storage", "--fault-script", "500,ok,503"]))
     assert [scripted.pick("storage", "/b/k") for _ in range(4)] == ["500", None, "503", None]
+
+
+def test_a_script_does_not_rescope_the_rate():
+    injector = FaultInjector(seed=1)
+    injector.set_rate(1.0, kinds=["503"], path=r"/regions$")
+    injector.script(["429"], path=r"/tasks$")
+    assert injector.pick("api", "/api/v1/htc/regions") == "503"  # the rate keeps its own path
+    assert injector.pick("api", "/api/v1/htc/projects/p/tasks") == "429"
+    assert injector.pick("api", "/api/v1/htc/projects/p/tasks") is None  # script used up; the rate's path differs
+    injector.set_rate(1.0, kinds=["500"])  # and a new rate leaves the script's path alone
+    injector.script(["slow"], path=r"/tasks$")
+    assert injector.pick("api", "/api/v1/htc/regions") == "500"
+    assert injector.pick("api", "/api/v1/htc/projects/p/tasks") == "slow"
