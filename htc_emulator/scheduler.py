@@ -150,9 +150,11 @@ class Scheduler:
             )
         with self._lock:
             self._running[job.job_id] = process
-        if job.cancel_requested or self._stopping.is_set():
+        # A cancel that came after claim_for_start found no process to kill, so it is killed
+        # here, and a job that never ran gets no RUNNING event: advance() refuses a cancelled
+        # job under the backend's lock. A cancel after that finds the process in _running.
+        if self._stopping.is_set() or not self.backend.advance(job, "RUNNING", f"Running attempt {job.attempt}"):
             self._kill_process(process, job)
-        self.backend.transition(job, "RUNNING", f"Running attempt {job.attempt}")
         reader = threading.Thread(target=self._pump_logs, args=(job, process), daemon=True)
         reader.start()
         timed_out = False

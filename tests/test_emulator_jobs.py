@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+import requests
 
 from htc_emulator import running
 
@@ -205,6 +206,30 @@ def test_cancel_kills_running_and_fails_pending_jobs_of_one_group(fast, task):
         statuses = [e["status"] for e in events(fast, project_id, task_id, f"{sleepers}:{index}")]
         assert "RUNNING" not in statuses
     assert fast.job(project_id, task_id, f"{survivor}:0")["status"] == "SUCCEEDED"
+
+
+def test_a_job_cancelled_while_starting_never_shows_running(fast, task, monkeypatch):
+    project_id, task_id = task
+    scheduler = fast.emu.scheduler
+    prepare = scheduler._job_environment
+    cancel_url = f"{fast.emu.api_url}/htc/projects/{project_id}/tasks/{task_id}/jobs/cancel"
+    token, seen = fast.token, []
+
+    def cancel_then_prepare(job, *args):
+        # Runs on the scheduler's thread after claim_for_start and before the process exists.
+        status = job.status
+        cancelled = requests.post(cancel_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        seen.append((status, cancelled.status_code))
+        return prepare(job, *args)
+
+    monkeypatch.setattr(scheduler, "_job_environment", cancel_then_prepare)
+    parent = fast.submit(project_id, task_id, definition("sleep", timeout=600))
+    fast.wait_terminal(project_id, task_id, 1)
+    assert seen == [("STARTING", 200)]
+    history = events(fast, project_id, task_id, f"{parent}:0")
+    assert [e["status"] for e in history][-2:] == ["STARTING", "FAILED"], history
+    assert history[-1]["userCancelledEvent"] is True
+    assert fast.job(project_id, task_id, f"{parent}:0")["statusReason"] == "Cancelled by user"
 
 
 def test_retries_rerun_failed_jobs_with_a_higher_attempt(fast, task):
