@@ -45,10 +45,8 @@ class Principal:
     """Who is calling: the user, or one job acting with its job token."""
 
     kind: str  # "user" or "job"
-    subject: str
     project_id: str | None = None
     task_id: str | None = None
-    job_id: str | None = None
 
     @property
     def is_job(self) -> bool:
@@ -150,11 +148,5 @@ class TokenAuthority:
         except jwt.InvalidTokenError as exc:
             raise AuthenticationError("invalid token") from exc
         if claims.get("tokenType") == "JOB":
-            return Principal(
-                kind="job",
-                subject=claims["sub"],
-                project_id=claims.get("projectId"),
-                task_id=claims.get("taskId"),
-                job_id=claims.get("jobId"),
-            )
-        return Principal(kind="user", subject=claims["sub"])
+            return Principal(kind="job", project_id=claims.get("projectId"), task_id=claims.get("taskId"))
+        return Principal(kind="user")

@@ -35,6 +35,8 @@ BOTO_REGION = "us-east-1"
 # The emulator's own S3/STS calls use this key; storage faults spare them
 # so that an injected S3 error never turns into an API 500.
 ADMIN_ACCESS_KEY = "HTCEMULATORADMIN"
+# Lifetime of storage-token credentials; STS (botocore checks it) allows no less than 900 s.
+CREDENTIAL_LIFETIME = 3600
 
 # A WSGI app wrapper: given moto's app, return the app that serves requests.
 WsgiWrapper = Callable[[Callable], Callable]
@@ -88,10 +90,9 @@ class _MotoServer(ThreadedMotoServer):
 class Storage:
     """The bucket, its endpoint, and credentials for it."""
 
-    def __init__(self, wrap: WsgiWrapper | None = None, credential_lifetime: int = 3600) -> None:
+    def __init__(self, wrap: WsgiWrapper | None = None) -> None:
         # moto logs every request (presigned URLs included) through werkzeug.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.credential_lifetime = credential_lifetime
         # Unique per instance: moto keeps its state per process, and tests
         # run several emulators side by side.
         self.bucket = f"htc-emulator-{secrets.token_hex(4)}"
@@ -114,7 +115,7 @@ class Storage:
         response = self._sts.assume_role(
             RoleArn=STORAGE_ROLE_ARN,
             RoleSessionName=session_name[:64],
-            DurationSeconds=self.credential_lifetime,
+            DurationSeconds=CREDENTIAL_LIFETIME,
         )
         creds = response["Credentials"]
         return (

@@ -104,9 +104,6 @@ def test_docker_run_keeps_secret_values_out_of_the_arguments(context):
 
 
 def test_the_tutorial_dockerfile_maps_the_worker():
-    dockerfile = PROJECT_ROOT / "docker" / "Dockerfile"
-    if not dockerfile.is_file():
-        pytest.skip("docker/Dockerfile not written yet")
     image = ImageRegistry().register("opencv-htc-tutorial:v1", "docker/Dockerfile")
     assert image.host_path("/opt/face_tagger.py") == str(PROJECT_ROOT / "face_tagger" / "face_tagger.py")
     assert image.local_command(["python", "/opt/face_tagger.py"])[1] == str(PROJECT_ROOT / "face_tagger" / "face_tagger.py")

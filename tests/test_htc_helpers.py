@@ -531,10 +531,6 @@ def test_monitor_group_timeout_keeps_the_history(session):
 
 # --- a real run of the worker over the local data set
 
-WORKER = ROOT / "face_tagger" / "face_tagger.py"
-needs_worker = pytest.mark.skipif(not WORKER.is_file() or not (DATA / "ground_truth.json").is_file(),
-                                  reason="needs face_tagger/face_tagger.py and the data set (make data)")
-
 
 def submit(session, project_id, task_id, group, batch_size, *envs, timeout=600):
     payload = [{"jobName": "helpers-test", "batchSize": batch_size, "htcJobDefinition": {
@@ -550,6 +546,7 @@ def submit(session, project_id, task_id, group, batch_size, *envs, timeout=600):
 @pytest.fixture(scope="module")
 def tutorial_project(session, tmp_path_factory):
     """A project with the worker's repository and, in shared storage, a dozen photos and their list."""
+    assert (DATA / "ground_truth.json").is_file(), "the data set is missing from data/: run `make data`"
     truth = json.loads((DATA / "ground_truth.json").read_text())["images"]
     by_faces = sorted(truth, key=lambda name: (-truth[name]["faces"], name))
     images = by_faces[:8] + by_faces[-4:]  # crowded photos and a few without faces
@@ -561,7 +558,6 @@ def tutorial_project(session, tmp_path_factory):
     return project_id, images + ["not-uploaded.jpg"]
 
 
-@needs_worker
 def test_worker_batch_is_monitored_collected_and_checked(session, tutorial_project):
     project_id, listed = tutorial_project
     task_id = new_task(session, project_id)
@@ -602,7 +598,6 @@ def test_worker_batch_is_monitored_collected_and_checked(session, tutorial_proje
     assert set(best["image"]) <= with_faces
 
 
-@needs_worker
 def test_too_many_failures_cancel_the_group(session, tutorial_project):
     project_id, _ = tutorial_project
     task_id = new_task(session, project_id)
