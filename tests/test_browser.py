@@ -7,6 +7,7 @@ Chromium is Debian's (``make test`` installs it); Playwright drives it through
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -49,27 +50,28 @@ def lab_settings(folder: Path) -> Path:
 def jupyterlab(emulator, tmp_path):
     """JupyterLab on loopback, serving the project with the session emulator's settings in its environment."""
     port = free_port()
+    # A token in the environment, not on the command line: other local users can't read it or use the server.
+    token = secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
-           "JUPYTERLAB_SETTINGS_DIR": str(lab_settings(tmp_path / "settings"))}
+           "JUPYTERLAB_SETTINGS_DIR": str(lab_settings(tmp_path / "settings")), "JUPYTER_TOKEN": token}
     env.pop("PLOTLY_RENDERER", None)
     log = open(tmp_path / "jupyterlab.log", "w")
     lab = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--ServerApp.root_dir={ROOT}", "--IdentityProvider.token=", "--ServerApp.password=",
-         "--LabApp.news_url=", "--allow-root"],
+         f"--ServerApp.root_dir={ROOT}", "--LabApp.news_url=", "--allow-root"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if requests.get(f"{base}/api/status", timeout=2).ok:
+                if requests.get(f"{base}/api/status", headers={"Authorization": f"token {token}"}, timeout=2).ok:
                     break
             except requests.ConnectionError:
                 pass
             assert lab.poll() is None and time.monotonic() < deadline, (tmp_path / "jupyterlab.log").read_text()
             time.sleep(0.5)
-        yield base
+        yield base, token
     finally:
         lab.terminate()
         lab.wait(timeout=30)
@@ -86,17 +88,22 @@ def test_run_all_cells_in_jupyterlab(jupyterlab):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page_errors = []
         page.on("pageerror", lambda exc: page_errors.append(str(exc)))
-        page.goto(f"{jupyterlab}/lab/tree/tutorial.ipynb")
+        base, token = jupyterlab
+        page.goto(f"{base}/lab/tree/tutorial.ipynb?token={token}")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
 
         page.click("text=Run", timeout=10_000)
         page.click("text=Run All Cells", timeout=10_000)
-        # Every code cell gets a number once it ran; "[*]" while running, "[ ]" before.
+        # Every code cell gets a number once it ran ("[*]" while running, "[ ]" before). Run All
+        # stops at a failing cell, so an error output ends the wait too.
         page.wait_for_function(
             """() => {
                 const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
-                return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+                const failed = [...document.querySelectorAll(
+                    ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")]
+                    .some(o => o.textContent.includes('Traceback'));
+                return failed || (prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)));
             }""",
             timeout=RUN_ALL_TIMEOUT_MS, polling=1000)
 
