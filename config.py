@@ -13,6 +13,7 @@ on Windows). Environment variables override it:
 * ``RESCALE_APICONFIG``: path of the file;
 * ``RESCALE_PROFILE``: section to read instead of ``[default]``;
 * ``RESCALE_API_KEY`` (or ``RESCALE_API_TOKEN``, as ``htcctl`` names it): the API key;
+  with it, the file and the profile become optional;
 * ``RESCALE_HTC_API_URL``: the HTC API base URL.
 
 The API key is a secret: nothing here prints, logs or echoes it, not even in errors.
@@ -84,12 +85,17 @@ def _warn_if_shared(file: Path) -> None:
         )
 
 
-def _read_section(profile: str | None, path, required: bool) -> dict[str, str]:
-    """The profile's entries; ``{}`` when the file is absent and not ``required``."""
+def _env_key_name() -> str | None:
+    """Which environment variable holds the API key, if one does."""
+    return next((n for n in ("RESCALE_API_KEY", "RESCALE_API_TOKEN") if os.environ.get(n)), None)
+
+
+def _read_section(profile: str | None, path, *, need_file: bool, need_profile: bool) -> dict[str, str]:
+    """The profile's entries; ``{}`` when the file (or the profile in it) is absent and not needed."""
     file = config_path(path)
     name = _profile_name(profile)
     if not file.is_file():
-        if not required:
+        if not need_file:
             return {}
         raise ConfigError(
             f"Rescale API config file not found: {file}\n"
@@ -105,6 +111,8 @@ def _read_section(profile: str | None, path, required: bool) -> dict[str, str]:
         where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
         raise ConfigError(f"{file} is not a valid INI file{where}") from None
     if not parser.has_section(name):
+        if not need_profile:
+            return {}
         known = ", ".join(parser.sections()) or "none"
         raise ConfigError(f"profile [{name}] not found in {file} (profiles in it: {known})")
     return {k: v.strip() for k, v in parser.items(name)}
@@ -123,8 +131,9 @@ def get_profile(profile: str | None = None, path: str | os.PathLike | None = Non
 
     Example: ``_, api_key = config.get_profile()``
     """
-    env_key_name = next((n for n in ("RESCALE_API_KEY", "RESCALE_API_TOKEN") if os.environ.get(n)), None)
-    section = _read_section(profile, path, required=env_key_name is None)
+    env_key_name = _env_key_name()
+    # A key from the environment needs neither the file nor the profile; apibaseurl then defaults.
+    section = _read_section(profile, path, need_file=env_key_name is None, need_profile=env_key_name is None)
     source = f"profile [{_profile_name(profile)}] of {config_path(path)}"
     if env_key_name:
         api_key = _check_value(os.environ[env_key_name], "the API key", f"${env_key_name}")
@@ -144,7 +153,8 @@ def htc_api_url(profile: str | None = None, path: str | os.PathLike | None = Non
     if os.environ.get("RESCALE_HTC_API_URL"):
         url, source = os.environ["RESCALE_HTC_API_URL"], "$RESCALE_HTC_API_URL"
     else:
-        url = _read_section(profile, path, required=False).get("htcapibaseurl") or DEFAULT_HTC_API_URL
+        section = _read_section(profile, path, need_file=False, need_profile=_env_key_name() is None)
+        url = section.get("htcapibaseurl") or DEFAULT_HTC_API_URL
         source = f"htcapibaseurl of profile [{_profile_name(profile)}] in {config_path(path)}"
     _check_value(url, "the HTC API URL", source)
     if not url.startswith(("https://", "http://")):

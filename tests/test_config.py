@@ -218,3 +218,14 @@ def test_key_not_printed(apiconfig, capsys):
     config.get_profile(path=apiconfig)
     out = capsys.readouterr()
     assert KEY not in out.out + out.err
+
+
+def test_env_key_needs_no_profile_in_a_present_file(apiconfig, monkeypatch):
+    monkeypatch.setenv("RESCALE_API_KEY", "from-env")
+    assert config.get_profile("absent", path=apiconfig) == (config.DEFAULT_API_BASE_URL, "from-env")
+    monkeypatch.setenv("RESCALE_PROFILE", "also-absent")
+    assert config.get_profile(path=apiconfig) == (config.DEFAULT_API_BASE_URL, "from-env")
+    assert config.htc_api_url(path=apiconfig) == config.DEFAULT_HTC_API_URL
+    # A profile that is there still gives its settings.
+    assert config.get_profile("eu", path=apiconfig)[0] == "https://eu.rescale.com"
+    assert config.htc_api_url("eu", path=apiconfig) == "http://127.0.0.1:8123/api/v1"
