@@ -22,11 +22,13 @@ The API key is a secret: nothing here prints, logs or echoes it, not even in err
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import os
 import re
 import stat
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_PROFILE = "default"
 DEFAULT_API_BASE_URL = "https://platform.rescale.com"
@@ -147,7 +149,8 @@ def get_profile(profile: str | None = None, path: str | os.PathLike | None = Non
 def htc_api_url(profile: str | None = None, path: str | os.PathLike | None = None) -> str:
     """The HTC API base URL: ``$RESCALE_HTC_API_URL``, else ``htcapibaseurl`` in the profile, else production.
 
-    This is the one place that decides which host the tutorial talks to.
+    This is the one place that decides which host the tutorial talks to. It must be https://,
+    except on the loopback interface (the local emulator).
     Example: ``api_url = config.htc_api_url()  # 'https://htc.rescale.com/api/v1'``
     """
     if os.environ.get("RESCALE_HTC_API_URL"):
@@ -157,9 +160,23 @@ def htc_api_url(profile: str | None = None, path: str | os.PathLike | None = Non
         url = section.get("htcapibaseurl") or DEFAULT_HTC_API_URL
         source = f"htcapibaseurl of profile [{_profile_name(profile)}] in {config_path(path)}"
     _check_value(url, "the HTC API URL", source)
-    if not url.startswith(("https://", "http://")):
-        raise ConfigError(f"the HTC API URL from {source} must start with https:// or http://, got {url!r}")
+    parts = urlsplit(url)
+    # The API key travels to this URL: plain http only where it never leaves the machine (the emulator).
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigError(f"the HTC API URL from {source} must start with https:// (http:// is allowed only "
+                          f"for localhost, 127.0.0.0/8 and ::1), got http:// for host {parts.hostname!r}")
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"the HTC API URL from {source} must start with https://, got {url!r}")
     return url.rstrip("/")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def write_template(path: str | os.PathLike | None = None, profile: str = DEFAULT_PROFILE) -> Path:

@@ -220,6 +220,27 @@ def test_key_not_printed(apiconfig, capsys):
     assert KEY not in out.out + out.err
 
 
+@pytest.mark.parametrize("url", ["http://htc.rescale.com/api/v1", "http://10.0.0.5:8000/api/v1",
+                                 "http://localhost.example.com/api/v1", "http://[::2]/api/v1"])
+def test_htc_api_url_refuses_plain_http_beyond_loopback(url, monkeypatch):
+    monkeypatch.setenv("RESCALE_HTC_API_URL", url)
+    with pytest.raises(config.ConfigError, match=r"must start with https://.*only for localhost"):
+        config.htc_api_url()
+
+
+def test_htc_api_url_from_profile_refuses_plain_http(tmp_path):
+    file = write(tmp_path / "apiconfig", f"[default]\napikey = {KEY}\nhtcapibaseurl = http://htc.example.com/api/v1\n")
+    with pytest.raises(config.ConfigError, match=r"htcapibaseurl .* must start with https://"):
+        config.htc_api_url(path=file)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8/api/v1", "http://127.8.9.10/api/v1", "http://localhost/api/v1",
+                                 "http://[::1]:8/api/v1", "https://htc.example.com/api/v1"])
+def test_htc_api_url_allows_https_and_loopback_http(url, monkeypatch):
+    monkeypatch.setenv("RESCALE_HTC_API_URL", url)
+    assert config.htc_api_url() == url
+
+
 def test_env_key_needs_no_profile_in_a_present_file(apiconfig, monkeypatch):
     monkeypatch.setenv("RESCALE_API_KEY", "from-env")
     assert config.get_profile("absent", path=apiconfig) == (config.DEFAULT_API_BASE_URL, "from-env")
