@@ -41,7 +41,7 @@ venv: $(VENV)/.runtime-installed
 venv-dev: $(VENV)/.dev-installed
 
 # Debian and Ubuntu ship the venv module separately (python3-venv).
-$(VENV)/.runtime-installed: requirements.txt
+$(VENV)/.runtime-installed: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
 	  { rm -rf $(VENV) && $(APT_INSTALL) python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(PIP) -r requirements.txt
