@@ -106,19 +106,23 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query, safe="/:")))
 
 
-def _raise_for_status(response: requests.Response) -> None:
-    if response.ok:
-        return
+def _description(response: requests.Response) -> str | None:
     try:
         body = response.json()
     except ValueError:
-        body = None
+        return response.text[:500] or None
     if isinstance(body, dict):
         # HTCRequestError and OAuth2ErrorResponse use errorDescription; other bodies vary.
-        description = next((str(body[k]) for k in ("errorDescription", "message", "detail", "error")
-                            if body.get(k)), None)
-    else:
-        description = response.text[:500] or None
+        return next((str(body[k]) for k in ("errorDescription", "message", "detail", "error") if body.get(k)), None)
+    return response.text[:500] or None
+
+
+def _raise_for_status(response: requests.Response, with_body: bool = True) -> None:
+    """Raise the typed error for a non-2xx response; ``with_body=False`` keeps the body out of it."""
+    if response.ok:
+        return
+    # Other hosts' bodies stay out: S3 errors for presigned URLs echo StringToSign and AWSAccessKeyId.
+    description = _description(response) if with_body else None
     method = response.request.method
     url = _redact(response.url)
     message = f"HTTP {response.status_code} {response.reason} for {method} {url}"
@@ -228,7 +232,7 @@ class HtcSession(requests.Session):
             response = super().request(method, url, params, data, headers, **kwargs)
         else:
             response = self._send_with_token(method, url, params, data, headers or {}, kwargs)
-        _raise_for_status(response)
+        _raise_for_status(response, with_body=self._is_api_url(url))
         return response
 
     def _send_with_token(self, method, url, params, data, headers, kwargs):

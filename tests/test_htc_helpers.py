@@ -628,3 +628,17 @@ def test_presigned_urls_work_and_their_signatures_stay_out_of_errors(session, em
     with pytest.raises(htc.HtcNotFound) as err:
         session.put(url.replace(f"/{emulator.bucket}/", "/no-such-bucket-for-this-test/"), data=b"x")
     assert signature not in str(err.value) and "X-Amz-Signature=REDACTED" in str(err.value)
+
+
+def test_error_bodies_from_other_hosts_stay_out_of_errors(session, emulator):
+    project_id = new_project(session)
+    url = session.get(f"/htc/projects/{project_id}/storage/presigned-url", params={"filePath": "p.txt"}).json()["url"]
+    wrong_bucket = url.replace(f"/{emulator.bucket}/", "/no-such-bucket-for-this-test/")
+    answer = requests.put(wrong_bucket, data=b"x", timeout=30)
+    assert answer.status_code == 404 and "NoSuchBucket" in answer.text  # what S3 would have told us
+    with pytest.raises(htc.HtcNotFound) as err:
+        session.put(wrong_bucket, data=b"x")
+    # S3 error bodies can echo StringToSign and AWSAccessKeyId: none of it reaches the message.
+    assert err.value.description is None
+    assert "NoSuchBucket" not in str(err.value) and "<Error>" not in str(err.value)
+    assert str(err.value) == f"HTTP 404 {answer.reason} for PUT {err.value.url}"
