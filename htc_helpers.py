@@ -23,7 +23,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
-from urllib.parse import parse_qs, parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import boto3
 import botocore.session
@@ -252,33 +252,34 @@ class HtcSession(requests.Session):
 
 # --- paging, polling, logs ---------------------------------------------------------------
 
-def _next_request(current_url: str, next_url: str, params: dict) -> tuple[str, dict]:
-    """The URL and parameters for the page ``next`` points at, each parameter once."""
-    parts = urlsplit(urljoin(current_url, next_url))
-    merged = dict(params)
-    # ``next`` wins (it carries the new pageIndex); filters it leaves out are kept from the first call.
-    merged.update(parse_qs(parts.query, keep_blank_values=True))
-    return urlunsplit(parts._replace(query="")), merged
+def _next_params(params: dict, next_url: str) -> dict | None:
+    """The first call's parameters with the ``pageIndex`` of ``next``; None when it names no page.
+
+    Only ``pageIndex`` is taken, and the next call goes to the original URL, as htc-cli does:
+    ``next`` may name another host (the spec's example is ``https://page2.com``), and the
+    bearer token must not follow it there, nor must a parameter be sent twice.
+    """
+    page_index = parse_qs(urlsplit(next_url).query).get("pageIndex", [""])[0]
+    return {**params, "pageIndex": page_index} if page_index else None
 
 
 def paginate(session: HtcSession, url: str, params: dict | None = None, *, max_items: int | None = None) -> list:
-    """All items of a list endpoint, following ``next`` to the end or until ``max_items``.
+    """All items of a list endpoint, page after page, to the end or until ``max_items``.
 
     Example: ``tasks = paginate(session, f"/htc/projects/{project_id}/tasks", {"pageSize": 500})``
     """
     items: list = []
     params = dict(params or {})
     while max_items is None or len(items) < max_items:
-        response = session.get(url, params=params)
-        body = response.json()
+        body = session.get(url, params=params).json()
         if isinstance(body, list):  # e.g. tasks/{id}/groups answers with a bare list
             items.extend(body)
             break
         page = body.get("items") or []
         items.extend(page)
-        if not body.get("next") or not page:
+        params = _next_params(params, body.get("next") or "")
+        if not page or params is None:
             break
-        url, params = _next_request(response.url, body["next"], params)
     return items if max_items is None else items[:max_items]
 
 

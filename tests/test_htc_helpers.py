@@ -70,18 +70,22 @@ def test_missing_results_names_absent_and_failed_images_in_input_order():
     assert htc.missing_results(["a.jpg", "d.jpg"], df) == []
 
 
-def test_next_page_request_has_each_parameter_once():
-    url, params = htc._next_request(
-        "http://h/api/v1/htc/projects/p/tasks/t/jobs?group=g",
-        "http://h/api/v1/htc/projects/p/tasks/t/jobs?group=g&pageIndex=abc&pageSize=5",
-        {"group": "g", "pageSize": 5, "viewType": "SIMPLE"})
-    assert url == "http://h/api/v1/htc/projects/p/tasks/t/jobs"
-    assert params == {"group": ["g"], "pageSize": ["5"], "pageIndex": ["abc"], "viewType": "SIMPLE"}
+def test_next_page_keeps_the_parameters_and_takes_only_the_page_index():
+    params = htc._next_params({"group": "g", "pageSize": 5, "pageIndex": "old"},
+                              "http://h/api/v1/htc/projects/p/tasks/t/jobs?group=g&pageIndex=abc&pageSize=7")
+    assert params == {"group": "g", "pageSize": 5, "pageIndex": "abc"}  # each parameter once
+    assert htc._next_params({"x": "y"}, "?pageIndex=2") == {"x": "y", "pageIndex": "2"}
 
 
-def test_next_page_relative_link_resolved_against_current_url():
-    url, params = htc._next_request("http://h/api/v1/htc/projects?pageIndex=1", "?pageIndex=2", {"x": "y"})
-    assert url == "http://h/api/v1/htc/projects" and params == {"x": "y", "pageIndex": ["2"]}
+def test_next_page_on_another_host_only_lends_its_page_index():
+    # The spec's own example of `next`; following it would take the request (and token) elsewhere.
+    params = htc._next_params({"pageSize": 3}, "https://page2.com/steal?pageIndex=p2&pageSize=1&evil=1")
+    assert params == {"pageSize": 3, "pageIndex": "p2"}
+
+
+@pytest.mark.parametrize("link", ["", "https://page2.com", "http://h/api/v1/htc/projects?pageIndex="])
+def test_next_page_without_a_page_index_ends_the_listing(link):
+    assert htc._next_params({"pageSize": 3}, link) is None
 
 
 def test_dat_file_parsing():
@@ -388,12 +392,42 @@ def test_paginate_follows_next_without_duplicating_parameters(session):
     for response in seen:
         keys = [k for k, _ in parse_qsl(urlsplit(response.url).query)]
         assert sorted(keys) == sorted(set(keys)), response.url
+        # Every page from the original URL, with the token, whatever host `next` names.
+        assert response.url.split("?")[0] == session.api_url + url
+        assert response.request.headers["Authorization"].startswith("Bearer ")
+    # Each call's pageIndex is the one the previous page's `next` carried.
+    links = [r.json().get("next") for r in seen]
+    assert links[-1] is None
+    assert [dict(parse_qsl(urlsplit(r.url).query))["pageIndex"] for r in seen[1:]] == \
+        [dict(parse_qsl(urlsplit(link).query))["pageIndex"] for link in links[:-1]]
 
     seen.clear()
     assert [t["taskId"] for t in htc.paginate(session, url, {"pageSize": 3}, max_items=4)] == created[:4]
     assert len(seen) == 2  # the cap holds across pages and stops fetching
     seen.clear()
     assert len(htc.paginate(session, url, {"pageSize": 3}, max_items=3)) == 3 and len(seen) == 1
+
+
+def test_paginate_stays_on_the_api_when_next_names_another_host(session):
+    project_id = new_project(session)
+    created = [new_task(session, project_id, f"task-{i}") for i in range(5)]
+    seen = []
+
+    def elsewhere(response, *args, **kwargs):
+        # The spec's example `next` is https://page2.com: point the real links there.
+        seen.append(response.url)
+        body = response.json()
+        if isinstance(body, dict) and body.get("next"):
+            body["next"] = "https://page2.com/api/v1/htc?" + urlsplit(body["next"]).query
+            response._content = json.dumps(body).encode()
+
+    session.hooks["response"].append(elsewhere)
+    try:
+        tasks = htc.paginate(session, f"/htc/projects/{project_id}/tasks", {"pageSize": 2})
+    finally:
+        session.hooks["response"].remove(elsewhere)
+    assert [t["taskId"] for t in tasks] == created
+    assert len(seen) == 3 and all(url.startswith(session.api_url + "/") for url in seen)
 
 
 # --- storage
