@@ -505,6 +505,34 @@ def _credential_metadata(token: dict) -> dict:
             "token": creds.get("AWS_SESSION_TOKEN"), "expiry_time": token["expiration"]}
 
 
+def _storage_path(session: HtcSession, project_id: str, task_id: str | None, token: dict) -> str:
+    """The ``s3://bucket/prefix/`` a storage token opens: shared storage, or the task's folder.
+
+    The spec's token has only ``projectSharedStoragePath``. Task tokens have also carried
+    ``storagePath`` (the original tutorial reads it); without it, the task's path is the
+    ``taskPath`` that ``regional-storage`` lists for the token's region.
+    """
+    shared = token.get("projectSharedStoragePath")
+    if task_id is None:
+        if not shared:
+            raise HtcError(f"the storage token of project {project_id} has no projectSharedStoragePath")
+        return shared
+    if token.get("storagePath"):
+        return token["storagePath"]
+    stores = session.get(f"/htc/projects/{project_id}/tasks/{task_id}/storage/regional-storage").json()
+    for store in stores.get("regionalStores") or []:
+        if store.get("region") == token.get("region") and store.get("taskPath"):
+            path = store["taskPath"]
+            if path.startswith("s3://"):
+                return path
+            if not shared:
+                raise HtcError(f"task {task_id}: taskPath {path!r} names no bucket, and the token no shared path")
+            # A bare key prefix lives in the same bucket as the project's shared storage.
+            return f"s3://{shared.removeprefix('s3://').partition('/')[0]}/{path.lstrip('/')}"
+    raise HtcError(f"no storage path for task {task_id}: its token has no storagePath, and regional-storage "
+                   f"lists no taskPath for region {token.get('region')}")
+
+
 def _s3(session: HtcSession, project_id: str, task_id: str | None, region: str | None, workers: int = 8):
     """An S3 client on a storage token's credentials, renewed before they expire; with bucket and key prefix."""
     def fetch():
@@ -514,11 +542,8 @@ def _s3(session: HtcSession, project_id: str, task_id: str | None, region: str |
 
     token = fetch()
     if token.get("provider", "AWS") != "AWS":
-        raise NotImplementedError(f"only AWS storage is supported here, not {token['provider']}")
-    path = token.get("storagePath") or (token["projectSharedStoragePath"] if task_id is None else None)
-    if not path:
-        raise HtcError("the task storage token has no storagePath")
-    bucket, _, prefix = path.removeprefix("s3://").partition("/")
+        raise HtcError(f"these helpers reach AWS S3 storage only; this storage is on {token['provider']}")
+    bucket, _, prefix = _storage_path(session, project_id, task_id, token).removeprefix("s3://").partition("/")
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
 
     lifetime = max(0.0, (_timestamp(token["expiration"]) - dt.datetime.now(dt.timezone.utc)).total_seconds())

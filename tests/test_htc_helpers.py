@@ -137,6 +137,7 @@ def test_no_host_hard_coded_outside_config():
 # --- against the emulator ----------------------------------------------------------------
 
 import json
+import re
 import time
 import uuid
 from urllib.parse import parse_qsl, urlsplit
@@ -457,6 +458,71 @@ def test_storage_round_trip_shared_and_task(session, tmp_path):
     assert htc.read_image_list(session, project_id) == ["a.jpg", "sub/b.jpg"]
     with pytest.raises(ValueError, match="leave the target directory"):
         htc.download_files(session, project_id, ["../escape"], tmp_path / "out")
+
+
+def rewrite_json(session, path_pattern, change):
+    """Edit the JSON of real responses whose path matches: the server's answers as another platform might give them."""
+    def hook(response, *args, **kwargs):
+        if response.ok and re.search(path_pattern, urlsplit(response.url).path):
+            body = response.json()
+            change(body)
+            response._content = json.dumps(body).encode()
+
+    session.hooks["response"].append(hook)
+
+
+def without_storage_path(token):
+    # The spec's StorageAccessToken has no storagePath; the emulator adds it as the original tutorial read it.
+    token.pop("storagePath")
+
+
+@pytest.mark.parametrize("task_path", ["as served", "bare key prefix"])
+def test_task_storage_found_through_regional_storage_without_storage_path(emulator, tmp_path, task_path):
+    plain = htc.HtcSession(emulator.api_url, emulator.api_key)
+    project_id = new_project(plain)
+    task_id = new_task(plain, project_id)
+    expected = htc.task_storage_token(plain, project_id, task_id)["storagePath"]
+
+    session = htc.HtcSession(emulator.api_url, emulator.api_key)
+    rewrite_json(session, r"/storage/token(/[^/]+)?$", without_storage_path)
+    if task_path == "bare key prefix":
+        def bare(body):
+            for store in body["regionalStores"]:
+                store["taskPath"] = store["taskPath"].removeprefix(f"s3://{emulator.bucket}/")
+        rewrite_json(session, r"/regional-storage$", bare)
+    seen = record_responses(session)
+    assert "storagePath" not in htc.task_storage_token(session, project_id, task_id)
+
+    (tmp_path / "r.txt").write_text("result")
+    htc.upload_files(session, project_id, [tmp_path / "r.txt"], task_id, progress=False)
+    assert htc.list_objects(plain, project_id, task_id) == ["r.txt"]  # where storagePath points
+    assert htc.list_objects(plain, project_id) == []  # not in shared storage
+    assert htc.list_objects(session, project_id, task_id) == ["r.txt"]
+    assert any(r.url.endswith(f"/tasks/{task_id}/storage/regional-storage") for r in seen)
+    client, bucket, prefix = htc._s3(session, project_id, task_id, None)
+    assert f"s3://{bucket}/{prefix}" == expected
+    # Shared storage needs only projectSharedStoragePath.
+    htc.upload_files(session, project_id, [tmp_path / "r.txt"], progress=False)
+    assert htc.list_objects(plain, project_id) == ["r.txt"]
+
+
+def test_task_storage_without_any_path_is_a_clear_error(emulator):
+    session = htc.HtcSession(emulator.api_url, emulator.api_key)
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    rewrite_json(session, r"/storage/token(/[^/]+)?$", without_storage_path)
+    rewrite_json(session, r"/regional-storage$", lambda body: body.update(regionalStores=[
+        {**store, "region": "AWS_US_WEST_2"} for store in body["regionalStores"]]))
+    with pytest.raises(htc.HtcError, match=rf"no storage path for task {task_id}.*taskPath for region AWS_EU_WEST_1"):
+        htc.list_objects(session, project_id, task_id)
+
+
+def test_storage_on_another_provider_is_refused(emulator):
+    session = htc.HtcSession(emulator.api_url, emulator.api_key)
+    project_id = new_project(session)
+    rewrite_json(session, r"/storage/token(/[^/]+)?$", lambda token: token.update(provider="AZURE"))
+    with pytest.raises(htc.HtcError, match="AWS S3 storage only; this storage is on AZURE"):
+        htc.list_objects(session, project_id)
 
 
 def test_storage_credentials_renewed_when_they_expire(session, tmp_path, monkeypatch):
