@@ -44,6 +44,9 @@ TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "POD_SUCCEEDED", "POD_FAIL
 FAILED_STATUSES = frozenset({"FAILED", "POD_FAILED"})
 # The platform refreshes job statuses every 30 s; polling faster only adds load.
 STATUS_REFRESH_SECONDS = 30
+# Waits give up after a day unless told otherwise (timeout=None waits for ever): a job lost
+# on the platform, or an expected_jobs larger than what was submitted, would poll without end.
+WAIT_TIMEOUT_SECONDS = 86400
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 # Storage credentials are renewed this many seconds before they expire, or when this
 # share of their lifetime is left if that comes later (short-lived test credentials).
@@ -298,10 +301,11 @@ def _pause(interval: float, deadline: float | None, timeout_error) -> float:
 
 
 def wait_for_job(session: HtcSession, project_id: str, task_id: str, job_id: str, *,
-                 interval: float = STATUS_REFRESH_SECONDS, timeout: float | None = None) -> dict:
+                 interval: float = STATUS_REFRESH_SECONDS, timeout: float | None = WAIT_TIMEOUT_SECONDS) -> dict:
     """Poll a job instance's events until its latest status is terminal; return that event.
 
-    Example: ``event = wait_for_job(session, project_id, task_id, f"{parent_job_id}:0")``
+    Raises ``HtcTimeoutError`` after ``timeout`` seconds (a day by default).
+    Example: ``event = wait_for_job(session, project_id, task_id, f"{parent_job_id}:0", timeout=3600)``
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     url = f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/events"
@@ -404,11 +408,12 @@ def _watch_group(session, project_id, task_id, group, stop, *, expected_jobs, in
 
 def monitor_group(session: HtcSession, project_id: str, task_id: str, group: str, *,
                   expected_jobs: int | None = None, interval: float = STATUS_REFRESH_SECONDS,
-                  timeout: float | None = None, progress: bool = True) -> pd.DataFrame:
+                  timeout: float | None = WAIT_TIMEOUT_SECONDS, progress: bool = True) -> pd.DataFrame:
     """Wait until every job of a group is terminal; return status counts over time.
 
     The result has columns ``time``, ``status``, ``count`` (one row per status per poll).
-    Example: ``history = monitor_group(session, pid, tid, group, expected_jobs=1000)``
+    Raises ``HtcTimeoutError``, with the history so far, after ``timeout`` seconds (a day by default).
+    Example: ``history = monitor_group(session, pid, tid, group, expected_jobs=1000, timeout=6 * 3600)``
     """
     history, _ = _watch_group(session, project_id, task_id, group,
                               lambda counts: _all_terminal(counts, expected_jobs),
@@ -443,11 +448,13 @@ def cancel_group(session: HtcSession, project_id: str, task_id: str, group: str)
 def monitor_for_cancellation(session: HtcSession, project_id: str, task_id: str, group: str, *,
                              max_failed_ratio: float = 0.15, min_finished: int = 1,
                              expected_jobs: int | None = None, interval: float = STATUS_REFRESH_SECONDS,
-                             timeout: float | None = None, progress: bool = True) -> tuple[bool, pd.DataFrame]:
+                             timeout: float | None = WAIT_TIMEOUT_SECONDS,
+                             progress: bool = True) -> tuple[bool, pd.DataFrame]:
     """Watch a group; once more than ``max_failed_ratio`` of its finished jobs failed, cancel it.
 
     After a cancellation it waits for the group to settle. Returns ``(cancelled, history)``.
-    Example: ``cancelled, history = monitor_for_cancellation(session, pid, tid, group, max_failed_ratio=0.15)``
+    ``timeout`` (a day by default) covers the watching and the settling together.
+    Example: ``cancelled, history = monitor_for_cancellation(session, pid, tid, group, timeout=6 * 3600)``
     """
     def too_many_failures(counts):
         finished = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)

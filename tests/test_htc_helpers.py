@@ -130,6 +130,13 @@ def test_cancel_group_refuses_to_cancel_the_whole_task():
         htc.cancel_group(htc.HtcSession("http://127.0.0.1:9/api/v1", "k"), "p", "t", "")
 
 
+@pytest.mark.parametrize("wait", [htc.wait_for_job, htc.monitor_group, htc.monitor_for_cancellation])
+def test_waits_give_up_after_a_day_by_default(wait):
+    import inspect
+
+    assert inspect.signature(wait).parameters["timeout"].default == htc.WAIT_TIMEOUT_SECONDS == 86400
+
+
 def test_no_host_hard_coded_outside_config():
     assert "htc.rescale.com" not in (ROOT / "htc_helpers.py").read_text()
 
