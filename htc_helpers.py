@@ -446,14 +446,15 @@ def cancel_group(session: HtcSession, project_id: str, task_id: str, group: str)
 
 
 def monitor_for_cancellation(session: HtcSession, project_id: str, task_id: str, group: str, *,
-                             max_failed_ratio: float = 0.15, min_finished: int = 1,
+                             max_failed_ratio: float = 0.15, min_finished: int = 10,
                              expected_jobs: int | None = None, interval: float = STATUS_REFRESH_SECONDS,
                              timeout: float | None = WAIT_TIMEOUT_SECONDS,
                              progress: bool = True) -> tuple[bool, pd.DataFrame]:
     """Watch a group; once more than ``max_failed_ratio`` of its finished jobs failed, cancel it.
 
-    After a cancellation it waits for the group to settle. Returns ``(cancelled, history)``.
-    ``timeout`` (a day by default) covers the watching and the settling together.
+    The ratio is judged only once ``min_finished`` jobs have finished: one early failure
+    is 100 %, and would cancel a healthy group. After a cancellation it waits for the group
+    to settle. Returns ``(cancelled, history)``. ``timeout`` (a day by default) covers the watching and the settling together.
     Example: ``cancelled, history = monitor_for_cancellation(session, pid, tid, group, timeout=6 * 3600)``
     """
     def too_many_failures(counts):

@@ -636,6 +636,27 @@ def test_monitor_group_timeout_keeps_the_history(session):
     assert (history["count"] == 0).all()
 
 
+def test_monitor_for_cancellation_judges_the_ratio_only_after_ten_finished(monkeypatch):
+    """A scripted sequence of group counts (the decision, not the server, is under test here)."""
+    polls = iter([{"FAILED": 1, "RUNNING": 19},                   # 100 % failed, but only one finished
+                  {"FAILED": 2, "SUCCEEDED": 7, "RUNNING": 11},   # 22 % of nine
+                  {"FAILED": 2, "SUCCEEDED": 8, "RUNNING": 10},   # 20 % of ten: cancel
+                  {"FAILED": 12, "SUCCEEDED": 8}])                # settled after the cancel
+    seen, cancelled_after = [], []
+
+    def counts(*args):
+        seen.append(next(polls))
+        return {**dict.fromkeys(htc.JOB_STATUSES, 0), **seen[-1]}
+
+    monkeypatch.setattr(htc, "group_status_counts", counts)
+    monkeypatch.setattr(htc, "cancel_group", lambda *args: cancelled_after.append(len(seen)))
+    nowhere = htc.HtcSession("http://127.0.0.1:9/api/v1", "k")  # never used: both calls are replaced
+    cancelled, history = htc.monitor_for_cancellation(nowhere, "p", "t", "g", expected_jobs=20, interval=0,
+                                                      progress=False)
+    assert cancelled and cancelled_after == [3]
+    assert len(seen) == 4 and len(history) == 4 * len(htc.JOB_STATUSES)
+
+
 # --- a real run of the worker over the local data set
 
 
@@ -712,8 +733,10 @@ def test_too_many_failures_cancel_the_group(session, tutorial_project):
     # Every job fails on purpose: by raising, or by hanging past its (scaled) 60 s timeout.
     submit(session, project_id, task_id, group, 6, {"name": "SIMULATE_FAILURES", "value": "1.0"}, timeout=60)
 
+    # min_finished=1: six jobs never reach the default of ten, and the first failure must trip it here.
     cancelled, history = htc.monitor_for_cancellation(session, project_id, task_id, group, max_failed_ratio=0.15,
-                                                      expected_jobs=6, interval=0.2, timeout=90, progress=False)
+                                                      min_finished=1, expected_jobs=6, interval=0.2, timeout=90,
+                                                      progress=False)
     assert cancelled
     last = history[history["time"] == history["time"].max()].set_index("status")["count"]
     assert last["FAILED"] == 6 and last.sum() == 6
