@@ -110,6 +110,12 @@ def write_outputs(path: Path, image, boxes: list[list[int]], out_dir: Path | Non
     return [tagged_jpg, tagged_dat]
 
 
+def new_record(image: str, scale_factor: float, error: str | None = None) -> dict:
+    """A manifest record before detection: an error record when ``error`` is given."""
+    return {"image": image, "faces": None, "boxes": [], "seconds": 0.0, "status": "error" if error else "ok",
+            "error": error, "scale_factor": scale_factor}
+
+
 def tag_image(detector: FaceDetector, path: Path, name: str | None = None,
               out_dir: Path | None = None) -> tuple[dict, list[Path]]:
     """Detect faces in one file; return its result record and the output files written.
@@ -118,8 +124,7 @@ def tag_image(detector: FaceDetector, path: Path, name: str | None = None,
     the caller can go on with the rest of its images.
     """
     start = time.perf_counter()
-    record = {"image": name or str(path), "faces": None, "boxes": [], "seconds": 0.0,
-              "status": "ok", "error": None, "scale_factor": detector.scale_factor}
+    record = new_record(name or str(path), detector.scale_factor)
     outputs: list[Path] = []
     try:
         image = read_image(path)
@@ -296,8 +301,9 @@ class HtcStorage:
         http = http or requests.Session()
         retry = Retry(total=5, backoff_factor=0.5, backoff_jitter=0.5,
                       status_forcelist=(429, 500, 502, 503, 504), respect_retry_after_header=True)
-        http.mount("http://", HTTPAdapter(max_retries=retry))
-        http.mount("https://", HTTPAdapter(max_retries=retry))
+        adapter = HTTPAdapter(max_retries=retry)
+        http.mount("http://", adapter)
+        http.mount("https://", adapter)
         http.headers["Authorization"] = f"Bearer {token}"
         base = f"{api_url.rstrip('/')}/htc/projects/{project_id}"
         with http:
@@ -362,8 +368,7 @@ def run_htc(detector: FaceDetector, keys: list[str], manifest_key: str, storage:
         for key in keys:
             local = fetched[key]
             if isinstance(local, Exception):
-                record = {"image": key, "faces": None, "boxes": [], "seconds": 0.0, "status": "error",
-                          "error": str(local), "scale_factor": detector.scale_factor}
+                record = new_record(key, detector.scale_factor, error=str(local))
             else:
                 record, outputs = tag_image(detector, local, key)
                 uploads += [(out, key + out.name[len(local.name):]) for out in outputs]
