@@ -1,8 +1,8 @@
 """Check requests and responses against the official OpenAPI document.
 
 Used by the tests (it needs ``openapi-core``, a test-only dependency). The
-spec is read from ``../shared/htc-openapi.json`` beside the project, or
-from ``$HTC_OPENAPI_SPEC``. A few corrections are applied first, each for
+spec is the project's own copy, ``htc_emulator/openapi/htc-openapi.json``
+(Rescale's, MIT licence; see the README there), or ``$HTC_OPENAPI_SPEC``. A few corrections are applied first, each for
 a deliberate, documented departure (see :data:`CORRECTIONS`); everything
 else is checked as the spec states it.
 """
@@ -15,9 +15,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .images import PROJECT_ROOT
 
-DEFAULT_SPEC_PATH = PROJECT_ROOT.parent / "shared" / "htc-openapi.json"
+DEFAULT_SPEC_PATH = Path(__file__).resolve().parent / "openapi" / "htc-openapi.json"
 
 CORRECTIONS = {
     "GET /htc/regions": "200 is a list of HTCRegionAdminSettings; the spec's HTCInfraResource "
