@@ -11,6 +11,7 @@ which is also how a delayed status refresh is imitated (see
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import uuid
 from collections import Counter
@@ -39,6 +40,9 @@ PENDING = frozenset(STATUSES[:3])
 TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
 
 DEFAULT_REGION = "AWS_US_EAST_2"
+# So that no request can exhaust the emulator's memory: 100 batches of
+# 1,000 jobs, the most one request may carry, fit exactly.
+MAX_JOBS_PER_TASK = 100_000
 CANCELLED_REASON = "Cancelled by user"
 # The spec has no failure code for a user cancel; the event's
 # userCancelledEvent flag is what marks it.
@@ -56,6 +60,18 @@ class InvalidRequest(Exception):
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.message = message
+
+
+def require_storable(field_name: str, value: object) -> None:
+    """Refuse a value that could not be served back as UTF-8 JSON once stored.
+
+    The HTTP layer checks text too; this guard keeps a stored value from
+    breaking every later answer that includes it, whoever calls the model.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise InvalidRequest(field_name, f"cannot be stored and served back as JSON text: {exc}") from None
 
 
 def now() -> dt.datetime:
@@ -166,9 +182,12 @@ class Job:
 class Backend:
     """All state, with the operations the API offers on it."""
 
-    def __init__(self, storage: Storage, refresh_delay: float = 0.0) -> None:
+    def __init__(self, storage: Storage, refresh_delay: float = 0.0, max_jobs_per_task: int = MAX_JOBS_PER_TASK) -> None:
+        if max_jobs_per_task < 1:
+            raise ValueError("max_jobs_per_task must be at least 1")
         self.storage = storage
         self.refresh_delay = refresh_delay
+        self.max_jobs_per_task = max_jobs_per_task
         self.started_at = now()
         self.lock = threading.RLock()
         self.projects: dict[str, Project] = {}
@@ -194,6 +213,9 @@ class Backend:
     # --- projects and repositories -----------------------------------------
 
     def create_project(self, name: str, description: str, regions: list[str], region_settings: list[dict]) -> Project:
+        require_storable("projectName", name)
+        require_storable("projectDescription", description)
+        require_storable("regionSettings", region_settings)
         regions = list(dict.fromkeys(
             regions + [s["computeSettings"]["computeRegion"] for s in region_settings
                        if s["computeSettings"].get("computeRegion")]
@@ -225,6 +247,8 @@ class Backend:
     # --- tasks ---------------------------------------------------------------
 
     def create_task(self, project_id: str, name: str, description: str) -> Task:
+        require_storable("taskName", name)
+        require_storable("taskDescription", description)
         with self.lock:
             self.project(project_id)
             created = now()
@@ -282,7 +306,13 @@ class Backend:
     # --- jobs ----------------------------------------------------------------
 
     def submit(self, project_id: str, task_id: str, group: str | None, batches: list[dict]) -> list[tuple[str, dt.datetime]]:
-        """Create the jobs of each batch; return (parentJobId, time received) per batch."""
+        """Create the jobs of each batch; return (parentJobId, time received) per batch.
+
+        All or nothing: a request that would take the task past
+        ``max_jobs_per_task`` is refused before any job exists.
+        """
+        require_storable("group", group)
+        require_storable("body", batches)
         received = now()
         created: list[Job] = []
         result = []
@@ -291,6 +321,10 @@ class Backend:
             task = self.live_task(project_id, task_id)
             if task.lifecycle_status != "ACTIVE":
                 raise InvalidRequest("taskId", f"jobs can only be submitted to an ACTIVE task, not {task.lifecycle_status}")
+            held, adding = len(self._task_jobs[task_id]), sum(batch.get("batchSize", 1) for batch in batches)
+            if held + adding > self.max_jobs_per_task:
+                raise InvalidRequest("batchSize", f"a task holds at most {self.max_jobs_per_task} jobs; "
+                                                  f"this one has {held} and the request adds {adding}")
             for batch in batches:
                 parent = str(uuid.uuid4())
                 # The first requested region the project has, else the project's default.

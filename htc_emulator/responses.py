@@ -18,8 +18,9 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -40,6 +41,7 @@ from .schemas import (
     ViewType,
 )
 from .storage import InvalidObjectKey, Storage, project_shared_prefix, safe_relative_key
+from .validation import MAX_BATCHES_PER_REQUEST, group_name, group_names, page_offset, query_integer
 
 API_PREFIX = "/api/v1"
 MAX_PAGE_SIZE = 10000
@@ -148,24 +150,15 @@ def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-def _page(request: Request, items: list, page_index: str | None, page_size: int, render=None) -> dict:
+def _page(request: Request, items: list, page_index: str | None, page_size: str, render=None) -> dict:
     """One page ``{items, next}``; ``next`` (absolute, same host) only when more remain."""
-    if page_size < 1 or page_size > MAX_PAGE_SIZE:
-        raise InvalidRequest("pageSize", f"must be between 1 and {MAX_PAGE_SIZE}")
-    offset = 0
-    if page_index:
-        if not page_index.isdigit():
-            raise InvalidRequest("pageIndex", "not a page index this server issued")
-        offset = int(page_index)
+    page_size = query_integer("pageSize", page_size, 1, MAX_PAGE_SIZE)
+    offset = page_offset(page_index)
     chunk = items[offset:offset + page_size]
     body = {"items": [render(item) for item in chunk] if render else chunk}
     if offset + page_size < len(items):
         body["next"] = str(request.url.include_query_params(pageIndex=str(offset + page_size)))
     return body
-
-
-def _group(value: str | None) -> str | None:
-    return value or None
 
 
 def _storage_token(svc: Services, project: Project, region: str | None, task: Task | None) -> dict:
@@ -305,7 +298,7 @@ def create_project(request: Request, body: ProjectCreate) -> dict:
 
 @htc.get("/htc/projects")
 def list_projects(request: Request, onlyMyProjects: bool | None = None, pageIndex: str | None = None,
-                  pageSize: int = 100) -> dict:
+                  pageSize: str = "100") -> dict:
     # Every project here belongs to the one emulated user, so onlyMyProjects changes nothing.
     projects = _services(request).backend.list_projects()
     return _page(request, projects, pageIndex, pageSize, views.project_view)
@@ -395,7 +388,7 @@ def create_task(request: Request, projectId: str, body: TaskCreate) -> dict:
 
 
 @htc.get("/htc/projects/{projectId}/tasks")
-def list_tasks(request: Request, projectId: str, pageIndex: str | None = None, pageSize: int = 100) -> dict:
+def list_tasks(request: Request, projectId: str, pageIndex: str | None = None, pageSize: str = "100") -> dict:
     return _page(request, _services(request).backend.list_tasks(projectId), pageIndex, pageSize, views.task_view)
 
 
@@ -417,14 +410,16 @@ def delete_task(request: Request, projectId: str, taskId: str) -> dict:
 # --- routes: jobs ---------------------------------------------------------------------
 
 @htc.post("/htc/projects/{projectId}/tasks/{taskId}/jobs/batch")
-def submit_jobs(request: Request, projectId: str, taskId: str, body: list[JobSubmitRequest],
+def submit_jobs(request: Request, projectId: str, taskId: str,
+                body: Annotated[list[JobSubmitRequest], Body(max_length=MAX_BATCHES_PER_REQUEST)],
                 group: str | None = None) -> list:
+    group = group_name(group)
     batches = [b.model_dump(exclude_unset=True) for b in body]
     backend = _services(request).backend
-    submitted = backend.submit(projectId, taskId, _group(group), batches)
+    submitted = backend.submit(projectId, taskId, group, batches)
     return [
         views.submit_view(batch, project_id=projectId, task_id=taskId, parent_job_id=parent,
-                          group=_group(group), received=received)
+                          group=group, received=received)
         for batch, (parent, received) in zip(batches, submitted)
     ]
 
@@ -432,11 +427,12 @@ def submit_jobs(request: Request, projectId: str, taskId: str, body: list[JobSub
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/jobs")
 def list_jobs(request: Request, projectId: str, taskId: str, group: str | None = None,
               jobId: list[str] | None = Query(None), status: JobStatus | None = None,
-              viewType: ViewType = "FULL", pageIndex: str | None = None, pageSize: int = 100) -> dict:
+              viewType: ViewType = "FULL", pageIndex: str | None = None, pageSize: str = "100") -> dict:
+    group = group_name(group)
     backend = _services(request).backend
     as_of = backend.visible_time()
     jobs = backend.task_jobs(projectId, taskId)
-    if _group(group) is not None:
+    if group is not None:
         jobs = [j for j in jobs if j.group == group]
     if jobId:
         wanted = set(jobId)
@@ -455,7 +451,7 @@ def get_job(request: Request, projectId: str, taskId: str, jobId: str) -> dict:
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/jobs/{jobId}/events")
 def get_job_events(request: Request, projectId: str, taskId: str, jobId: str,
-                   pageIndex: str | None = None, pageSize: int = 100) -> dict:
+                   pageIndex: str | None = None, pageSize: str = "100") -> dict:
     backend = _services(request).backend
     job = backend.job(projectId, taskId, jobId)
     events = job.visible_events(backend.visible_time())
@@ -464,7 +460,7 @@ def get_job_events(request: Request, projectId: str, taskId: str, jobId: str,
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/jobs/{jobId}/logs")
 def get_job_logs(request: Request, projectId: str, taskId: str, jobId: str, pageIndex: str | None = None,
-                 pageSize: int = 100, sort: str = Query("desc", pattern="^(asc|desc)$")) -> dict:
+                 pageSize: str = "100", sort: str = Query("desc", pattern="^(asc|desc)$")) -> dict:
     job = _services(request).backend.job(projectId, taskId, jobId)
     lines = job.logs[:]
     if sort == "desc":
@@ -475,8 +471,9 @@ def get_job_logs(request: Request, projectId: str, taskId: str, jobId: str, page
 
 @htc.post("/htc/projects/{projectId}/tasks/{taskId}/jobs/cancel")
 def cancel_jobs(request: Request, projectId: str, taskId: str, group: str | None = None) -> Response:
+    group = group_name(group)
     try:
-        _services(request).backend.cancel(projectId, taskId, _group(group))
+        _services(request).backend.cancel(projectId, taskId, group)
     except NotFound:
         return Response(status_code=404)  # the spec gives this 404 an empty content map: no body
     return Response(status_code=200)
@@ -486,7 +483,8 @@ def cancel_jobs(request: Request, projectId: str, taskId: str, group: str | None
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/group-summary-statistics")
 def group_statistics(request: Request, projectId: str, taskId: str, group: list[str] | None = Query(None),
-                     pageIndex: str | None = None, pageSize: int = 100) -> dict:
+                     pageIndex: str | None = None, pageSize: str = "100") -> dict:
+    group = group_names(group)
     backend = _services(request).backend
     as_of = backend.visible_time()
     jobs = backend.task_jobs(projectId, taskId)
@@ -509,7 +507,7 @@ def task_statistics(request: Request, projectId: str, taskId: str) -> dict:
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/groups")
 def list_groups(request: Request, projectId: str, taskId: str, pageIndex: str | None = None,
-                pageSize: int = 100) -> list:
+                pageSize: str = "100") -> list:
     # The spec documents a bare list of names (no `next`), paged by the query.
     return _page(request, _services(request).backend.groups(projectId, taskId), pageIndex, pageSize)["items"]
 

@@ -5,7 +5,9 @@ bean validation, which the platform uses, matches a ``pattern`` against
 the whole value, so patterns here are full matches. Unknown and read-only
 properties are ignored, as the platform's JSON reader does. Optional
 properties default to None without being nullable: the spec marks few
-fields nullable, so an explicit ``null`` elsewhere is refused.
+fields nullable, so an explicit ``null`` elsewhere is refused. Every
+string of every body, keys included, must be text that can be served
+back: JSON allows lone UTF-16 surrogates (``"\\ud800"``), UTF-8 does not.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .auth import RESERVED_CLAIMS
 from .images import IMAGE_NAME_RE
+from .validation import MAX_JOBS_PER_BATCH
 
 RescaleRegion = Literal[
     "AWS_AP_SOUTHEAST_1", "AWS_CA_CENTRAL_1", "AWS_EU_NORTH_1", "AWS_EU_CENTRAL_1", "AWS_EU_WEST_1",
@@ -55,8 +58,31 @@ _RESERVED_ENV_NAMES = frozenset({
 })
 
 
+def _require_servable_text(value: object) -> None:
+    """Refuse strings (in lists and mappings too) that cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"must be valid Unicode text; character {exc.start} is a lone surrogate") from None
+    elif isinstance(value, list):
+        for item in value:
+            _require_servable_text(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _require_servable_text(key)
+            _require_servable_text(item)
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+    @field_validator("*")
+    @classmethod
+    def _servable_text(cls, value: object) -> object:
+        # Nested bodies check their own fields; this sees strings, lists and mappings of them.
+        _require_servable_text(value)
+        return value
 
 
 class RegionComputeSettings(_Body):
@@ -184,7 +210,7 @@ class JobSubmitRequest(_Body):
     """HTCJobSubmitRequest; ``group`` and the other read-only fields are ignored."""
 
     htcJobDefinition: JobDefinition
-    batchSize: int = Field(default=None, ge=1, le=1000)
+    batchSize: int = Field(default=None, ge=1, le=MAX_JOBS_PER_BATCH)
     jobName: str = None
     regions: list[RescaleRegion] = None
     tags: list[Tag] = None

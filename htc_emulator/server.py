@@ -21,7 +21,7 @@ import uvicorn
 from .auth import TokenAuthority
 from .faults import FaultInjector
 from .images import DockerEngine, ImageRegistry, LocalImage
-from .models import Backend
+from .models import MAX_JOBS_PER_TASK, Backend
 from .recorder import ExchangeRecorder
 from .responses import API_PREFIX, Services, auth_middleware, create_app
 from .scheduler import Scheduler
@@ -100,6 +100,7 @@ def running(
     port: int = 0,
     docker: bool = False,
     recorder: ExchangeRecorder | None = None,
+    max_jobs_per_task: int = MAX_JOBS_PER_TASK,
 ) -> Iterator[Emulator]:
     """Start an emulator for the ``with`` block and stop it afterwards.
 
@@ -112,6 +113,7 @@ def running(
     the settings for :meth:`FaultInjector.from_config`. ``docker=True`` runs
     jobs as real containers and needs a reachable Docker engine. A
     ``recorder`` keeps every HTTP exchange, injected faults included.
+    ``max_jobs_per_task`` bounds what one task (and so one request) can hold.
     """
     if refresh_delay < 0:
         raise ValueError("refresh_delay must not be negative")
@@ -131,7 +133,7 @@ def running(
     storage = scheduler = server = thread = None
     try:
         storage = Storage(wrap=lambda app: injector.wsgi(app, ADMIN_ACCESS_KEY))
-        backend = Backend(storage, refresh_delay=refresh_delay)
+        backend = Backend(storage, refresh_delay=refresh_delay, max_jobs_per_task=max_jobs_per_task)
         app = create_app(Services(backend=backend, tokens=tokens, storage=storage, images=registry))
         served = injector.asgi(auth_middleware(app, tokens))
         config = uvicorn.Config(
