@@ -7,6 +7,7 @@ session emulator itself starts in the project's root ``conftest.py``.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -141,3 +142,30 @@ def client_for(openapi_spec):
 def api(emulator, client_for) -> ContractClient:
     """A spec-checking client for the session emulator."""
     return client_for(emulator)
+
+
+# --- a Docker engine, where one answers ---------------------------------------------
+
+# .ci/run sets this: in CI a missing engine fails the container tests instead of skipping them.
+REQUIRE_DOCKER = "HTC_REQUIRE_DOCKER"
+
+
+def docker_engine_or_skip() -> None:
+    """Skip (or, under HTC_REQUIRE_DOCKER=1, fail) when no Docker engine answers ``docker info``."""
+    from htc_emulator.images import DockerEngine
+
+    if DockerEngine().available():
+        return
+    reason = "no Docker engine answers `docker info` (start dockerd, or run .ci/run as root)"
+    if os.environ.get(REQUIRE_DOCKER) == "1":
+        pytest.fail(f"{REQUIRE_DOCKER}=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def worker_image() -> str:
+    """The tutorial's image, built once from docker/Dockerfile (on a stand-in base where none can be pulled)."""
+    docker_engine_or_skip()
+    from htc_emulator import container_build
+
+    return container_build.ensure_image("opencv-htc-tutorial:v1")
