@@ -2,8 +2,8 @@
 
 A user token (from ``GET /auth/token``) reaches everything the API key's
 owner can. A job token, injected into each running job as
-``RESCALE_HTC_BEARER_TOKEN``, reaches only its own project and task, which
-is how the platform limits what a job can do with a leaked token.
+``RESCALE_HTC_BEARER_TOKEN``, names its project, task and job; what it may
+do, and for how long, is decided in :mod:`htc_emulator.job_rights`.
 """
 
 from __future__ import annotations
@@ -47,23 +47,12 @@ class Principal:
     kind: str  # "user" or "job"
     project_id: str | None = None
     task_id: str | None = None
+    job_id: str | None = None
+    expires_at: int | None = None  # the token's exp claim (seconds since the epoch)
 
     @property
     def is_job(self) -> bool:
         return self.kind == "job"
-
-    def require_scope(self, project_id: str | None, task_id: str | None = None) -> None:
-        """Refuse a job token outside its own project and task.
-
-        Routes that name no project (regions, storage options, the project
-        list) have ``project_id=None`` and are closed to job tokens.
-        """
-        if not self.is_job:
-            return
-        if project_id is None or project_id != self.project_id:
-            raise PermissionDenied("job tokens may only access their own project")
-        if task_id is not None and task_id != self.task_id:
-            raise PermissionDenied("job tokens may only access their own task")
 
 
 class TokenAuthority:
@@ -148,5 +137,6 @@ class TokenAuthority:
         except jwt.InvalidTokenError as exc:
             raise AuthenticationError("invalid token") from exc
         if claims.get("tokenType") == "JOB":
-            return Principal(kind="job", project_id=claims.get("projectId"), task_id=claims.get("taskId"))
-        return Principal(kind="user")
+            return Principal(kind="job", project_id=claims.get("projectId"), task_id=claims.get("taskId"),
+                             job_id=claims.get("jobId"), expires_at=claims["exp"])
+        return Principal(kind="user", expires_at=claims["exp"])

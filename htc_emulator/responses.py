@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import auth, views
+from . import auth, job_rights, views
 from .auth import AuthenticationError, PermissionDenied, TokenAuthority
 from .images import ImageRegistry, normalize_image_name
 from .models import SUMMARY_STATUSES, Backend, InvalidRequest, NotFound, Project, Task
@@ -48,7 +48,6 @@ MAX_PAGE_SIZE = 10000
 REPOSITORY_NAME_RE = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
 # Regions with storage: the emulator's storage is S3, so AWS regions only.
 STORAGE_REGIONS = tuple(r for r in SupportedRescaleRegion.__args__ if r.startswith("AWS_"))
-_SCOPE_RE = re.compile(r"^(?:/api/v1)?/htc/projects/(?P<project>[^/]+)(?:/tasks/(?P<task>[^/]+))?")
 
 
 @dataclass
@@ -120,8 +119,9 @@ def install_error_handlers(app: FastAPI) -> None:
 def auth_middleware(app, tokens: TokenAuthority):
     """Bearer check for every ``/htc/**`` call, before routing and body parsing.
 
-    401 when the token is missing, malformed or expired; 403 when a job
-    token reaches outside its own project and task.
+    401 when the token is missing, malformed or expired (a job token also
+    once its task is deleted or its job is over); 403 when a job token
+    asks for what its job does not need (:mod:`htc_emulator.job_rights`).
     """
 
     async def middleware(scope, receive, send):
@@ -130,10 +130,11 @@ def auth_middleware(app, tokens: TokenAuthority):
             return await app(scope, receive, send)
         headers = dict(scope["headers"])
         authorization = headers.get(b"authorization", b"").decode("latin-1")
-        match = _SCOPE_RE.match(path)
-        project_id, task_id = (match["project"], match["task"]) if match else (None, None)
         try:
-            tokens.principal(authorization).require_scope(project_id, task_id)
+            principal = tokens.principal(authorization)
+            if principal.is_job:
+                job_rights.require_live_job(principal, app.state.services.backend)
+                job_rights.authorize(principal, scope["method"], path.removeprefix(API_PREFIX))
         except AuthenticationError as exc:
             response = _oauth2_error(401, "invalid_token", str(exc), {"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)

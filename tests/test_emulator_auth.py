@@ -66,21 +66,40 @@ def test_expired_tokens_are_refused(client_for):
 
 @pytest.fixture(scope="module")
 def scoped(api, emulator):
-    """A project with two tasks, another project, and a job token for the first task."""
-    project_id = api.new_project()
+    """A project with two tasks, another project, and the job token of a job running in the first task."""
+    project_id = api.new_project(repositories=["opencv-htc-tutorial"])
     task_id, sibling_id = api.new_task(project_id), api.new_task(project_id)
     other_project = api.new_project()
+    parent = api.submit(project_id, task_id, {"imageName": "opencv-htc-tutorial:v1", "execTimeoutSeconds": 600,
+                                              "commands": ["python", "-c", "import time; time.sleep(300)"]})
     token = emulator.scheduler.tokens.job_token(project_id=project_id, task_id=task_id,
-                                                 job_id="parent:0", lifetime=600)
-    return project_id, task_id, sibling_id, other_project, token
+                                                 job_id=f"{parent}:0", lifetime=600)
+    yield project_id, task_id, sibling_id, other_project, token
+    api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/cancel")
 
 
 @pytest.mark.parametrize("method,path,expected", [
+    # What a job needs: its task, its jobs and their logs, storage for its task, shared files to read.
     ("GET", "/htc/projects/{p}/storage/token", 200),
     ("GET", "/htc/projects/{p}/storage/token/AWS_EU_WEST_1", 200),
     ("GET", "/htc/projects/{p}/tasks/{t}/storage/token", 200),
     ("GET", "/htc/projects/{p}/tasks/{t}/storage/token/AWS_EU_WEST_1", 200),
+    ("GET", "/htc/projects/{p}/tasks/{t}/storage/regional-storage", 200),
     ("GET", "/htc/projects/{p}/tasks/{t}", 200),
+    ("GET", "/htc/projects/{p}/tasks/{t}/jobs", 200),
+    ("GET", "/htc/projects/{p}/tasks/{t}/summary-statistics", 200),
+    # Nothing more, even in its own project and task.
+    ("POST", "/htc/projects/{p}/tasks", 403),
+    ("PATCH", "/htc/projects/{p}", 403),
+    ("GET", "/htc/projects/{p}", 403),
+    ("POST", "/htc/projects/{p}/container-registry/repo/more", 403),
+    ("GET", "/htc/projects/{p}/container-registry/token", 403),
+    ("GET", "/htc/projects/{p}/storage/presigned-url?filePath=x.txt", 403),
+    ("GET", "/htc/projects/{p}/tasks/{t}/storage/presigned-url?filePath=x.txt", 403),
+    ("POST", "/htc/projects/{p}/tasks/{t}/jobs/batch", 403),
+    ("POST", "/htc/projects/{p}/tasks/{t}/jobs/cancel", 403),
+    ("PATCH", "/htc/projects/{p}/tasks/{t}", 403),
+    ("DELETE", "/htc/projects/{p}/tasks/{t}", 403),
     ("GET", "/htc/projects/{p}/tasks/{s}/storage/token", 403),
     ("GET", "/htc/projects/{p}/tasks/{s}", 403),
     ("DELETE", "/htc/projects/{p}/tasks/{s}", 403),
@@ -94,7 +113,15 @@ def scoped(api, emulator):
 def test_job_tokens_reach_only_their_own_project_and_task(api, scoped, method, path, expected):
     project_id, task_id, sibling_id, other_project, token = scoped
     url = path.format(p=project_id, t=task_id, s=sibling_id, o=other_project)
-    kwargs = {"json": {"taskName": "x", "taskDescription": "y"}} if method == "POST" else {}
+    bodies = {"/tasks": {"taskName": "x", "taskDescription": "y"}, "/batch": [{"htcJobDefinition": {
+        "imageName": "opencv-htc-tutorial:v1"}}], "{p}": {"regions": ["AWS_US_WEST_2"]}, "{t}": {
+        "lifecycleStatus": "ARCHIVED"}}
+    kwargs = {"json": body for end, body in bodies.items() if path.endswith(end)}
+    before = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")
     response = api.request(method, url, auth=token, request_valid=None, **kwargs)
     assert response.status_code == expected, response.text
     assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{sibling_id}")["lifecycleStatus"] == "ACTIVE"
+    if expected == 403:
+        assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics") == before
+        assert api.ok("GET", f"/htc/projects/{project_id}")["regions"] == ["AWS_EU_WEST_1"]
+        assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}")["lifecycleStatus"] == "ACTIVE"

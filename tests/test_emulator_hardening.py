@@ -15,7 +15,7 @@ LONE_SURROGATE = "\ud800"
 
 @pytest.fixture(scope="module")
 def place(api):
-    project_id = api.new_project()
+    project_id = api.new_project(repositories=["opencv-htc-tutorial"])
     return project_id, api.new_task(project_id)
 
 
@@ -160,3 +160,49 @@ def test_a_task_holds_a_bounded_number_of_jobs(client_for):
         assert_bad_request(response, "batchSize", "at most 5 jobs")
         assert len(emu.backend.task_jobs(project_id, task_id)) == 3
         api.ok("POST", path, json=[job_batch(batchSize=2)])  # up to the ceiling is fine
+
+
+# --- job tokens live as long as their job ---------------------------------------------------
+
+def job_token_for(api, project_id: str, task_id: str, definition: dict) -> tuple[str, str]:
+    """A job in the task, and the token the scheduler would give it."""
+    job_id = api.submit(project_id, task_id, definition) + ":0"
+    return job_id, api.emu.scheduler.tokens.job_token(project_id=project_id, task_id=task_id, job_id=job_id,
+                                                       lifetime=600)
+
+
+def test_a_job_token_stops_working_when_its_task_is_deleted(api):
+    project_id = api.new_project(repositories=["opencv-htc-tutorial"])
+    task_id = api.new_task(project_id)
+    sleeper = {**DEFINITION, "commands": ["python", "-c", "import time; time.sleep(120)"], "execTimeoutSeconds": 600}
+    _, token = job_token_for(api, project_id, task_id, sleeper)
+    path = f"/htc/projects/{project_id}/tasks/{task_id}/storage/token"
+    assert api.get(path, auth=token).status_code == 200
+    api.ok("DELETE", f"/htc/projects/{project_id}/tasks/{task_id}")
+    refused = api.get(path, auth=token, request_valid=None)
+    assert refused.status_code == 401 and "deleted" in refused.json()["errorDescription"]
+    refused = api.get(f"/htc/projects/{project_id}/storage/token", auth=token, request_valid=None)
+    assert refused.status_code == 401
+
+
+def test_a_job_token_stops_working_soon_after_its_job_ends(api, monkeypatch):
+    from htc_emulator import job_rights
+
+    project_id = api.new_project()
+    task_id = api.new_task(project_id)
+    # No repository in the project: the job fails as soon as it is started.
+    job_id, token = job_token_for(api, project_id, task_id, DEFINITION)
+    api.wait_terminal(project_id, task_id, 1)
+    path = f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs"
+    assert api.get(path, auth=token).status_code == 200  # within the afterlife
+    monkeypatch.setattr(job_rights, "JOB_TOKEN_AFTERLIFE_SECONDS", 0)
+    refused = api.get(path, auth=token, request_valid=None)
+    assert refused.status_code == 401 and "ended" in refused.json()["errorDescription"]
+
+
+def test_a_job_token_for_a_job_that_never_ran_is_refused(api, place):
+    project_id, task_id = place
+    token = api.emu.scheduler.tokens.job_token(project_id=project_id, task_id=task_id, job_id="made-up:0",
+                                               lifetime=600)
+    refused = api.get(f"/htc/projects/{project_id}/tasks/{task_id}", auth=token, request_valid=None)
+    assert refused.status_code == 401

@@ -224,8 +224,11 @@ def test_401_for_a_wrong_api_key_without_echoing_it(emulator):
 def test_403_for_a_job_token_outside_its_scope(session, emulator, monkeypatch):
     project_id = new_project(session)
     task_id = new_task(session, project_id)
+    # A job token lives as long as its job (and a minute): this job fails at once, which is enough here.
+    parent = session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+                          json=[{"htcJobDefinition": {"imageName": "not-in-the-registry:v1"}}]).json()[0]["parentJobId"]
     token = emulator.scheduler.tokens.job_token(project_id=project_id, task_id=task_id,
-                                                 job_id="j:0", lifetime=60)
+                                                 job_id=f"{parent}:0", lifetime=60)
     monkeypatch.setenv("RESCALE_HTC_BEARER_TOKEN", token)
     job_session = htc.HtcSession(emulator.api_url)
     assert htc.task_storage_token(job_session, project_id, task_id)["projectId"] == project_id
