@@ -5,12 +5,8 @@ Paths, parameters, field names and status codes follow
 at the root because the original tutorial calls them there:
 ``/auth/token`` and ``/htc/projects/{projectId}/container-registry/token``.
 
-Deliberate departures from the spec's text, each marked where it happens:
-``GET /htc/regions`` returns a list of region settings (the spec documents
-a single ``HTCInfraResource``, which no client reads); storage tokens add
-``storagePath`` (read by the tutorial); presigned URLs are strings (the
-spec types ``url`` as a serialized Java ``URL`` object); every bad input
-gets a 400 ``HTCRequestError`` even where the spec lists no 400.
+Deliberate departures from the spec are listed, each with its reason, in
+:mod:`htc_emulator.deviations`, and marked where they happen.
 """
 
 from __future__ import annotations
@@ -163,7 +159,7 @@ def _page(request: Request, items: list, page_index: str | None, page_size: str,
 
 
 def _storage_token(svc: Services, project: Project, region: str | None, task: Task | None) -> dict:
-    """A StorageAccessToken (plus ``storagePath``, see module docstring)."""
+    """A StorageAccessToken (plus ``storagePath``: see htc_emulator.deviations)."""
     region = region or project.default_region
     if region not in project.regions:
         raise NotFound(f"project {project.project_id} has no storage in region {region}")
@@ -233,15 +229,7 @@ def who_am_i(request: Request) -> dict:
         _services(request).tokens.check_api_key(request.headers.get("authorization"))
     except AuthenticationError as exc:
         return _oauth2_error(401, "invalid_client", str(exc))
-    return {
-        "user": {
-            "userId": auth.USER_ID, "email": auth.USER_EMAIL, "fullName": "HTC Emulator User",
-            "workspace": {"id": auth.WORKSPACE_ID, "name": auth.WORKSPACE_NAME},
-            "organization": {"code": auth.ORGANIZATION_CODE, "canViewOrganizationJobs": False},
-            "isRescaleAdmin": False, "isOrganizationAdmin": False, "isWorkspaceAdmin": True, "isSuperuser": False,
-        },
-        "userFeatures": {"count": 0, "results": []},
-    }
+    return views.whoami_view()
 
 
 registry_token_route = APIRouter()

@@ -135,6 +135,9 @@ class EnvPair(_Body):
             raise ValueError("must be a non-empty environment variable name without '='")
         if not _ENV_NAME_PATTERN.fullmatch(name) or name in _RESERVED_ENV_NAMES:
             raise ValueError(f"{name} is a reserved environment variable name")
+        # The original tutorial: the platform sets AWS_* itself (deviations: "AWS_ environment variables").
+        if name.startswith("AWS_"):
+            raise ValueError(f"{name}: names beginning with AWS_ are reserved by the platform")
         return name
 
     @field_validator("value")

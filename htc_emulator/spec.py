@@ -3,35 +3,25 @@
 Used by the tests (it needs ``openapi-core``, a test-only dependency). The
 spec is the project's own copy, ``htc_emulator/openapi/htc-openapi.json``
 (Rescale's, MIT licence; see the README there), or ``$HTC_OPENAPI_SPEC``. A few corrections are applied first, each for
-a deliberate, documented departure (see :data:`CORRECTIONS`); everything
-else is checked as the spec states it.
+a deliberate, documented departure (see :mod:`htc_emulator.deviations`);
+everything else is checked as the spec states it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from . import deviations
 
 
 DEFAULT_SPEC_PATH = Path(__file__).resolve().parent / "openapi" / "htc-openapi.json"
 
-CORRECTIONS = {
-    "GET /htc/regions": "200 is a list of HTCRegionAdminSettings; the spec's HTCInfraResource "
-                        "is a documentation error, and the tutorial reads a list of {region, supportedArchitectures}",
-    "PresignedPutUrlResponse.url": "a URI string; the spec describes a serialized java.net.URL object",
-    "400 everywhere": "bad input is a 400 HTCRequestError on every operation; the spec lists it on two",
-    "429/500/503": "injected faults answer with an HTCRequestError body on any operation",
-    "registry token */*": "checked as text/plain, which the emulator sends: openapi-core leaves a */* body "
-                          "as bytes, which no string schema accepts (a limitation of the checker, not the API)",
-    "empty content maps": "a response with `content: {}` (cancel's 404) means no body; openapi-core would "
-                          "demand a body of no media type, which nothing can satisfy",
-}
-
-_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTCRequestError"}}}}
-_METHODS = ("get", "put", "post", "patch", "delete")
+# The deliberate departures the checks allow, all documented in one place.
+CORRECTIONS = deviations.DEVIATIONS
 
 
 def spec_path() -> Path:
@@ -45,22 +35,8 @@ def load_spec(path: str | os.PathLike | None = None) -> dict:
 
 def corrected_spec(spec: dict, server_url: str) -> dict:
     """A copy of ``spec`` served at ``server_url``, with :data:`CORRECTIONS` applied."""
-    spec = copy.deepcopy(spec)
+    spec = deviations.apply(spec)
     spec["servers"] = [{"url": server_url}]
-    regions = spec["paths"]["/htc/regions"]["get"]["responses"]["200"]["content"]["application/json"]
-    regions["schema"] = {"type": "array", "items": {"$ref": "#/components/schemas/HTCRegionAdminSettings"}}
-    spec["components"]["schemas"]["PresignedPutUrlResponse"]["properties"]["url"] = {"type": "string", "format": "uri"}
-    registry_token = spec["paths"]["/htc/projects/{projectId}/container-registry/token"]["get"]["responses"]["200"]
-    registry_token["content"] = {"text/plain": registry_token["content"].pop("*/*")}
-    for item in spec["paths"].values():
-        for method in _METHODS:
-            if method in item:
-                responses = item[method]["responses"]
-                for response in responses.values():
-                    if response.get("content") == {}:
-                        del response["content"]
-                for status in ("400", "429", "500", "503"):
-                    responses.setdefault(status, {"description": "error", **copy.deepcopy(_ERROR)})
     return spec
 
 
@@ -76,6 +52,11 @@ class ContractValidator:
         # The spec as published does not pass strict spec validation (some
         # responses lack a description), so only requests and responses are checked.
         self._openapi = OpenAPI.from_dict(corrected, config=Config(spec_validator_cls=None))
+        self._spec = corrected
+        self._routes = sorted(
+            ((_path_regex(path), path) for path in corrected["paths"]),
+            key=lambda route: route[1].count("{"),
+        )
 
     def _as_api_request(self, prepared):
         """Root aliases (``/auth/token``, registry token) are checked as their /api/v1 paths."""
@@ -105,6 +86,68 @@ class ContractValidator:
 
         request = self._as_api_request(response.request)
         return [_describe(e) for e in self._openapi.iter_response_errors(request, RequestsOpenAPIResponse(response))]
+
+
+    def shape_errors(self, response) -> list[str]:
+        """Documented properties a successful JSON response leaves out.
+
+        The platform sends every property of its answers, null where it has
+        no value, and clients read them unconditionally. Only the properties
+        in :data:`deviations.MAY_BE_ABSENT` may be missing, and a job list
+        asked for ``viewType=SIMPLE`` is not checked (see the deviations).
+        """
+        if not 200 <= response.status_code < 300 or "json" not in response.headers.get("content-type", ""):
+            return []
+        request = self._as_api_request(response.request)
+        if "SIMPLE" in request.parameters.query.getlist("viewType"):
+            return []
+        path = request.path[len(urlsplit(self.api_url).path):]
+        template = next((t for regex, t in self._routes if regex.fullmatch(path)), None)
+        if template is None:
+            return []
+        operation = self._spec["paths"][template].get(request.method.lower(), {})
+        documented = operation.get("responses", {}).get(str(response.status_code), {})
+        schema = documented.get("content", {}).get("application/json", {}).get("schema")
+        return [] if schema is None else self._missing(schema, response.json(), "body")
+
+    def _resolve(self, schema: dict) -> dict:
+        while "$ref" in schema:
+            schema = self._spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+        return schema
+
+    def _properties(self, schema: dict) -> dict:
+        schema = self._resolve(schema)
+        properties = dict(schema.get("properties", {}))
+        for part in schema.get("allOf", []) + schema.get("anyOf", []):
+            properties.update(self._properties(part))
+        return properties
+
+    def _missing(self, schema: dict, value, where: str) -> list[str]:
+        schema = self._resolve(schema)
+        problems = []
+        if isinstance(value, list):
+            items = schema.get("items") or next((p["items"] for p in schema.get("anyOf", []) if "items" in p), None)
+            for index, item in enumerate(value if items else []):
+                problems += self._missing(items, item, f"{where}[{index}]")
+        elif isinstance(value, dict):
+            for name, prop in self._properties(schema).items():
+                if self._resolve(prop).get("writeOnly") or prop.get("writeOnly"):
+                    continue
+                if name not in value:
+                    if name not in deviations.MAY_BE_ABSENT:
+                        problems.append(f"{where}.{name} is missing")
+                elif value[name] is not None:
+                    problems += self._missing(prop, value[name], f"{where}.{name}")
+        return problems
+
+
+def _path_regex(template: str) -> re.Pattern:
+    """A spec path as a regex; the registry's repository and image names may contain '/'."""
+    pattern = re.escape(template)
+    for name in re.findall(r"\{(\w+)\}", template):
+        any_segment = ".+" if name in ("repoName", "imageName") else "[^/]+"
+        pattern = pattern.replace(re.escape("{" + name + "}"), any_segment)
+    return re.compile(pattern)
 
 
 def _describe(error: Exception) -> str:

@@ -1,8 +1,10 @@
 """Entities as the spec's response objects.
 
-Fields the spec plainly marks nullable are sent as ``null`` while unknown
-(a job's ``startedAt`` before it starts); other fields without a value
-are left out rather than sent as ``null``.
+Every property the spec documents for a response is sent, ``null`` while
+it has no value (a job's ``startedAt`` before it starts, a batch's
+``group`` when it has none), as the platform does: its clients read such
+keys unconditionally. Where the spec does not mark those fields nullable,
+:mod:`htc_emulator.deviations` says so.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def repository_view(project: Project, name: str, created: bool) -> dict:
 
 
 def task_view(task: Task) -> dict:
-    view = {
+    return {
         "taskId": task.task_id,
         "projectId": task.project_id,
         "taskName": task.name,
@@ -74,10 +76,6 @@ def task_view(task: Task) -> dict:
         "lifecycleStatus": task.lifecycle_status,
         "taskFolderPath": task.folder_path,
     }
-    # archivedAt/deletedAt are "nullable" only beside an allOf of a
-    # non-nullable Instant, which validators read as not nullable: leave
-    # them out until they have a value.
-    return {k: v for k, v in view.items() if v is not None}
 
 
 def region_view(region: str) -> dict:
@@ -93,10 +91,22 @@ def region_view(region: str) -> dict:
     }
 
 
+# HTCJobSubmitRequest and HTCJobDefinition properties echoed back
+# (regions is writeOnly and never echoed).
+SUBMIT_FIELDS = ("jobName", "batchSize", "htcJobDefinition", "tags", "retryStrategy", "experimental",
+                 "rescaleProjectId", "cloudProvider")
+DEFINITION_FIELDS = ("imageName", "maxVCpus", "maxMemory", "maxDiskGiB", "maxSwap", "tags", "commands", "envs",
+                     "claims", "execTimeoutSeconds", "architecture", "priority", "workingDir")
+
+
 def submit_view(batch: dict, *, project_id: str, task_id: str, parent_job_id: str,
                 group: str | None, received: dt.datetime) -> dict:
     """The submitted batch echoed back with its read-only fields filled in."""
-    echo = {k: v for k, v in batch.items() if k != "regions"}  # regions is writeOnly
+    # The defaults the emulator applies are echoed as values, the rest as null.
+    echo = {name: batch.get(name) for name in SUBMIT_FIELDS}
+    echo.update(batchSize=batch.get("batchSize", 1), tags=batch.get("tags", []),
+                retryStrategy=batch.get("retryStrategy", {"maxRetries": 0}))
+    echo["htcJobDefinition"] = {name: batch["htcJobDefinition"].get(name) for name in DEFINITION_FIELDS}
     echo.update({
         "parentJobId": parent_job_id,
         "projectId": project_id,
@@ -105,9 +115,8 @@ def submit_view(batch: dict, *, project_id: str, task_id: str, parent_job_id: st
         "workspaceId": auth.WORKSPACE_ID,
         "rescaleTimeReceived": isotime(received),
         "jobDefinitionName": f"htc-emulator-{parent_job_id}",
+        "group": group,
     })
-    if group is not None:
-        echo["group"] = group
     return echo
 
 
@@ -139,11 +148,9 @@ def job_view(job: Job, as_of: dt.datetime | None, view_type: str = "FULL") -> di
         "startedAt": isotime(started),
         "completedAt": isotime(completed),
         "container": outcome.container if outcome else None,
+        "group": job.group,
+        "failureCode": outcome.failure_code if outcome is not None and outcome.failure_code else None,
     }
-    if job.group is not None:
-        view["group"] = job.group
-    if outcome is not None and outcome.failure_code:
-        view["failureCode"] = outcome.failure_code
     if view_type == "SIMPLE":
         return view
     definition = job.definition
@@ -166,10 +173,10 @@ def job_view(job: Job, as_of: dt.datetime | None, view_type: str = "FULL") -> di
         "execTimeoutSeconds": job.timeout_seconds,
         "instanceId": instance_id,
         "instanceLabels": _instance_labels(job) if started else None,
+        "providerJobId": f"local-{job.job_id}" if started else None,
+        "jobExecutionEnvironment":
+            {"instanceId": instance_id, "instanceType": "local-process", "architecture": 1} if started else None,
     })
-    if started:
-        view["providerJobId"] = f"local-{job.job_id}"
-        view["jobExecutionEnvironment"] = {"instanceId": instance_id, "instanceType": "local-process", "architecture": 1}
     return view
 
 
@@ -196,3 +203,17 @@ def event_view(job: Job, event: JobEvent) -> dict:
         "instanceLabels": None,
         "userCancelledEvent": event.user_cancelled,
     }
+
+
+def whoami_view() -> dict:
+    """WhoAmI: the one emulated user, a workspace admin (RescaleUser sends each role under two names)."""
+    roles = {"RescaleAdmin": False, "OrganizationAdmin": False, "WorkspaceAdmin": True, "Superuser": False}
+    user = {
+        "userId": auth.USER_ID, "email": auth.USER_EMAIL, "fullName": "HTC Emulator User",
+        "workspace": {"id": auth.WORKSPACE_ID, "name": auth.WORKSPACE_NAME},
+        "organization": {"code": auth.ORGANIZATION_CODE, "canViewOrganizationJobs": False},
+    }
+    for role, value in roles.items():
+        user[f"is{role}"] = value
+        user[role[0].lower() + role[1:]] = value
+    return {"user": user, "userFeatures": {"count": 0, "results": []}}

@@ -56,6 +56,8 @@ class ContractClient:
         self.exchanges += 1
         problems = self.validator.response_errors(response)
         assert not problems, f"{method} {url} -> {response.status_code} breaks the spec: {problems}"
+        missing = self.validator.shape_errors(response)
+        assert not missing, f"{method} {url} -> {response.status_code} leaves out documented properties: {missing}"
         if request_valid is not None:
             refused = self.validator.request_errors(response.request)
             assert bool(refused) != request_valid, (

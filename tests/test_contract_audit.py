@@ -45,7 +45,7 @@ def test_every_response_of_the_session_follows_the_spec(emulator, openapi_spec, 
     for exchange in exchanges:
         response = as_requests(exchange)
         where = f"{exchange.method} {exchange.url.split('?')[0].split(':', 2)[-1].split('/', 1)[-1]} -> {exchange.status}"
-        for problem in validator.response_errors(response):
+        for problem in validator.response_errors(response) + validator.shape_errors(response):
             broken[f"{where}: {problem}"] += 1
         # A request the spec refuses must not succeed: that would be bad input let through.
         if 200 <= exchange.status < 300:

@@ -129,7 +129,7 @@ def test_statuses_move_through_the_lifecycle_with_timed_events(fast, task):
     assert all(e["jobId"] == f"{parent}:0" and e["userCancelledEvent"] is False for e in history)
     job = fast.job(project_id, task_id, f"{parent}:0")
     assert job["status"] == "SUCCEEDED" and job["statusReason"] == "Completed"
-    assert job["container"]["exitCode"] == 0 and "failureCode" not in job
+    assert job["container"]["exitCode"] == 0 and job["failureCode"] is None
     assert job["createdAt"] <= job["startedAt"] <= job["completedAt"] == job["updatedAt"]
 
 
