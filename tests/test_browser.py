@@ -2,6 +2,16 @@
 
 Chromium is Debian's (``make test`` installs it); Playwright drives it through
 ``executable_path`` and never downloads a browser of its own.
+
+Why the run is judged from JupyterLab's state and not the page: the old version clicked
+Run All while the notebook was still loading (one empty cell, a "Select Kernel" dialog up,
+no kernel) and then read the prompts on the page, which showed the committed execution
+counts of the few cells rendered so far (JupyterLab renders long notebooks lazily): it
+passed with nothing run, or waited forever on cells queued for a kernel that never came.
+Now the kernel starts without asking, Run All waits for the whole model and an idle
+kernel, outputs are cleared first, and completion is read from the notebook model's
+execution counts and the kernel's status. On failure the test saves a screenshot and
+says which cells ran, which did not, and what the page shows.
 """
 
 import hashlib
@@ -23,7 +33,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = ROOT / "build" / "browser-tutorial.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-RUN_ALL_TIMEOUT_MS = 900_000
 
 
 def free_port() -> int:
@@ -33,9 +42,14 @@ def free_port() -> int:
 
 
 def lab_settings(folder: Path) -> Path:
-    """User settings that keep the browser run from saving the notebook and from fetching news."""
+    """User settings that keep the browser run from saving the notebook, from fetching news, and from asking.
+
+    Without ``autoStartDefaultKernel`` JupyterLab can open a "Select Kernel" dialog when the session
+    starts before the notebook's metadata has loaded; no kernel starts until someone answers it.
+    """
     settings = {
         "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
         "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
                                                                              "checkForUpdates": False},
     }
@@ -58,7 +72,8 @@ def jupyterlab(emulator, tmp_path):
     log = open(tmp_path / "jupyterlab.log", "w")
     lab = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--ServerApp.root_dir={ROOT}", "--LabApp.news_url=", "--allow-root"],
+         f"--ServerApp.root_dir={ROOT}", "--LabApp.news_url=", "--LabApp.expose_app_in_browser=True",
+         "--allow-root"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -71,11 +86,67 @@ def jupyterlab(emulator, tmp_path):
                 pass
             assert lab.poll() is None and time.monotonic() < deadline, (tmp_path / "jupyterlab.log").read_text()
             time.sleep(0.5)
-        yield base, token
+        yield base, token, tmp_path / "jupyterlab.log"
     finally:
         lab.terminate()
         lab.wait(timeout=30)
         log.close()
+
+
+# Read from JupyterLab's own state (exposed with --LabApp.expose_app_in_browser), not from the
+# DOM: JupyterLab renders long notebooks lazily, so an off-screen cell's prompt is no evidence.
+NOTEBOOK_STATE_JS = """() => {
+    const app = window.jupyterapp;
+    const panel = app && app.shell.currentWidget;
+    if (!panel || !panel.content || !panel.content.model || !panel.sessionContext) {
+        return {ready: false, kernel: null, cells: []};
+    }
+    const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+    const cells = [];
+    const model = panel.content.model;
+    for (let i = 0; i < model.cells.length; i++) {
+        const cell = model.cells.get(i);
+        if (cell.type !== 'code') continue;
+        const outputs = [];
+        for (let j = 0; j < cell.outputs.length; j++) {
+            const out = cell.outputs.get(j).toJSON();
+            const text = out.output_type === 'stream' ? [].concat(out.text).join('') : '';
+            outputs.push({type: out.output_type, ename: out.ename || null, evalue: out.evalue || null,
+                          traceback: out.output_type === 'error' || text.includes('Traceback')});
+        }
+        cells.push({index: i, count: cell.executionCount, outputs: outputs,
+                    source: cell.sharedModel.getSource().split('\\n')[0].slice(0, 80)});
+    }
+    return {ready: panel.sessionContext.isReady, kernel: kernel ? kernel.status : null,
+            dialog: [...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText).join(' | '),
+            cells: cells};
+}"""
+KERNEL_READY_TIMEOUT_MS = 120_000
+RUN_ALL_TIMEOUT_MS = 480_000
+
+
+def run_finished(state: dict) -> bool:
+    """Run All has ended: every code cell ran, or one raised (Run All stops there), and the kernel is idle."""
+    cells = state["cells"]
+    if state["kernel"] != "idle" or not cells:
+        return False
+    raised = any(out["traceback"] for cell in cells for out in cell["outputs"])
+    return raised or all(cell["count"] is not None for cell in cells)
+
+
+def describe(state: dict) -> str:
+    """Which cells ran and which did not, the kernel's state and any dialog: what a failure report needs."""
+    ran = [c for c in state["cells"] if c["count"] is not None]
+    pending = [c for c in state["cells"] if c["count"] is None]
+    errors = [f"cell {c['index']}: {o['ename'] or 'a traceback on stderr'}: {o['evalue'] or ''}"
+              for c in state["cells"] for o in c["outputs"] if o["traceback"]]
+    lines = [f"kernel: {state['kernel']}, session ready: {state['ready']}",
+             f"ran {len(ran)} of {len(state['cells'])} code cells",
+             *(f"  not run: cell {c['index']}: {c['source']}" for c in pending),
+             *(f"  error in {e}" for e in errors)]
+    if state.get("dialog"):
+        lines.append(f"dialog on the page: {state['dialog']}")
+    return "\n".join(lines)
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
@@ -83,42 +154,50 @@ def test_run_all_cells_in_jupyterlab(jupyterlab):
     from playwright.sync_api import sync_playwright
 
     committed = hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest()
+    code_cells = sum(cell["cell_type"] == "code" for cell in json.loads((ROOT / "tutorial.ipynb").read_text())["cells"])
+    base, token, lab_log = jupyterlab
+    SCREENSHOT.parent.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page_errors = []
         page.on("pageerror", lambda exc: page_errors.append(str(exc)))
-        base, token = jupyterlab
-        page.goto(f"{base}/lab/tree/tutorial.ipynb?token={token}")
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
 
+        def fail(stage: str) -> None:
+            page.screenshot(path=str(SCREENSHOT), full_page=False)
+            state = page.evaluate(NOTEBOOK_STATE_JS)
+            log_tail = "".join(lab_log.read_text().splitlines(keepends=True)[-15:])
+            pytest.fail(f"{stage}\n{describe(state)}\npage errors: {page_errors}\n"
+                        f"screenshot: {SCREENSHOT}\nJupyterLab log (last lines):\n{log_tail}", pytrace=False)
+
+        def wait_until(finished, timeout_ms: int, stage: str) -> dict:
+            deadline = time.monotonic() + timeout_ms / 1000
+            while not finished(state := page.evaluate(NOTEBOOK_STATE_JS)):
+                if time.monotonic() > deadline:
+                    fail(f"{stage} after {timeout_ms // 1000} s")
+                page.wait_for_timeout(500)
+            return state
+
+        page.goto(f"{base}/lab/tree/tutorial.ipynb?token={token}")
+        # Run All before the whole file has loaded, or before the kernel is up, would run nothing.
+        wait_until(lambda s: s["ready"] and s["kernel"] == "idle" and len(s["cells"]) == code_cells,
+                   KERNEL_READY_TIMEOUT_MS, f"the notebook ({code_cells} code cells) and its kernel were not ready")
+        # Cleared first, so an execution count can only come from this run, not from the committed file.
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
         page.click("text=Run", timeout=10_000)
         page.click("text=Run All Cells", timeout=10_000)
-        # Every code cell gets a number once it ran ("[*]" while running, "[ ]" before). Run All
-        # stops at a failing cell, so an error output ends the wait too.
-        page.wait_for_function(
-            """() => {
-                const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
-                const failed = [...document.querySelectorAll(
-                    ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")]
-                    .some(o => o.textContent.includes('Traceback'));
-                return failed || (prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)));
-            }""",
-            timeout=RUN_ALL_TIMEOUT_MS, polling=1000)
+        state = wait_until(run_finished, RUN_ALL_TIMEOUT_MS, "Run All Cells had not finished")
 
-        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-        error_texts = [errors.nth(i).inner_text() for i in range(errors.count())]
-        tracebacks = [t for t in error_texts if "Traceback" in t or "Error" in t]
         plots = page.locator(".js-plotly-plot")
-        plots.first.scroll_into_view_if_needed()
-        SCREENSHOT.parent.mkdir(exist_ok=True)
+        if plots.count():
+            plots.first.scroll_into_view_if_needed()
         page.screenshot(path=str(SCREENSHOT), full_page=False)
         plot_count = plots.count()
         browser.close()
 
     assert hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest() == committed, \
         "the browser run saved over tutorial.ipynb"
-    assert not tracebacks, tracebacks
+    assert not any(o["traceback"] for c in state["cells"] for o in c["outputs"]), describe(state)
+    assert all(c["count"] is not None for c in state["cells"]), describe(state)
     assert not page_errors, page_errors
     assert plot_count >= 1, "the status plot did not render"
