@@ -1,5 +1,9 @@
 """API keys and bearer tokens: the emulator signs its own JWTs.
 
+Tokens are signed with an RSA key made at start-up (RS256); its public half
+is published as a JSON Web Key Set (``/.well-known/jwks.json``), so a client
+can verify a token with any JWKS client, as with the platform's.
+
 A user token (from ``GET /auth/token``) reaches everything the API key's
 owner can. A job token, injected into each running job as
 ``RESCALE_HTC_BEARER_TOKEN``, names its project, task and job; what it may
@@ -9,15 +13,16 @@ do, and for how long, is decided in :mod:`htc_emulator.job_rights`.
 from __future__ import annotations
 
 import hmac
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 ISSUER = "htc-emulator"
-ALGORITHM = "HS256"
+ALGORITHM = "RS256"
 USER_ID = "emulator-user"
 USER_EMAIL = "user@htc-emulator.invalid"
 WORKSPACE_ID = "emulator-workspace"
@@ -56,15 +61,24 @@ class Principal:
 
 
 class TokenAuthority:
-    """Checks the API key and issues and verifies HS256 JWTs."""
+    """Checks the API key and issues and verifies RS256 JWTs."""
 
     def __init__(self, api_key: str, token_lifetime: int = 21600) -> None:
         if token_lifetime <= 0:
             raise ValueError("token_lifetime must be positive")
         self._api_key = api_key
         self.token_lifetime = int(token_lifetime)
-        # 32 random bytes: PyJWT warns about shorter HMAC keys.
-        self._secret = secrets.token_bytes(32)
+        self._private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._public_key = self._private_key.public_key()
+        self.key_id = str(uuid.uuid4())
+
+    def jwks(self) -> dict:
+        """The JSON Web Key Set that verifies every token this authority signs."""
+        key = RSAAlgorithm.to_jwk(self._public_key, as_dict=True)
+        return {"keys": [{**key, "kid": self.key_id, "alg": ALGORITHM, "use": "sig"}]}
+
+    def _sign(self, claims: dict) -> str:
+        return jwt.encode(claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self.key_id})
 
     def check_api_key(self, authorization: str | None) -> None:
         """Accept only ``Authorization: Token <api key>``."""
@@ -88,7 +102,7 @@ class TokenAuthority:
             "email": USER_EMAIL,
             "groups": ["HTC_USER", "WORKSPACE_MEMBER"],
         }
-        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), self.token_lifetime
+        return self._sign(claims), self.token_lifetime
 
     def job_token(
         self,
@@ -117,17 +131,17 @@ class TokenAuthority:
                 "groups": ["HTC_JOB"],
             }
         )
-        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        return self._sign(claims)
 
-    def principal(self, authorization: str | None) -> Principal:
-        """Verify ``Authorization: Bearer <jwt>`` and say who is calling."""
+    def payload(self, authorization: str | None) -> dict:
+        """The verified claims of ``Authorization: Bearer <jwt>``."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError("expected header 'Authorization: Bearer <token>'")
         try:
-            claims = jwt.decode(
+            return jwt.decode(
                 token.strip(),
-                self._secret,
+                self._public_key,
                 algorithms=[ALGORITHM],
                 issuer=ISSUER,
                 options={"require": ["exp", "iat", "sub"]},
@@ -136,6 +150,10 @@ class TokenAuthority:
             raise AuthenticationError("token expired") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthenticationError("invalid token") from exc
+
+    def principal(self, authorization: str | None) -> Principal:
+        """Verify ``Authorization: Bearer <jwt>`` and say who is calling."""
+        claims = self.payload(authorization)
         if claims.get("tokenType") == "JOB":
             return Principal(kind="job", project_id=claims.get("projectId"), task_id=claims.get("taskId"),
                              job_id=claims.get("jobId"), expires_at=claims["exp"])

@@ -11,10 +11,13 @@ Deliberate departures from the spec are listed, each with its reason, in
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -230,6 +233,55 @@ def who_am_i(request: Request) -> dict:
     except AuthenticationError as exc:
         return _oauth2_error(401, "invalid_client", str(exc))
     return views.whoami_view()
+
+
+@auth_routes.get("/auth/token/whoami")
+def token_payload(request: Request) -> dict:
+    """The bearer token's verified payload (a user's or a job's)."""
+    try:
+        return _services(request).tokens.payload(request.headers.get("authorization"))
+    except AuthenticationError as exc:
+        return _oauth2_error(401, "invalid_token", str(exc), {"WWW-Authenticate": "Bearer"})
+
+
+@auth_routes.get("/.well-known/jwks.json")
+def json_web_key_set(request: Request) -> dict:
+    return _services(request).tokens.jwks()
+
+
+@auth_routes.post("/oauth2/token")
+async def oauth2_token(request: Request) -> dict:
+    """OAuth 2.0 client-credentials grant (RFC 6749 4.4): the API key is the client secret.
+
+    The client authenticates with HTTP Basic (any client id, the API key as
+    password), ``Authorization: Token <key>``, or a ``client_secret`` form field.
+    """
+    form = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+    grant = form.get("grant_type")
+    if grant is None:
+        return _oauth2_error(400, "invalid_request", "grant_type is required (client_credentials)")
+    if grant != "client_credentials":
+        return _oauth2_error(400, "unsupported_grant_type", f"grant_type {grant} is not supported")
+    tokens = _services(request).tokens
+    try:
+        tokens.check_api_key(_client_secret(request.headers.get("authorization"), form))
+    except AuthenticationError as exc:
+        return _oauth2_error(400, "invalid_client", str(exc))
+    token, expires_in = tokens.user_token()
+    return {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
+
+
+def _client_secret(authorization: str | None, form: dict) -> str | None:
+    """The client's secret as an ``Authorization: Token`` value, from whichever place the client used."""
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            return "Token " + base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    if "client_secret" in form:
+        return "Token " + form["client_secret"]
+    return authorization
 
 
 registry_token_route = APIRouter()
@@ -547,9 +599,6 @@ def task_presigned_url(request: Request, projectId: str, taskId: str, filePath: 
 # --- spec operations the emulator does not offer -------------------------------------------
 
 NOT_EMULATED = [
-    ("GET", "/.well-known/jwks.json"),
-    ("GET", "/auth/token/whoami"),
-    ("POST", "/oauth2/token"),
     ("GET", "/htc/metrics"),
     ("GET", "/htc/gcp/clusters/{workspaceId}"),
     ("GET", "/htc/projects/{projectId}/dimensions"),
