@@ -5,10 +5,12 @@ One intake thread moves submitted jobs to the provider queue
 RUNNABLE jobs in submission order and run one attempt each: STARTING, then
 RUNNING once the process exists, then SUCCEEDED or FAILED (or back to
 RUNNABLE when ``retryStrategy.maxRetries`` allows another attempt).
+Processes are started, contained and stopped by :mod:`htc_emulator.launcher`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import shutil
@@ -21,10 +23,14 @@ from pathlib import Path
 
 from .auth import TokenAuthority
 from .images import DockerEngine, DockerfileError, ImageRegistry, LocalImage
+from .launcher import JobProcess, ProcessLauncher
 from .models import Backend, Job
 
 # How long past a job's timeout its token stays valid (for a final upload).
 JOB_TOKEN_GRACE_SECONDS = 600
+# Between SIGTERM and SIGKILL when a job is stopped (timeout, cancel): docker stop's default.
+STOP_GRACE_SECONDS = 10
+MIB = 1 << 20
 
 
 class Scheduler:
@@ -55,9 +61,10 @@ class Scheduler:
         self.time_scale = time_scale
         self.docker = docker
         self._scratch = Path(tempfile.mkdtemp(prefix="htc-emulator-jobs-"))
+        self.launcher = ProcessLauncher(self._base_environment(self._scratch)) if docker is None else None
         self._intake: queue.Queue = queue.Queue()
         self._runnable: queue.Queue = queue.Queue()
-        self._running: dict[str, subprocess.Popen] = {}
+        self._running: dict[str, JobProcess | ContainerProcess] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads = [threading.Thread(target=self._intake_loop, name="htc-intake", daemon=True)]
@@ -75,23 +82,30 @@ class Scheduler:
         self._intake.put(jobs)
 
     def kill(self, job: Job) -> None:
+        """Stop a cancelled job as ``docker stop`` does: SIGTERM, then SIGKILL after the grace period."""
         with self._lock:
             process = self._running.get(job.job_id)
         if process is not None:
-            self._kill_process(process, job)
+            process.stop(self.stop_grace)
+
+    @property
+    def stop_grace(self) -> float:
+        return STOP_GRACE_SECONDS * self.time_scale
 
     def stop(self) -> None:
         """Kill running jobs and stop the threads (queued jobs stay queued)."""
         self._stopping.set()
         with self._lock:
-            running = list(self._running.items())
-        for job_id, process in running:
-            self._kill_process(process, self.backend.jobs.get(job_id))
+            running = list(self._running.values())
+        for process in running:
+            process.stop(0)
         self._intake.put(None)
         for _ in range(self.concurrency):
             self._runnable.put(None)
         for thread in self._threads:
             thread.join(timeout=10)
+        if self.launcher is not None:
+            self.launcher.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     # --- threads ------------------------------------------------------------
@@ -135,14 +149,14 @@ class Scheduler:
         try:
             if self.docker is not None:
                 argv = self.docker.run_argv(image, commands, sorted(env), self._container_name(job))
-                process_env = {**os.environ, **env}
+                process = ContainerProcess(self.docker, self._container_name(job), subprocess.Popen(
+                    argv, cwd=workdir, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                ))
             else:
-                argv = image.local_command(commands)
-                process_env = env
-            process = subprocess.Popen(
-                argv, cwd=workdir, env=process_env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+                memory = job.definition.get("maxMemory")
+                process = self.launcher.start(image.local_command(commands), env, workdir,
+                                              memory_limit=memory * MIB if memory else None)
         except (OSError, DockerfileError) as exc:
             return self.backend.finish_attempt(
                 job, "FAILED", f"CannotStartContainerError: {getattr(exc, 'strerror', None) or exc}",
@@ -154,7 +168,7 @@ class Scheduler:
         # here, and a job that never ran gets no RUNNING event: advance() refuses a cancelled
         # job under the backend's lock. A cancel after that finds the process in _running.
         if self._stopping.is_set() or not self.backend.advance(job, "RUNNING", f"Running attempt {job.attempt}"):
-            self._kill_process(process, job)
+            process.stop(0)
         reader = threading.Thread(target=self._pump_logs, args=(job, process), daemon=True)
         reader.start()
         timed_out = False
@@ -162,16 +176,18 @@ class Scheduler:
             returncode = process.wait(timeout=job.timeout_seconds * self.time_scale)
         except subprocess.TimeoutExpired:
             timed_out = True
-            self._kill_process(process, job)
+            process.stop(self.stop_grace)
             returncode = process.wait()
-        # Whatever the job left behind in its process group goes too, as
-        # it would with its container.
-        self._signal_group(process)
         reader.join(timeout=10)
         with self._lock:
             self._running.pop(job.job_id, None)
         # Like a container runtime: death by signal N is exit code 128 + N.
         exit_code = returncode if returncode >= 0 else 128 - returncode
+        if getattr(process, "out_of_memory", False):
+            return self.backend.finish_attempt(
+                job, "FAILED", "OutOfMemoryError: Container killed due to memory usage",
+                failure_code="ErrorNotEnoughMemory", exit_code=exit_code,
+            )
         if timed_out:
             return self.backend.finish_attempt(
                 job, "FAILED", "Job attempt duration exceeded timeout",
@@ -184,8 +200,9 @@ class Scheduler:
             failure_code="ErrorNonZeroContainerExitCode", exit_code=exit_code,
         )
 
-    def _job_environment(self, job: Job, image: LocalImage, workdir: Path) -> dict[str, str]:
-        """Minimal base, the image's ENV, the user's envs, then the platform's variables."""
+    @staticmethod
+    def _base_environment(workdir: Path) -> dict[str, str]:
+        """What every process-mode job starts from (and the launcher's template too)."""
         env = {
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
             "HOME": str(workdir),
@@ -196,10 +213,14 @@ class Scheduler:
         }
         if sys.prefix != sys.base_prefix:
             env["VIRTUAL_ENV"] = sys.prefix
+        return env
+
+    def _job_environment(self, job: Job, image: LocalImage, workdir: Path) -> dict[str, str]:
+        """Minimal base, the image's ENV, the user's envs, then the platform's variables."""
         if self.docker is not None:
             env = {}  # the container brings its own base environment and ENV lines
         else:
-            env.update(image.env)
+            env = {**self._base_environment(workdir), **image.env}
         env.update({pair["name"]: pair["value"] for pair in job.definition.get("envs", [])})
         token = self.tokens.job_token(
             project_id=job.project_id, task_id=job.task_id, job_id=job.job_id,
@@ -219,7 +240,7 @@ class Scheduler:
         })
         return env
 
-    def _pump_logs(self, job: Job, process: subprocess.Popen) -> None:
+    def _pump_logs(self, job: Job, process: JobProcess | ContainerProcess) -> None:
         """stdout and stderr, merged like a container's log stream, one event per line."""
         with process.stdout:
             for raw in iter(process.stdout.readline, b""):
@@ -229,14 +250,31 @@ class Scheduler:
     def _container_name(job: Job) -> str:
         return f"htc-emulator-{job.job_id.replace(':', '-')}-{job.attempt}"
 
-    def _kill_process(self, process: subprocess.Popen, job: Job | None) -> None:
-        if self.docker is not None and job is not None:
-            subprocess.run(self.docker.kill_argv(self._container_name(job)), capture_output=True, check=False)
-        self._signal_group(process)
 
-    @staticmethod
-    def _signal_group(process: subprocess.Popen) -> None:
+class ContainerProcess:
+    """A job's ``docker run``, with the same wait/stop as a process-mode job."""
+
+    def __init__(self, docker: DockerEngine, container_name: str, client: subprocess.Popen) -> None:
+        self.docker, self.container_name, self.client = docker, container_name, client
+        self.stdout = client.stdout
+
+    def wait(self, timeout: float | None = None) -> int:
+        returncode = self.client.wait(timeout=timeout)
+        self._kill_client_group()
+        return returncode
+
+    def stop(self, grace: float) -> None:
+        """``docker stop`` (SIGTERM, SIGKILL after ``grace``) in the background: a cancel must not wait."""
+        if grace <= 0:
+            subprocess.run(self.docker.kill_argv(self.container_name), capture_output=True, check=False)
+            self._kill_client_group()
+            return
+        argv = [self.docker.executable, "stop", "--time", str(math.ceil(grace)), self.container_name]
+        threading.Thread(target=subprocess.run, args=(argv,), kwargs={"capture_output": True, "check": False},
+                         daemon=True).start()
+
+    def _kill_client_group(self) -> None:
         try:
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(self.client.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass

@@ -1,0 +1,319 @@
+"""The warm template behind process-mode jobs (run as a script, stdlib only).
+
+:class:`htc_emulator.launcher.ProcessLauncher` starts it once as
+``python jobhost.py CHANNEL_FD MODULE...``: it imports the heavy modules the
+jobs use (OpenCV, NumPy, boto3) once, then forks per request, so a job pays for
+a fork instead of an interpreter start and half a second of imports.
+
+Every request forks a *supervisor* that makes the job a container of its own:
+it starts a new session, becomes the child subreaper of everything the job
+starts (a ``setsid``-forked grandchild still comes back to it), forks the job
+process, and when the job process ends it kills and reaps whatever is left,
+so the log pipe closes and nothing survives the job. Told to stop, it does what
+``docker stop`` does: SIGTERM to the job process, SIGKILL to all after the grace
+period. With a memory limit it sums the resident memory of the job's
+processes, as a memory cgroup does, and kills them all when it is exceeded. If
+the emulator goes away (its end of the control pipe closes), the job goes too.
+
+The job process is either an ``exec`` of the job's command or, for
+``python SCRIPT ARGS`` and ``python -c CODE ARGS`` whose start-up settings match
+the template's, the same program run in the forked interpreter with its own
+``argv``, environment, working directory, ``sys.path``, standard streams on the
+log pipe, default signal handlers and exit status. A fork starts from the
+template's pristine state, so nothing one job does reaches another.
+
+Messages: the supervisor writes ``started PID`` or ``error ERRNO MESSAGE``, then
+``exit RETURNCODE OOM`` to the status pipe; it reads ``stop GRACE`` from the
+control pipe.
+"""
+
+import atexit
+import ctypes
+import gc
+import json
+import os
+import runpy
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import types
+
+PR_SET_CHILD_SUBREAPER = 36
+MAX_REQUEST_BYTES = 1 << 20
+MEMORY_POLL_SECONDS = 0.02
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+THIS_FILE = os.path.abspath(__file__)
+PRELOAD_ENV: dict[str, str] = {}
+# The folders a fresh interpreter puts on sys.path, without this script's own.
+BASE_PATH = sys.path[1:]
+
+
+def serve(channel_fd: int) -> dict:
+    """Fork a supervised job per request; returns only inside a job process that runs Python."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished supervisors
+    channel = socket.socket(fileno=channel_fd)
+    gc.freeze()  # keeps the imported modules' pages shared with every fork
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST_BYTES, 3)
+        except OSError:
+            os._exit(1)
+        if not message:
+            os._exit(0)  # the emulator closed the channel
+        if os.fork() == 0:
+            os.close(channel.detach())
+            return supervise(json.loads(message), *fds)
+        for fd in fds:
+            os.close(fd)
+
+
+def supervise(request: dict, log_fd: int, status_fd: int, control_fd: int) -> dict:
+    """Start the job process and contain it; returns only inside the job process."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.setsid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    exec_read, exec_write = os.pipe()
+    job_pid = os.fork()
+    if job_pid == 0:
+        for fd in (exec_read, status_fd, control_fd):
+            os.close(fd)
+        prepare_job_process(request, log_fd, exec_write)
+        if request["mode"] == "python":
+            os.close(exec_write)
+            return request
+        try:
+            os.execvpe(request["argv"][0], request["argv"], request["env"])
+        except OSError as exc:
+            os.write(exec_write, f"{exc.errno} {exc.strerror}: {request['argv'][0]}".encode())
+            os._exit(127)
+    os.close(log_fd)
+    os.close(exec_write)
+    failure = os.read(exec_read, 4096)  # empty once the job process exec'd or runs Python
+    os.close(exec_read)
+    if failure:
+        os.waitpid(job_pid, 0)
+        os.write(status_fd, b"error " + failure + b"\n")
+        os._exit(0)
+    os.write(status_fd, f"started {job_pid}\n".encode())
+    status, out_of_memory = contain(job_pid, control_fd, request.get("memory_limit"))
+    os.write(status_fd, f"exit {os.waitstatus_to_exitcode(status)} {int(out_of_memory)}\n".encode())
+    os._exit(0)
+
+
+def prepare_job_process(request: dict, log_fd: int, exec_write: int) -> None:
+    """Standard streams, descriptors, signals, working directory and environment of a new process."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.closerange(3, exec_write)
+    os.closerange(exec_write + 1, os.sysconf("SC_OPEN_MAX"))
+    signal.set_wakeup_fd(-1)
+    for number in signal.valid_signals():
+        if number not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(number, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    os.chdir(request["cwd"])
+    if request["mode"] == "python":
+        # What a fresh interpreter installs at start-up.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        # What the preloaded modules' imports add (OpenCV's loader sets LD_LIBRARY_PATH), as the
+        # job's own imports would; jobs whose values differ for such variables are exec'd instead.
+        os.environ.update(PRELOAD_ENV)
+
+
+def contain(job_pid: int, control_fd: int, memory_limit: int | None) -> tuple[int, bool]:
+    """Wait for the job process, obey stop requests, then end every descendant; (wait status, OOM)."""
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    job_status = None
+    kill_at = None
+    out_of_memory = False
+    watched = [control_fd, wake_read]
+    while True:
+        job_status = reap(job_pid, job_status)
+        if job_status is not None:
+            break
+        now = time.monotonic()
+        if kill_at is not None and now >= kill_at:
+            kill_descendants()
+            kill_at = None
+        if memory_limit and resident_bytes() > memory_limit:
+            out_of_memory = True
+            kill_descendants()
+        waits = [kill_at - now] if kill_at is not None else []
+        waits += [MEMORY_POLL_SECONDS] if memory_limit else []
+        ready, _, _ = select.select(watched, [], [], max(0.0, min(waits)) if waits else None)
+        if wake_read in ready:
+            drain(wake_read)
+        if control_fd in ready:
+            command = os.read(control_fd, 256).decode()
+            if not command:  # the emulator is gone
+                watched.remove(control_fd)
+                kill_descendants()
+            for line in command.splitlines():
+                grace = float(line.split()[1])
+                if grace <= 0:
+                    kill_descendants()
+                elif kill_at is None:
+                    os.kill(job_pid, signal.SIGTERM)
+                    kill_at = time.monotonic() + grace
+    # The job process is gone: whatever it left behind goes too, as with its container.
+    while True:
+        kill_descendants()
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return job_status, out_of_memory
+        if pid == 0:
+            time.sleep(0.005)
+
+
+def drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def reap(job_pid: int, job_status: int | None) -> int | None:
+    """Collect finished children (orphans come here too); the job process's wait status once it ended."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return job_status
+        if pid == 0:
+            return job_status
+        if pid == job_pid:
+            job_status = status
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, parents before children."""
+    found = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/children") as children:
+                for child in children.read().split():
+                    found.append(int(child))
+                    found += descendants(int(child))
+        except OSError:
+            continue
+    return found
+
+
+def kill_descendants() -> None:
+    for pid in descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def resident_bytes() -> int:
+    total = 0
+    for pid in descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                total += int(statm.read().split()[1]) * PAGE_SIZE
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def run_python(request: dict) -> None:
+    """Run ``python SCRIPT ARGS`` or ``python -c CODE ARGS`` as a fresh interpreter would, then exit."""
+    args = request["argv"][1:]
+    main = types.ModuleType("__main__")
+    sys.modules["__main__"] = main
+    if args[0] == "-c":
+        sys.argv = ["-c"] + args[2:]
+        sys.path[:] = [""] + BASE_PATH
+        run = lambda: exec(compile(args[1], "<string>", "exec"), main.__dict__)  # noqa: E731
+    else:
+        sys.argv = list(args)
+        sys.path[:] = [os.path.dirname(os.path.realpath(args[0]))] + BASE_PATH
+        run = lambda: runpy.run_path(args[0], run_name="__main__")  # noqa: E731
+    try:
+        run()
+        code = 0
+    except SystemExit as exc:
+        code = exit_code(exc)
+    except BaseException as exc:  # reported as the interpreter would, without this file's frames
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename in (THIS_FILE, runpy.__file__, "<frozen runpy>"):
+            tb = tb.tb_next
+        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+        # CPython ends an interrupted program by SIGINT itself.
+        finish(1, signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None)
+    finish(code)
+
+
+def exit_code(exc: SystemExit) -> int:
+    """What the interpreter makes of ``sys.exit(x)``: None is 0, an int is itself, anything else is printed, 1."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def finish(code: int, by_signal: int | None = None) -> None:
+    """The interpreter's exit as a program sees it: threads joined, atexit run, streams flushed.
+
+    The teardown of every module that follows in a normal exit is skipped (it
+    costs a tenth of a second with OpenCV and boto3 loaded); Python does not
+    promise ``__del__`` for objects alive at exit, and the job's own namespace
+    is still released first so its open files are closed.
+    """
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    sys.modules["__main__"].__dict__.clear()
+    gc.collect()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # as CPython, an unflushable stdout is exit status 120
+            code = 120
+    if by_signal is not None:
+        signal.signal(by_signal, signal.SIG_DFL)
+        os.kill(os.getpid(), by_signal)
+    os._exit(code)
+
+
+def preload(modules: list[str]) -> None:
+    before = dict(os.environ)
+    for name in modules:
+        try:
+            __import__(name)
+        except ImportError:
+            continue
+    PRELOAD_ENV.update({k: v for k, v in os.environ.items() if before.get(k) != v})
+    try:
+        import numpy.random
+        os.register_at_fork(after_in_child=numpy.random.seed)  # a fresh seed per job, as a new process gets
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    preload(sys.argv[2:])
+    run_python(serve(int(sys.argv[1])))

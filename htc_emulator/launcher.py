@@ -1,0 +1,167 @@
+"""Starts and stops process-mode jobs: contained, stoppable like ``docker stop``, memory-limited, cheap.
+
+:class:`ProcessLauncher` keeps one warm template process (:mod:`htc_emulator.jobhost`)
+that has imported the modules the jobs use, and asks it to fork each job under a
+supervisor of its own. The scheduler sees a :class:`JobProcess`: the job's log
+stream (stdout and stderr merged), :meth:`~JobProcess.wait`,
+:meth:`~JobProcess.stop` (SIGTERM, then SIGKILL to every process of the job after
+the grace period) and, when the job ran past its memory limit, ``out_of_memory``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+JOBHOST = Path(__file__).with_name("jobhost.py")
+# Imported once by the template; a job importing them again finds them loaded.
+DEFAULT_PRELOAD = ("cv2", "numpy", "boto3", "botocore.session", "botocore.client", "s3transfer.manager",
+                   "requests", "urllib3")
+# Variables an interpreter, OpenCV or a BLAS read at start-up or import: a job whose values
+# differ from the template's runs as a fresh process instead of in a fork of the template.
+_STARTUP_VARIABLES = re.compile(r"PYTHON.*|LANG|LC_.*|LANGUAGE|OPENCV_.*|OPENBLAS_.*|OMP_.*|MKL_.*|GOTO_.*|"
+                                r"NUMPY_.*|LD_.*|MALLOC_.*|VIRTUAL_ENV")
+
+
+class JobProcess:
+    """One running job: its log stream, its end, and how to stop it."""
+
+    def __init__(self, pid: int, stdout, status_fd: int, control_fd: int) -> None:
+        self.pid = pid
+        self.stdout = stdout
+        self.returncode: int | None = None
+        self.out_of_memory = False
+        self._status = os.fdopen(status_fd, "rb", buffering=0)
+        self._control_fd = control_fd
+        self._control_lock = threading.Lock()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status (``-N`` for death by signal N); ``subprocess.TimeoutExpired`` past ``timeout``."""
+        if self.returncode is None:
+            ready, _, _ = select.select([self._status], [], [], timeout)
+            if not ready:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            line = self._status.readline().decode().split()
+            self._status.close()
+            if line[:1] == ["exit"]:
+                self.returncode, self.out_of_memory = int(line[1]), line[2] == "1"
+            else:  # the supervisor itself was killed: so were the job's processes, by the kernel's hand
+                self.returncode = -signal.SIGKILL
+            with self._control_lock:
+                os.close(self._control_fd)
+                self._control_fd = -1
+        return self.returncode
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM to the job's process, SIGKILL to all its processes ``grace`` seconds later (0: at once)."""
+        with self._control_lock:
+            if self._control_fd < 0:
+                return
+            try:
+                os.write(self._control_fd, f"stop {max(grace, 0.0):.3f}\n".encode())
+            except BrokenPipeError:
+                pass
+
+
+class ProcessLauncher:
+    """Forks jobs from one warm template process; started on first use, restarted if it died."""
+
+    def __init__(self, template_env: dict[str, str], preload: tuple[str, ...] = DEFAULT_PRELOAD) -> None:
+        self.template_env = dict(template_env)
+        self.preload = preload
+        self._template: subprocess.Popen | None = None
+        self._channel: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def start(self, argv: list[str], env: dict[str, str], cwd: str | os.PathLike,
+              memory_limit: int | None = None) -> JobProcess:
+        """Start ``argv`` in ``cwd`` with exactly ``env``; ``OSError`` if it can't be started.
+
+        ``memory_limit`` (bytes) caps the resident memory of all the job's processes together.
+        """
+        request = {"argv": list(argv), "env": dict(env), "cwd": str(cwd), "memory_limit": memory_limit,
+                   "mode": "python" if self._runs_in_template(argv, env) else "exec"}
+        log_read, log_write = os.pipe()
+        status_read, status_write = os.pipe()
+        control_read, control_write = os.pipe()
+        try:
+            self._send(json.dumps(request).encode(), [log_write, status_write, control_read])
+        except BaseException:
+            for fd in (log_read, status_read, control_write):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (log_write, status_write, control_read):
+                os.close(fd)
+        first = b""
+        while not first.endswith(b"\n"):
+            chunk = os.read(status_read, 1)
+            if not chunk:
+                break
+            first += chunk
+        word, _, rest = first.decode().strip().partition(" ")
+        if word != "started":
+            for fd in (log_read, status_read, control_write):
+                os.close(fd)
+            errno, _, message = rest.partition(" ")
+            raise OSError(int(errno) if errno.isdigit() else 0, message or "the job's supervisor died")
+        return JobProcess(int(rest), os.fdopen(log_read, "rb"), status_read, control_write)
+
+    def close(self) -> None:
+        """End the template (running jobs are the scheduler's to stop first)."""
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+            if self._template is not None:
+                try:
+                    self._template.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._template.kill()
+                    self._template.wait()
+                self._template = None
+
+    def _runs_in_template(self, argv: list[str], env: dict[str, str]) -> bool:
+        """Python programs the template can run as a fresh interpreter would; anything else is exec'd."""
+        if len(argv) < 2 or argv[0] != sys.executable:
+            return False
+        if argv[1] == "-c":
+            runnable = len(argv) >= 3
+        else:
+            runnable = not argv[1].startswith("-") and os.path.isfile(argv[1])
+        startup = {k: v for k, v in env.items() if _STARTUP_VARIABLES.fullmatch(k)}
+        expected = {k: v for k, v in self.template_env.items() if _STARTUP_VARIABLES.fullmatch(k)}
+        return runnable and startup == expected
+
+    def _send(self, payload: bytes, fds: list[int]) -> None:
+        with self._lock:
+            for attempt in (1, 2):
+                if self._template is None or self._template.poll() is not None:
+                    self._start_template()
+                try:
+                    socket.send_fds(self._channel, [payload], fds)
+                    return
+                except (BrokenPipeError, ConnectionResetError):
+                    if attempt == 2:
+                        raise
+                    self._template = None
+
+    def _start_template(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self._template = subprocess.Popen(
+                [sys.executable, str(JOBHOST), str(theirs.fileno()), *self.preload],
+                env=self.template_env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                pass_fds=[theirs.fileno()],
+            )
+        self._channel = ours
