@@ -13,13 +13,16 @@ APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SU
 
 .PHONY: run lab test refresh data venv venv-dev chromium bench clean
 
+# SCALE=seed: 5,000 images over 1,000 jobs, the original tutorial's scale (build/tutorial-seed.*).
+SCALE ?= default
+
 # Start the emulator, execute the notebook headless, write build/tutorial.{ipynb,html}.
 run: venv data
-	$(PY) run_tutorial.py run
+	$(PY) run_tutorial.py run --scale $(SCALE)
 
 # Start the emulator and JupyterLab, to step through the notebook.
 lab: venv data
-	$(PY) run_tutorial.py lab
+	$(PY) run_tutorial.py lab --scale $(SCALE)
 
 test: venv-dev data chromium
 	$(PY) -m pytest
@@ -31,6 +34,7 @@ refresh: venv data
 bench: venv-dev data
 	$(PY) bench/worker.py
 	$(PY) bench/emulator.py
+	$(PY) bench/e2e.py
 
 chromium:
 	command -v chromium >/dev/null || { $(APT_INSTALL) chromium; }

@@ -4,6 +4,11 @@
     python run_tutorial.py lab       # `make lab`: JupyterLab with the emulator's settings, to step through
     python run_tutorial.py refresh   # re-execute tutorial.ipynb in place: the outputs nbval compares
 
+``--scale seed`` (``make run SCALE=seed``, ``make lab SCALE=seed``) runs the tutorial at the
+original's scale: a cell tagged ``injected-parameters`` that sets ``IMAGE_COUNT`` and ``JOB_COUNT``
+goes right after the notebook's cell tagged ``parameters``, as papermill does, and the
+parameterised copy is written to ``build/tutorial-seed.ipynb`` (with its HTML after ``run``).
+
 The emulator is started in this process; the notebook's kernel inherits its
 settings through the environment (``RESCALE_HTC_API_URL``, ``RESCALE_API_KEY``,
 ``AWS_ENDPOINT_URL_S3``, ``RESCALE_APICONFIG``), exactly as under nbval.
@@ -33,6 +38,10 @@ BUILD = ROOT / "build"
 # that 6 s here: short for the hanging jobs, and still ample for a healthy job on a busy machine.
 EMULATOR_SETTINGS = {"images": {"opencv-htc-tutorial:v1": "docker/Dockerfile"}, "time_scale": 0.1}
 MOST_FACES_TAG = "most-faces"
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+# The original tutorial's headline: 5,000 images in one batch of 1,000 jobs.
+SCALES = {"default": {}, "seed": {"IMAGE_COUNT": 5000, "JOB_COUNT": 1000}}
 
 
 @contextlib.contextmanager
@@ -53,11 +62,33 @@ def emulator_environment(**settings):
             os.environ.update(saved)
 
 
-def execute(notebook: nbformat.NotebookNode) -> None:
+def inject_parameters(notebook: nbformat.NotebookNode, parameters: dict) -> nbformat.NotebookNode:
+    """Put ``parameters`` in a cell tagged ``injected-parameters`` right after the cell tagged ``parameters``.
+
+    An earlier injected cell is replaced. Papermill's convention, so the copy reads the same there.
+    """
+    cells = [c for c in notebook.cells if INJECTED_TAG not in c.get("metadata", {}).get("tags", [])]
+    tagged = [i for i, c in enumerate(cells) if PARAMETERS_TAG in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise LookupError(f"the notebook needs exactly one cell tagged {PARAMETERS_TAG!r}, found {len(tagged)}")
+    source = "# Parameters\n" + "".join(f"{name} = {value!r}\n" for name, value in parameters.items())
+    cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(source, metadata={"tags": [INJECTED_TAG]}))
+    return nbformat.from_dict({**notebook, "cells": cells})
+
+
+def parameterised(scale: str) -> tuple[nbformat.NotebookNode, str]:
+    """The notebook for ``scale`` and the name its outputs go under in build/."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    if not SCALES[scale]:
+        return notebook, NOTEBOOK.stem
+    return inject_parameters(notebook, SCALES[scale]), f"{NOTEBOOK.stem}-{scale}"
+
+
+def execute(notebook: nbformat.NotebookNode, cell_timeout: int = 900) -> None:
     """Run every cell in a fresh kernel whose working directory is the project root."""
     # coalesce_streams folds progress bars (carriage returns) into their final line.
-    NotebookClient(notebook, timeout=900, kernel_name="python3", record_timing=False, coalesce_streams=True,
-                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(notebook, timeout=cell_timeout, kernel_name="python3", record_timing=False,
+                   coalesce_streams=True, resources={"metadata": {"path": str(ROOT)}}).execute()
 
 
 def most_faces(notebook: nbformat.NotebookNode) -> str:
@@ -68,20 +99,21 @@ def most_faces(notebook: nbformat.NotebookNode) -> str:
     raise LookupError(f"no cell tagged {MOST_FACES_TAG!r} in {NOTEBOOK.name}")
 
 
-def run() -> None:
+def run(scale: str) -> None:
     """Execute the notebook headless and write it, with plots that work offline, to build/."""
     start = time.perf_counter()
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    notebook, name = parameterised(scale)
     with emulator_environment():
         # The notebook renderer embeds plotly.js in the output, so build/tutorial.html shows plots offline.
         os.environ["PLOTLY_RENDERER"] = "plotly_mimetype+notebook"
-        execute(notebook)
+        # A batch of 1,000 jobs is watched by one cell: give it an hour at the seed's scale.
+        execute(notebook, cell_timeout=900 if scale == "default" else 3600)
     BUILD.mkdir(exist_ok=True)
-    nbformat.write(notebook, BUILD / "tutorial.ipynb")
+    nbformat.write(notebook, BUILD / f"{name}.ipynb")
     html, _ = HTMLExporter().from_notebook_node(notebook)
-    (BUILD / "tutorial.html").write_text(html)
+    (BUILD / f"{name}.html").write_text(html)
     print(most_faces(notebook).strip())
-    print(f"wrote {BUILD / 'tutorial.ipynb'} and {BUILD / 'tutorial.html'} in {time.perf_counter() - start:.0f} s")
+    print(f"wrote {BUILD / name}.ipynb and {BUILD / name}.html in {time.perf_counter() - start:.0f} s")
 
 
 def refresh() -> None:
@@ -94,29 +126,51 @@ def refresh() -> None:
     print(most_faces(notebook).strip())
 
 
-def lab(port: int) -> None:
+def lab_command(port: int, notebook: Path) -> list[str]:
+    """JupyterLab opening ``notebook`` (in the root or in build/), its kernels in the project root.
+
+    The notebook's paths (data/, docker/, build/) are relative to the project root, and a kernel
+    starts in its notebook's folder; so for a copy in build/, the file browser shows build/ and the
+    kernels get the project root as theirs.
+    """
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+               f"--ServerApp.root_dir={notebook.parent}", f"--MappingKernelManager.root_dir={ROOT}", notebook.name]
+    # Containers and CI machines often run as root, which JupyterLab refuses without this flag.
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    return command
+
+
+def lab(port: int, scale: str) -> None:
     """JupyterLab on loopback with the emulator's settings, until interrupted."""
+    notebook, name = parameterised(scale)
+    path = NOTEBOOK
+    if name != NOTEBOOK.stem:
+        BUILD.mkdir(exist_ok=True)
+        path = BUILD / f"{name}.ipynb"
+        nbformat.write(notebook, path)
     with emulator_environment() as emu:
         print(f"HTC emulator: {emu.api_url}")
-        print(f"JupyterLab:   open {NOTEBOOK.name} from the URL with a token that JupyterLab prints below")
-        command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
-                   f"--port={port}", f"--ServerApp.root_dir={ROOT}"]
-        # Containers and CI machines often run as root, which JupyterLab refuses without this flag.
-        if os.geteuid() == 0:
-            command.append("--allow-root")
+        print(f"JupyterLab:   {path.relative_to(ROOT)} opens at the URL with a token that JupyterLab prints below")
         with contextlib.suppress(KeyboardInterrupt):
-            subprocess.run(command, check=False)
+            subprocess.run(lab_command(port, path), check=False)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("run", "lab", "refresh"))
     parser.add_argument("--port", type=int, default=8888, help="JupyterLab port (lab only)")
+    parser.add_argument("--scale", choices=SCALES, default="default",
+                        help="seed: 5,000 images over 1,000 jobs, as the original tutorial (run and lab)")
     args = parser.parse_args()
+    if args.command == "refresh" and args.scale != "default":
+        parser.error("refresh re-executes tutorial.ipynb as committed; --scale is for run and lab")
     if args.command == "lab":
-        lab(args.port)
+        lab(args.port, args.scale)
+    elif args.command == "run":
+        run(args.scale)
     else:
-        {"run": run, "refresh": refresh}[args.command]()
+        refresh()
 
 
 if __name__ == "__main__":

@@ -231,12 +231,12 @@ def s3_client(credentials: dict, region: str | None = None):
     import boto3
     from botocore.config import Config
 
-    return boto3.session.Session(
-        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-        aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
-    ).client("s3", region_name=aws_region(region),
-             config=Config(retries={"max_attempts": 6, "mode": "standard"}, max_pool_connections=TRANSFER_THREADS))
+    # From boto3's default session, so that the S3 model is parsed once, not once per client.
+    return boto3.client("s3", aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+                        aws_session_token=credentials.get("AWS_SESSION_TOKEN"), region_name=aws_region(region),
+                        config=Config(retries={"max_attempts": 6, "mode": "standard"},
+                                      max_pool_connections=TRANSFER_THREADS))
 
 
 def storage_token(http, url: str) -> dict:

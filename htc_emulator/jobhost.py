@@ -28,11 +28,12 @@ control pipe.
 """
 
 import atexit
+import builtins
 import ctypes
 import gc
+import importlib.machinery
 import json
 import os
-import runpy
 import select
 import signal
 import socket
@@ -55,6 +56,7 @@ def serve(channel_fd: int) -> dict:
     """Fork a supervised job per request; returns only inside a job process that runs Python."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished supervisors
     channel = socket.socket(fileno=channel_fd)
+    compiled: dict = {}
     gc.freeze()  # keeps the imported modules' pages shared with every fork
     while True:
         try:
@@ -63,11 +65,30 @@ def serve(channel_fd: int) -> dict:
             os._exit(1)
         if not message:
             os._exit(0)  # the emulator closed the channel
+        request = json.loads(message)
+        if request["mode"] == "python" and request["argv"][1] != "-c":
+            request["code"] = script_code(request["argv"][1], compiled)
         if os.fork() == 0:
             os.close(channel.detach())
-            return supervise(json.loads(message), *fds)
+            return supervise(request, *fds)
         for fd in fds:
             os.close(fd)
+
+
+def script_code(path: str, compiled: dict) -> types.CodeType | None:
+    """The script compiled as the interpreter compiles ``python SCRIPT``, once per version of the file.
+
+    None when it does not compile: the job process then compiles it and reports the error itself.
+    """
+    try:
+        stat = os.stat(path)
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if path not in compiled or compiled[path][0] != version:
+            with open(path, "rb") as source:
+                compiled[path] = (version, compile(source.read(), path, "exec", dont_inherit=True))
+        return compiled[path][1]
+    except (OSError, SyntaxError, ValueError):
+        return None
 
 
 def supervise(request: dict, log_fd: int, status_fd: int, control_fd: int) -> dict:
@@ -242,28 +263,37 @@ def run_python(request: dict) -> None:
     """Run ``python SCRIPT ARGS`` or ``python -c CODE ARGS`` as a fresh interpreter would, then exit."""
     args = request["argv"][1:]
     main = types.ModuleType("__main__")
+    main.__builtins__ = builtins
     sys.modules["__main__"] = main
     if args[0] == "-c":
         sys.argv = ["-c"] + args[2:]
         sys.path[:] = [""] + BASE_PATH
-        run = lambda: exec(compile(args[1], "<string>", "exec"), main.__dict__)  # noqa: E731
+        source, filename = args[1], "<string>"
     else:
         sys.argv = list(args)
         sys.path[:] = [os.path.dirname(os.path.realpath(args[0]))] + BASE_PATH
-        run = lambda: runpy.run_path(args[0], run_name="__main__")  # noqa: E731
+        main.__file__, main.__cached__ = args[0], None
+        main.__loader__ = importlib.machinery.SourceFileLoader("__main__", args[0])
+        source, filename = None, args[0]
     try:
-        run()
-        code = 0
+        program = request.get("code")
+        if program is None:  # -c, or a script the template could not compile: any error is the job's
+            if source is None:
+                with open(filename, "rb") as script:
+                    source = script.read()
+            program = compile(source, filename, "exec", dont_inherit=True)
+        exec(program, main.__dict__)
+        status = 0
     except SystemExit as exc:
-        code = exit_code(exc)
+        status = exit_code(exc)
     except BaseException as exc:  # reported as the interpreter would, without this file's frames
         tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename in (THIS_FILE, runpy.__file__, "<frozen runpy>"):
+        while tb is not None and tb.tb_frame.f_code.co_filename == THIS_FILE:
             tb = tb.tb_next
         sys.excepthook(type(exc), exc.with_traceback(tb), tb)
         # CPython ends an interrupted program by SIGINT itself.
         finish(1, signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None)
-    finish(code)
+    finish(status)
 
 
 def exit_code(exc: SystemExit) -> int:
@@ -307,11 +337,27 @@ def preload(modules: list[str]) -> None:
         except ImportError:
             continue
     PRELOAD_ENV.update({k: v for k, v in os.environ.items() if before.get(k) != v})
+    if "boto3" in sys.modules:
+        warm_boto3()
     try:
         import numpy.random
         os.register_at_fork(after_in_child=numpy.random.seed)  # a fresh seed per job, as a new process gets
     except ImportError:
         pass
+
+
+def warm_boto3() -> None:
+    """Create boto3's default session and have its loader parse the S3 model, as a job's first
+    ``boto3.client("s3")`` would; the client that does it lives in a throwaway session, so no
+    configuration file or credential is read or kept."""
+    import boto3
+    import botocore.session
+
+    boto3.setup_default_session()
+    loader = boto3.DEFAULT_SESSION._session.get_component("data_loader")
+    throwaway = botocore.session.Session()
+    throwaway.register_component("data_loader", loader)
+    throwaway.create_client("s3", region_name="us-east-1", aws_access_key_id="warm", aws_secret_access_key="warm")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ DEFAULT_PRELOAD = ("cv2", "numpy", "boto3", "botocore.session", "botocore.client
 # Variables an interpreter, OpenCV or a BLAS read at start-up or import: a job whose values
 # differ from the template's runs as a fresh process instead of in a fork of the template.
 _STARTUP_VARIABLES = re.compile(r"PYTHON.*|LANG|LC_.*|LANGUAGE|OPENCV_.*|OPENBLAS_.*|OMP_.*|MKL_.*|GOTO_.*|"
-                                r"NUMPY_.*|LD_.*|MALLOC_.*|VIRTUAL_ENV")
+                                r"NUMPY_.*|LD_.*|MALLOC_.*|VIRTUAL_ENV|AWS_DATA_PATH")
 
 
 class JobProcess:

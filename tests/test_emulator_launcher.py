@@ -26,7 +26,8 @@ import json, os, signal, sys
 import cv2  # preloaded by the template
 report = {
     "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "path0": sys.path[0],
-    "path": sys.path[1:], "name": __name__, "file": __file__,
+    "path": sys.path[1:], "name": __name__, "file": __file__, "main": {k: repr(type(globals().get(k, "unset")))
+        for k in ("__loader__", "__spec__", "__package__", "__cached__", "__builtins__", "__doc__")},
     "handlers": {s: str(signal.getsignal(getattr(signal, s))) for s in ("SIGTERM", "SIGINT", "SIGPIPE", "SIGCHLD", "SIGHUP")},
     "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
     "stdin": sys.stdin.read(), "leak": getattr(json, "LEAKED", None), "flags": str(sys.flags),
@@ -97,6 +98,15 @@ def test_a_python_job_in_the_template_is_the_same_as_a_fresh_process(launcher, t
     report = report_of(forked[1])
     assert report["fds"] == [0, 1, 2, 3]  # 3 is listdir's own
     assert report["leak"] is None and "LEAKED" not in report["env"]
+
+
+def test_a_script_that_does_not_compile_fails_as_in_a_fresh_process(launcher, tmp_path):
+    launcher, env = launcher
+    script = tmp_path / "broken.py"
+    script.write_text("print('never')\ndef (\n")
+    argv = [sys.executable, str(script)]
+    forked, fresh = launched(launcher, argv, env, tmp_path), direct(argv, env, tmp_path)
+    assert forked == fresh and forked[0] == 1 and "SyntaxError" in forked[1]
 
 
 def test_python_c_and_other_commands_keep_argv_env_and_cwd(launcher, tmp_path):
