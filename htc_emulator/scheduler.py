@@ -183,7 +183,7 @@ class Scheduler:
             self._running.pop(job.job_id, None)
         # Like a container runtime: death by signal N is exit code 128 + N.
         exit_code = returncode if returncode >= 0 else 128 - returncode
-        if getattr(process, "out_of_memory", False):
+        if process.out_of_memory:
             return self.backend.finish_attempt(
                 job, "FAILED", "OutOfMemoryError: Container killed due to memory usage",
                 failure_code="ErrorNotEnoughMemory", exit_code=exit_code,
@@ -257,6 +257,7 @@ class ContainerProcess:
     def __init__(self, docker: DockerEngine, container_name: str, client: subprocess.Popen) -> None:
         self.docker, self.container_name, self.client = docker, container_name, client
         self.stdout = client.stdout
+        self.out_of_memory = False  # the engine reports its own OOM kills as exit code 137
 
     def wait(self, timeout: float | None = None) -> int:
         returncode = self.client.wait(timeout=timeout)
