@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import storage as storage_layout
+from .policies import Policies
 from .storage import Storage
 
 STATUSES = (
@@ -38,6 +39,8 @@ STATUSES = (
 SUMMARY_STATUSES = STATUSES[:7]
 PENDING = frozenset(STATUSES[:3])
 TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
+# Statuses in which a job holds its vCPUs against the limits.
+ACTIVE = frozenset(STATUSES[1:5])
 
 DEFAULT_REGION = "AWS_US_EAST_2"
 # So that no request can exhaust the emulator's memory: 100 batches of
@@ -167,6 +170,10 @@ class Job:
         return self.events[-1].status
 
     @property
+    def vcpus(self) -> int:
+        return self.definition.get("maxVCpus", 1)
+
+    @property
     def timeout_seconds(self) -> int:
         # No timeout given: the spec's maximum (14 days) applies.
         return self.definition.get("execTimeoutSeconds", 1209600)
@@ -195,6 +202,7 @@ class Backend:
         self.jobs: dict[str, Job] = {}
         self._task_jobs: dict[str, list[Job]] = {}
         self.executor: Executor | None = None
+        self.policies = Policies()
 
     # --- time -----------------------------------------------------------
 
@@ -325,10 +333,9 @@ class Backend:
             if held + adding > self.max_jobs_per_task:
                 raise InvalidRequest("batchSize", f"a task holds at most {self.max_jobs_per_task} jobs; "
                                                   f"this one has {held} and the request adds {adding}")
-            for batch in batches:
+            placements = [self._placement(project, number, batch) for number, batch in enumerate(batches)]
+            for batch, region in zip(batches, placements):
                 parent = str(uuid.uuid4())
-                # The first requested region the project has, else the project's default.
-                region = ([r for r in batch.get("regions", []) if r in project.regions] or project.regions)[0]
                 size = batch.get("batchSize", 1)
                 for index in range(size):
                     job = Job(
@@ -356,6 +363,67 @@ class Backend:
         if created and self.executor is not None:
             self.executor.enqueue(created)
         return result
+
+    def _placement(self, project: Project, number: int, batch: dict) -> str:
+        """The region a batch runs in; refused when the project's dimensions allow none of it.
+
+        The first requested region the project has, else the project's default.
+        With dimensions set, a job runs only on a combination that matches its
+        region, priority and architecture and is big enough for it.
+        """
+        region = ([r for r in batch.get("regions", []) if r in project.regions] or project.regions)[0]
+        combinations = self.policies.dimensions.get(project.project_id)
+        if not combinations:
+            return region
+        definition = batch["htcJobDefinition"]
+        wanted = (region, definition.get("priority", "ON_DEMAND_PRIORITY"), definition.get("architecture", "X86"))
+        for combination in combinations:
+            derived = combination["derived"]
+            if ((combination["region"], combination["priority"], derived["architecture"]) == wanted
+                    and definition.get("maxVCpus", 1) <= derived["vCPUs"]
+                    and definition.get("maxMemory", 128) <= derived["memory"]):
+                return region
+        raise InvalidRequest(f"[{number}].htcJobDefinition",
+                             "no dimension combination of project {} allows region {}, priority {}, architecture {}"
+                             .format(project.project_id, *wanted))
+
+    def admit(self, waiting: list[Job]) -> tuple[list[Job], list[Job]]:
+        """Move waiting jobs on to SUBMITTED_TO_PROVIDER as far as the vCPU limits allow.
+
+        A job counts against its project's limits (the smallest one) and the
+        workspace limit from SUBMITTED_TO_PROVIDER until it ends. Returns
+        (admitted, still waiting); cancelled jobs drop out.
+        """
+        with self.lock:
+            waiting = [job for job in waiting if not job.cancel_requested and job.status == "SUBMITTED_TO_RESCALE"]
+            policies = self.policies
+            if not policies.limits and policies.workspace_limit is None:
+                admitted, waiting = waiting, []
+            else:
+                admitted, waiting = self._within_limits(waiting)
+            for job in admitted:
+                self.transition(job, "SUBMITTED_TO_PROVIDER", "Submitted to provider")
+            return admitted, waiting
+
+    def _within_limits(self, waiting: list[Job]) -> tuple[list[Job], list[Job]]:
+        usage: Counter = Counter()
+        for job in self.jobs.values():
+            if job.status in ACTIVE:
+                usage[job.project_id] += job.vcpus
+        workspace_cap = self.policies.workspace_limit.vcpus if self.policies.workspace_limit else None
+        total = sum(usage.values())
+        admitted, held = [], []
+        for job in waiting:
+            cap = self.policies.vcpu_cap(job.project_id)
+            fits = ((cap is None or usage[job.project_id] + job.vcpus <= cap)
+                    and (workspace_cap is None or total + job.vcpus <= workspace_cap))
+            if fits:
+                usage[job.project_id] += job.vcpus
+                total += job.vcpus
+                admitted.append(job)
+            else:
+                held.append(job)
+        return admitted, held
 
     def job(self, project_id: str, task_id: str, job_id: str) -> Job:
         self.task(project_id, task_id)

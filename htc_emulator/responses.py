@@ -28,6 +28,7 @@ from . import auth, job_rights, views
 from .auth import AuthenticationError, PermissionDenied, TokenAuthority
 from .images import ImageRegistry, normalize_image_name
 from .models import SUMMARY_STATUSES, Backend, InvalidRequest, NotFound, Project, Task
+from .policy_routes import policy_routes
 from .schemas import (
     CloudProvider,
     JobStatus,
@@ -596,33 +597,6 @@ def task_presigned_url(request: Request, projectId: str, taskId: str, filePath: 
     return _presigned_url(svc, svc.backend.project(projectId), task.folder_path, filePath)
 
 
-# --- spec operations the emulator does not offer -------------------------------------------
-
-NOT_EMULATED = [
-    ("GET", "/htc/metrics"),
-    ("GET", "/htc/gcp/clusters/{workspaceId}"),
-    ("GET", "/htc/projects/{projectId}/dimensions"),
-    ("PUT", "/htc/projects/{projectId}/dimensions"),
-    ("GET", "/htc/projects/{projectId}/limits"),
-    ("POST", "/htc/projects/{projectId}/limits"),
-    ("DELETE", "/htc/projects/{projectId}/limits"),
-    ("GET", "/htc/projects/{projectId}/limits/{id}"),
-    ("PATCH", "/htc/projects/{projectId}/limits/{id}"),
-    ("DELETE", "/htc/projects/{projectId}/limits/{id}"),
-    ("GET", "/htc/projects/{projectId}/task-retention-policy"),
-    ("PUT", "/htc/projects/{projectId}/task-retention-policy"),
-    ("DELETE", "/htc/projects/{projectId}/task-retention-policy"),
-    ("GET", "/htc/workspaces/{workspaceId}/dimensions"),
-    ("GET", "/htc/workspaces/{workspaceId}/limits"),
-    ("GET", "/htc/workspaces/{workspaceId}/task-retention-policy"),
-    ("PUT", "/htc/workspaces/{workspaceId}/task-retention-policy"),
-]
-
-
-def _not_emulated() -> JSONResponse:
-    return _request_error(501, "NOT_IMPLEMENTED", "This operation is in the spec but not offered by the emulator")
-
-
 def create_app(services: Services) -> FastAPI:
     """The FastAPI application (without the fault and auth wrappers)."""
     app = FastAPI(title="Rescale HTC API emulator", openapi_url=None, docs_url=None, redoc_url=None)
@@ -632,6 +606,5 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(registry_token_route)  # the tutorial's root URL
     app.include_router(auth_routes, prefix=API_PREFIX)
     app.include_router(htc, prefix=API_PREFIX)
-    for method, path in NOT_EMULATED:
-        app.add_api_route(f"{API_PREFIX}{path}", _not_emulated, methods=[method])
+    app.include_router(policy_routes, prefix=API_PREFIX)
     return app

@@ -26,6 +26,7 @@ from .images import DockerEngine, DockerfileError, ImageRegistry, LocalImage
 from .launcher import JobProcess, ProcessLauncher
 from .models import Backend, Job
 
+INTAKE_RECHECK_SECONDS = 0.1
 # How long past a job's timeout its token stays valid (for a final upload).
 JOB_TOKEN_GRACE_SECONDS = 600
 # Between SIGTERM and SIGKILL when a job is stopped (timeout, cancel): docker stop's default.
@@ -111,10 +112,19 @@ class Scheduler:
     # --- threads ------------------------------------------------------------
 
     def _intake_loop(self) -> None:
-        while (jobs := self._intake.get()) is not None:
-            for job in jobs:
-                if self.backend.advance(job, "SUBMITTED_TO_PROVIDER", "Submitted to provider") and \
-                        self.backend.advance(job, "RUNNABLE", "Waiting for capacity"):
+        # Jobs the vCPU limits hold in SUBMITTED_TO_RESCALE are looked at again
+        # every INTAKE_RECHECK_SECONDS: capacity frees and limits change meanwhile.
+        waiting: list[Job] = []
+        while True:
+            try:
+                jobs = self._intake.get(timeout=INTAKE_RECHECK_SECONDS if waiting else None)
+            except queue.Empty:
+                jobs = []
+            if jobs is None:
+                return
+            admitted, waiting = self.backend.admit(waiting + jobs)
+            for job in admitted:
+                if self.backend.advance(job, "RUNNABLE", "Waiting for capacity"):
                     self._runnable.put(job)
 
     def _worker_loop(self) -> None:

@@ -228,3 +228,37 @@ class JobSubmitRequest(_Body):
         if len(set(regions)) != len(regions):
             raise ValueError("regions must be unique")
         return regions
+
+
+# --- policies: limits, dimensions, task retention ------------------------------------
+
+ModifierRole = Literal["WORKSPACE_ADMIN", "PROJECT_ADMIN"]
+AutoscalingProfile = Literal["PROFILE_UNSPECIFIED", "OPTIMIZE_UTILIZATION", "BALANCED", "UNRECOGNIZED"]
+
+
+class LimitCreate(_Body):
+    """HTCLimitCreate; vCPUs in HTCProjectLimit's range."""
+
+    vCPUs: int = Field(ge=0, le=999999)
+    modifierRole: ModifierRole
+
+
+class LimitUpdate(_Body):
+    vCPUs: int = Field(ge=0, le=999999)
+
+
+class RetentionPolicyBody(_Body):
+    """TaskRetentionPolicy / WorkspaceTaskRetentionPolicy as a request body (hours; 0 disables)."""
+
+    archiveAfter: int = Field(ge=0, le=2147483647)
+    deleteAfter: int = Field(ge=0, le=2147483647)
+
+
+class ComputeEnvironment(_Body):
+    """HTCComputeEnvironment; ``derived`` is read-only and ignored."""
+
+    region: RescaleRegion = None
+    priority: JobPriority = None
+    machineType: str = None
+    hyperthreading: bool = None
+    computeScalingPolicy: AutoscalingProfile = None

@@ -24,6 +24,7 @@ from .images import DockerEngine, ImageRegistry, LocalImage
 from .models import MAX_JOBS_PER_TASK, Backend
 from .recorder import ExchangeRecorder
 from .responses import API_PREFIX, Services, auth_middleware, create_app
+from .retention import RetentionSweeper
 from .scheduler import Scheduler
 from .storage import ADMIN_ACCESS_KEY, Storage
 
@@ -108,7 +109,8 @@ def running(
     ``(dockerfile, build context)`` pair; relative paths are taken from the
     project root (the parent of ``htc_emulator/``), which is also the
     default build context. ``time_scale`` multiplies every job's
-    ``execTimeoutSeconds``; ``refresh_delay`` (seconds) makes job statuses
+    ``execTimeoutSeconds`` and the hours of task-retention policies;
+    ``refresh_delay`` (seconds) makes job statuses
     change only at refresh ticks. ``faults`` is a :class:`FaultInjector` or
     the settings for :meth:`FaultInjector.from_config`. ``docker=True`` runs
     jobs as real containers and needs a reachable Docker engine. A
@@ -130,7 +132,7 @@ def running(
         for name in registry.names():
             engine.build(registry.get(name))
 
-    storage = scheduler = server = thread = None
+    storage = scheduler = server = thread = sweeper = None
     try:
         storage = Storage(wrap=lambda app: injector.wsgi(app, ADMIN_ACCESS_KEY))
         backend = Backend(storage, refresh_delay=refresh_delay, max_jobs_per_task=max_jobs_per_task)
@@ -154,6 +156,7 @@ def running(
             backend, registry, tokens, api_url=root_url + API_PREFIX, s3_endpoint=storage.endpoint,
             concurrency=concurrency, time_scale=time_scale, docker=engine,
         )
+        sweeper = RetentionSweeper(backend, time_scale)
         yield Emulator(root_url=root_url, api_key=api_key, storage=storage, backend=backend,
                        images=registry, faults=injector, scheduler=scheduler, recorder=recorder)
     finally:
@@ -162,5 +165,7 @@ def running(
             thread.join(timeout=10)
         if scheduler is not None:
             scheduler.stop()
+        if sweeper is not None:
+            sweeper.stop()
         if storage is not None:
             storage.stop()

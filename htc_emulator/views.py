@@ -10,13 +10,13 @@ keys unconditionally. Where the spec does not mark those fields nullable,
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 
 from . import auth
-from .models import Job, JobEvent, Project, Task
+from .models import ACTIVE, Backend, Job, JobEvent, Project, Task
+from .policies import MACHINE_TYPES, PROVIDER_ARCHITECTURES, Limit, RetentionPolicy, WorkspaceLimit
 
 REGISTRY_HOST = "registry.htc-emulator.invalid"
-# Architectures each provider's regions offer in the emulator.
-PROVIDER_ARCHITECTURES = {"AWS": ["X86", "AARCH64"], "GCP": ["X86", "AARCH64"], "AZURE": ["X86"]}
 
 
 def isotime(value: dt.datetime | None) -> str | None:
@@ -217,3 +217,81 @@ def whoami_view() -> dict:
         user[f"is{role}"] = value
         user[role[0].lower() + role[1:]] = value
     return {"user": user, "userFeatures": {"count": 0, "results": []}}
+
+
+def limit_view(limit: Limit) -> dict:
+    return {
+        "id": limit.limit_id,
+        "projectId": limit.project_id,
+        "workspaceId": auth.WORKSPACE_ID,
+        "modifierRole": limit.modifier_role,
+        "vCPUs": limit.vcpus,
+        "createdAt": isotime(limit.created_at),
+        "createdBy": auth.USER_ID,
+        "updatedAt": isotime(limit.updated_at),
+        "updatedBy": auth.USER_ID,
+    }
+
+
+def workspace_limit_view(limit: WorkspaceLimit) -> dict:
+    return {
+        "workspaceId": auth.WORKSPACE_ID,
+        "vCPUs": limit.vcpus,
+        "createdAt": isotime(limit.created_at),
+        "createdBy": auth.USER_ID,
+        "updatedAt": isotime(limit.updated_at),
+        "updatedBy": auth.USER_ID,
+    }
+
+
+def retention_view(policy: RetentionPolicy, owner: dict) -> dict:
+    """A TaskRetentionPolicy (owner ``{"projectId": ...}``) or WorkspaceTaskRetentionPolicy (``{"workspaceId": ...}``)."""
+    return {**owner, "archiveAfter": policy.archive_after, "deleteAfter": policy.delete_after,
+            "createdAt": isotime(policy.created_at)}
+
+
+def gcp_clusters_view(regions: list[str], node_count: int) -> dict:
+    """HTCClusterStatusResponse: one cluster per GCP region the emulator offers, sized like its scheduler."""
+    return {
+        "gcpProjectId": "htc-emulator",
+        "clusters": [{
+            "name": f"htc-{region.lower().replace('_', '-')}",
+            "region": region,
+            "status": "RUNNING",
+            "version": "local",
+            "subnetwork": "127.0.0.1/32",
+            "autoscaling": "BALANCED",
+            "nodePools": [{
+                "name": f"{architecture.lower()}-pool",
+                "instanceType": MACHINE_TYPES[architecture]["machineType"],
+                "status": "RUNNING",
+                "version": "local",
+                "autoscaling": {"enabled": True, "minNodeCount": 0, "maxNodeCount": node_count},
+            } for architecture in PROVIDER_ARCHITECTURES["GCP"]],
+        } for region in regions if provider_of(region) == "GCP"],
+    }
+
+
+def metrics_text(backend: Backend) -> str:
+    """Prometheus text exposition of the emulator's state: what ``GET /htc/metrics`` serves."""
+    with backend.lock:
+        jobs = list(backend.jobs.values())
+        tasks = list(backend.tasks.values())
+        projects = len(backend.projects)
+    job_counts = Counter((job.project_id, job.status) for job in jobs)
+    task_counts = Counter(task.lifecycle_status for task in tasks)
+    active_vcpus = Counter()
+    for job in jobs:
+        if job.status in ACTIVE:
+            active_vcpus[job.project_id] += job.vcpus
+    lines = ["# HELP htc_projects Projects in the workspace.", "# TYPE htc_projects gauge",
+             f'htc_projects{{workspace="{auth.WORKSPACE_ID}"}} {projects}',
+             "# HELP htc_tasks Tasks by lifecycle status.", "# TYPE htc_tasks gauge"]
+    lines += [f'htc_tasks{{lifecycle_status="{status}"}} {count}' for status, count in sorted(task_counts.items())]
+    lines += ["# HELP htc_jobs Jobs by project and status.", "# TYPE htc_jobs gauge"]
+    lines += [f'htc_jobs{{project="{project}",status="{status}"}} {count}'
+              for (project, status), count in sorted(job_counts.items())]
+    lines += ["# HELP htc_active_vcpus vCPUs held by active jobs (what the limits count).",
+              "# TYPE htc_active_vcpus gauge"]
+    lines += [f'htc_active_vcpus{{project="{project}"}} {count}' for project, count in sorted(active_vcpus.items())]
+    return "\n".join(lines) + "\n"
