@@ -44,7 +44,7 @@ import types
 
 PR_SET_CHILD_SUBREAPER = 36
 MAX_REQUEST_BYTES = 1 << 20
-MEMORY_POLL_SECONDS = 0.02
+MEMORY_POLL_SECONDS = 0.05
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 THIS_FILE = os.path.abspath(__file__)
 PRELOAD_ENV: dict[str, str] = {}
@@ -99,29 +99,30 @@ def supervise(request: dict, log_fd: int, status_fd: int, control_fd: int) -> di
     exec_read, exec_write = os.pipe()
     job_pid = os.fork()
     if job_pid == 0:
-        for fd in (exec_read, status_fd, control_fd):
-            os.close(fd)
-        prepare_job_process(request, log_fd, exec_write)
-        if request["mode"] == "python":
-            os.close(exec_write)
-            return request
         try:
+            for fd in (exec_read, status_fd, control_fd):
+                os.close(fd)
+            prepare_job_process(request, log_fd, exec_write)
+            if request["mode"] == "python":
+                os.close(exec_write)
+                return request
             os.execvpe(request["argv"][0], request["argv"], request["env"])
-        except OSError as exc:
-            os.write(exec_write, f"{exc.errno} {exc.strerror}: {request['argv'][0]}".encode())
+        except OSError as exc:  # reported by the emulator as a job that could not start
+            os.write(exec_write, f"{exc.errno} {exc.strerror}: {exc.filename or request['argv'][0]}".encode())
             os._exit(127)
-    os.close(log_fd)
-    os.close(exec_write)
-    failure = os.read(exec_read, 4096)  # empty once the job process exec'd or runs Python
-    os.close(exec_read)
-    if failure:
-        os.waitpid(job_pid, 0)
-        os.write(status_fd, b"error " + failure + b"\n")
+    try:
+        os.close(log_fd)
+        os.close(exec_write)
+        failure = os.read(exec_read, 4096)  # empty once the job process exec'd or runs Python
+        if failure:
+            os.waitpid(job_pid, 0)
+            os.write(status_fd, b"error " + failure + b"\n")
+        else:
+            os.write(status_fd, f"started {job_pid}\n".encode())
+            status, out_of_memory = contain(job_pid, control_fd, request.get("memory_limit"))
+            os.write(status_fd, f"exit {os.waitstatus_to_exitcode(status)} {int(out_of_memory)}\n".encode())
+    finally:  # never back into the template's loop, whatever happened
         os._exit(0)
-    os.write(status_fd, f"started {job_pid}\n".encode())
-    status, out_of_memory = contain(job_pid, control_fd, request.get("memory_limit"))
-    os.write(status_fd, f"exit {os.waitstatus_to_exitcode(status)} {int(out_of_memory)}\n".encode())
-    os._exit(0)
 
 
 def prepare_job_process(request: dict, log_fd: int, exec_write: int) -> None:
