@@ -17,27 +17,53 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
+import re
+import signal
+import struct
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
-import cv2
+# Images above this many pixels are refused before decoding: a small compressed file can
+# declare 30,000 x 30,000 pixels and take gigabytes to decode. The worker checks JPEG and
+# PNG headers itself. For the other formats OpenCV's own limit applies, which OpenCV reads
+# once when it loads: it is set here, before the import, for a process that loads it here.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+_PIXEL_SETTING = os.environ.get("MAX_IMAGE_PIXELS", "").strip()
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS",
+                      _PIXEL_SETTING if re.fullmatch(r"[0-9]{1,10}", _PIXEL_SETTING) else str(DEFAULT_MAX_IMAGE_PIXELS))
+
+import cv2  # noqa: E402
 
 DEFAULT_API_URL = "https://htc.rescale.com/api/v1"
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
 DEFAULT_SCALE_FACTOR = 1.2
+# Coarser than 3 misses most faces; finer than 1.01 multiplies the pyramid levels without end.
+SCALE_FACTOR_RANGE = (1.01, 3.0)
 MIN_NEIGHBORS = 5
 MIN_SIZE = (30, 30)
 # "true" fails about a third of the jobs, as the original tutorial's random draw did.
 DEFAULT_FAILURE_RATE = 1 / 3
 TRANSFER_THREADS = 8
+# Results and the manifest go to task storage after this many images or seconds, whichever
+# comes first, so a job that dies without warning loses at most that much work.
+FLUSH_EVERY_IMAGES = 20
+FLUSH_EVERY_SECONDS = 5.0
+MAX_ARRAY_SIZE = 10_000  # AWS Batch's largest array job
+MAX_OPENCV_THREADS = 256
 EXIT_USAGE = 2
+# What a process killed by SIGTERM reports; the worker exits with it after saving its results.
+EXIT_STOPPED = 128 + signal.SIGTERM
 
 
 class UsageError(Exception):
@@ -52,15 +78,51 @@ class ImageError(Exception):
     """An input image is missing, unreadable or not an image."""
 
 
+class JobStopped(BaseException):
+    """SIGTERM arrived: the platform is stopping the job (timeout, cancellation).
+
+    A BaseException, like KeyboardInterrupt, so that no per-image ``except Exception`` swallows it.
+    """
+
+
+def number_setting(name: str, raw: str | None, default: float, low: float, high: float,
+                   integer: bool = False) -> float | int:
+    """A numeric setting: plain ASCII decimal, finite, within ``[low, high]``; else a UsageError naming it.
+
+    ``float()`` alone would take ``inf``, ``nan``, ``1e308`` and non-ASCII digits, each of
+    which hangs the worker or fails on every image instead of at start-up.
+    """
+    text = (raw or "").strip() or str(default)
+    pattern = r"[+-]?[0-9]+" if integer else r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?"
+    kind = "a whole number" if integer else "a number"
+    if len(text) > 40 or not re.fullmatch(pattern, text):
+        raise UsageError(f"{name} must be {kind} from {low:g} to {high:g}, got {raw!r}")
+    value = int(text) if integer else float(text)
+    if not (math.isfinite(value) and low <= value <= high):
+        raise UsageError(f"{name} must be {kind} from {low:g} to {high:g}, got {raw!r}")
+    return value
+
+
+def scale_factor_setting(raw: str) -> float:
+    """``--scale-factor`` / ``SCALE_FACTOR``, as an argparse type: a bad value is a usage error."""
+    try:
+        return float(number_setting("the scale factor (--scale-factor, SCALE_FACTOR)", raw, DEFAULT_SCALE_FACTOR,
+                                    *SCALE_FACTOR_RANGE))
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 @dataclass
 class FaceDetector:
     """A Haar cascade loaded once, with the detection parameters that go with it."""
 
     classifier: cv2.CascadeClassifier
     scale_factor: float = DEFAULT_SCALE_FACTOR
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     @classmethod
-    def load(cls, cascade_path: str | None = None, scale_factor: float = DEFAULT_SCALE_FACTOR):
+    def load(cls, cascade_path: str | None = None, scale_factor: float = DEFAULT_SCALE_FACTOR,
+             max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         """Parse the cascade XML once; an empty classifier fails here, not deep inside OpenCV."""
         path = cascade_path or os.path.join(cv2.data.haarcascades, DEFAULT_CASCADE)
         if not os.path.isfile(path):
@@ -71,9 +133,11 @@ class FaceDetector:
             classifier = None
         if classifier is None or classifier.empty():
             raise CascadeError(f"Haar cascade could not be loaded (empty or not a cascade XML): {path}")
-        if scale_factor <= 1.0:
-            raise UsageError(f"scaleFactor must be greater than 1.0, got {scale_factor}")
-        return cls(classifier, scale_factor)
+        low, high = SCALE_FACTOR_RANGE
+        if not (isinstance(scale_factor, (int, float)) and math.isfinite(scale_factor)
+                and low <= scale_factor <= high):
+            raise UsageError(f"scaleFactor must be a number from {low} to {high}, got {scale_factor!r}")
+        return cls(classifier, scale_factor, max_pixels)
 
     def detect(self, image) -> list[list[int]]:
         """Return face boxes as [x, y, w, h] for a BGR or greyscale image."""
@@ -84,11 +148,92 @@ class FaceDetector:
         return [[int(v) for v in box] for box in faces]
 
 
-def read_image(path: str | os.PathLike):
-    """Load an image, turning OpenCV's silent ``None`` into an error that names the file."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Start-of-frame markers, which carry the image size: C0-CF except DHT (C4), JPG (C8) and DAC (CC).
+JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_START_OF_SCAN, JPEG_END_OF_IMAGE = 0xDA, b"\xff\xd9"
+
+
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"image too large: {width} x {height} pixels is over the limit of {max_pixels:,} "
+                         "(MAX_IMAGE_PIXELS), refused without decoding")
+
+
+def check_png(data: bytes, max_pixels: int) -> None:
+    """Size from IHDR, then every chunk's length up to IEND: a PNG cut short has no IEND."""
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IHDR" and pos + 16 <= len(data):
+            check_size(*struct.unpack(">II", data[pos + 8:pos + 16]), max_pixels)
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+    raise ImageError("not a readable image (truncated: the PNG ends before its IEND chunk)")
+
+
+def check_jpeg(data: bytes, max_pixels: int) -> None:
+    """Size from the frame header, then an end-of-image marker after the first scan.
+
+    libjpeg decodes a JPEG cut short as if it were whole (grey where the data stopped) and
+    only warns, so OpenCV reports no error; the missing end-of-image marker shows it. Marker
+    segments are skipped by their length, so a thumbnail inside EXIF cannot stand in for it.
+    """
+    pos, sized = 2, False
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:  # stray bytes before a marker, which libjpeg also skips
+            pos += 1
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill byte or standalone marker
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if marker == JPEG_END_OF_IMAGE[1]:
+            break
+        if marker in JPEG_FRAME_MARKERS and pos + 9 <= len(data):
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            check_size(width, height, max_pixels)
+            sized = True
+        if marker == JPEG_START_OF_SCAN and sized:
+            if data.find(JPEG_END_OF_IMAGE, pos) < 0:
+                raise ImageError("not a readable image (truncated: premature end of JPEG data, "
+                                 "no end-of-image marker)")
+            return
+        pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+    raise ImageError("not a readable image (truncated: the JPEG ends before its image data)")
+
+
+def check_image_file(path: str | os.PathLike, max_pixels: int) -> None:
+    """Refuse, before decoding, a JPEG or PNG too large for memory or cut short.
+
+    Other formats go to OpenCV as they are; its own pixel limit covers their size.
+    """
+    with open(path, "rb") as file:
+        data = file.read()
+    if data.startswith(PNG_SIGNATURE):
+        check_png(data, max_pixels)
+    elif data.startswith(b"\xff\xd8"):
+        check_jpeg(data, max_pixels)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+    """Load an image, turning OpenCV's silent ``None`` into an error that names the file.
+
+    Images over ``max_pixels`` and truncated ones are refused (``ImageError``), not decoded.
+    """
     if not os.path.isfile(path):
         raise ImageError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        check_image_file(path, max_pixels)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except ImageError as exc:
+        raise ImageError(f"{exc}: {path}") from None
+    except cv2.error as exc:
+        if "CV_IO_MAX_IMAGE_PIXELS" not in str(exc):
+            raise
+        raise ImageError(f"image too large: over OpenCV's pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS="
+                         f"{os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS')}), refused without decoding: {path}") from None
     if image is None:
         raise ImageError(f"not a readable image (corrupt or unsupported format): {path}")
     return image
@@ -127,7 +272,7 @@ def tag_image(detector: FaceDetector, path: Path, name: str | None = None,
     record = new_record(name or str(path), detector.scale_factor)
     outputs: list[Path] = []
     try:
-        image = read_image(path)
+        image = read_image(path, detector.max_pixels)
         boxes = detector.detect(image)
         record.update(faces=len(boxes), boxes=boxes)
         if boxes:
@@ -171,12 +316,9 @@ def failure_rate(setting: str | None) -> float:
     if value in ("true", "yes", "on"):
         return DEFAULT_FAILURE_RATE
     try:
-        rate = float(value)
-    except ValueError:
+        return float(number_setting("SIMULATE_FAILURES", value, 0, 0.0, 1.0))
+    except UsageError:
         raise UsageError(f"SIMULATE_FAILURES must be true, false or a rate in [0, 1], got {setting!r}") from None
-    if not 0.0 <= rate <= 1.0:
-        raise UsageError(f"SIMULATE_FAILURES rate must be within [0, 1], got {rate}")
-    return rate
 
 
 def simulated_failure(rate: float, index: int, seed: str = "0") -> str | None:
@@ -192,13 +334,14 @@ def simulated_failure(rate: float, index: int, seed: str = "0") -> str | None:
 
 def apply_simulated_failure(index: int) -> None:
     """Fail this job on purpose when ``SIMULATE_FAILURES`` says so."""
-    mode = simulated_failure(failure_rate(os.environ.get("SIMULATE_FAILURES")), index,
-                             os.environ.get("SIMULATE_FAILURES_SEED", "0"))
+    rate = failure_rate(os.environ.get("SIMULATE_FAILURES"))
+    hang_seconds = number_setting("SIMULATE_HANG_SECONDS", os.environ.get("SIMULATE_HANG_SECONDS"), 86400, 0, 10**6)
+    mode = simulated_failure(rate, index, os.environ.get("SIMULATE_FAILURES_SEED", "0"))
     if mode == "raise":
         raise RuntimeError(f"simulated failure for array index {index}")
     if mode == "hang":
         print(f"simulated hang for array index {index}: sleeping past the job timeout", flush=True)
-        time.sleep(float(os.environ.get("SIMULATE_HANG_SECONDS", "86400")))
+        time.sleep(hang_seconds)
         # A timeout longer than the sleep must still see this job fail, not succeed late.
         raise RuntimeError(f"simulated hang for array index {index} outlived the job timeout")
 
@@ -227,7 +370,7 @@ class Location(NamedTuple):
 
 
 def s3_client(credentials: dict, region: str | None = None):
-    """One S3 client for a chunk's transfers, with retries and enough connections for the thread pool."""
+    """One S3 client for a chunk's transfers, with retries and enough connections for both thread pools."""
     import boto3
     from botocore.config import Config
 
@@ -236,7 +379,7 @@ def s3_client(credentials: dict, region: str | None = None):
                         aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
                         aws_session_token=credentials.get("AWS_SESSION_TOKEN"), region_name=aws_region(region),
                         config=Config(retries={"max_attempts": 6, "mode": "standard"},
-                                      max_pool_connections=TRANSFER_THREADS))
+                                      max_pool_connections=2 * TRANSFER_THREADS))
 
 
 def storage_token(http, url: str) -> dict:
@@ -321,8 +464,12 @@ class HtcStorage:
         except client.exceptions.NoSuchKey:
             raise UsageError(f"{key!r} not found in project shared storage") from None
 
-    def download_shared(self, keys: list[str], workdir: Path) -> dict[str, Path | Exception]:
-        """Fetch many objects concurrently; each key maps to its local path or to the error it met."""
+    def fetch_shared(self, keys: list[str], workdir: Path, pool: ThreadPoolExecutor,
+                     ahead: int = 2 * TRANSFER_THREADS) -> Iterator[tuple[str, Path | Exception]]:
+        """Yield each key, in order, with its local path or the error it met, downloading ``ahead`` keys ahead.
+
+        The window bounds the disk a chunk uses; closing the generator cancels what has not started.
+        """
         client, bucket, prefix = self.shared
 
         def fetch(key: str) -> Path | Exception:
@@ -334,14 +481,95 @@ class HtcStorage:
             except Exception as exc:  # recorded per image; the chunk goes on
                 return ImageError(f"download of {key!r} failed: {exc}")
 
-        with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
-            return dict(zip(keys, pool.map(fetch, keys)))
+        remaining, window = iter(keys), deque()
+        try:
+            while True:
+                window.extend((key, pool.submit(fetch, key)) for key in islice(remaining, ahead - len(window)))
+                if not window:
+                    return
+                key, future = window.popleft()
+                yield key, future.result()
+        finally:
+            for _, future in window:
+                future.cancel()
+
+    def put_task(self, local: Path, key: str) -> None:
+        client, bucket, prefix = self.task
+        client.upload_file(str(local), bucket, prefix + key)
 
     def upload_task(self, files: list[tuple[Path, str]]) -> None:
         """Upload (local path, key) pairs to task storage concurrently; the first failure is raised."""
-        client, bucket, prefix = self.task
         with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
-            list(pool.map(lambda pair: client.upload_file(str(pair[0]), bucket, prefix + pair[1]), files))
+            list(pool.map(lambda pair: self.put_task(*pair), files))
+
+
+class SigtermGuard:
+    """Turns SIGTERM into ``JobStopped``, except inside ``deferred()``, which finishes first.
+
+    The platform stops a job (timeout, cancellation) with SIGTERM and kills it after a grace
+    period; the worker uses that time to save what it has done.
+    """
+
+    def __init__(self):
+        self.deferring, self.requested = 0, False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        if self.deferring:
+            self.requested = True
+        else:
+            raise JobStopped()
+
+    @contextmanager
+    def deferred(self):
+        self.deferring += 1
+        try:
+            yield
+        finally:
+            self.deferring -= 1
+        if self.requested and not self.deferring:
+            raise JobStopped()
+
+
+SIGTERM_GUARD = SigtermGuard()
+
+
+class ChunkResults:
+    """A job's results, saved as they come: outputs upload in the background, the manifest every few images.
+
+    The manifest is rewritten whole at each flush and lists only images whose outputs are
+    stored, so whenever the job stops, task storage accounts for exactly what it finished.
+    """
+
+    def __init__(self, storage: HtcStorage, manifest_key: str, workdir: Path, uploads: ThreadPoolExecutor):
+        self.storage, self.manifest_key, self.uploads = storage, manifest_key, uploads
+        self.manifest = workdir / "manifest.jsonl"
+        self.saved: list[dict] = []
+        self.pending: list[tuple[dict, list[Future], list[Path]]] = []
+        self.flushed_at = time.monotonic()
+
+    def add(self, record: dict, outputs: list[tuple[Path, str]]) -> None:
+        futures = [self.uploads.submit(self.storage.put_task, local, key) for local, key in outputs]
+        self.pending.append((record, futures, [local for local, _ in outputs]))
+        if len(self.pending) >= FLUSH_EVERY_IMAGES or time.monotonic() - self.flushed_at >= FLUSH_EVERY_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Wait for the pending outputs, then upload the manifest; a SIGTERM meanwhile waits for it."""
+        with SIGTERM_GUARD.deferred():
+            for record, futures, paths in self.pending:
+                failed = next((f.exception() for f in futures if f.exception()), None)
+                if failed:
+                    record.update(status="error", error=f"upload of the results failed: {failed}")
+                for path in paths:
+                    path.unlink(missing_ok=True)
+                self.saved.append(record)
+            self.pending = []
+            self.manifest.write_text("".join(json.dumps(r) + "\n" for r in self.saved))
+            self.storage.put_task(self.manifest, self.manifest_key)
+            self.flushed_at = time.monotonic()
 
 
 def run_local(detector: FaceDetector, paths: list[str], as_json: bool, out_dir: Path | None = None) -> int:
@@ -360,25 +588,29 @@ def run_local(detector: FaceDetector, paths: list[str], as_json: bool, out_dir: 
 
 
 def run_htc(detector: FaceDetector, keys: list[str], manifest_key: str, storage: HtcStorage) -> list[dict]:
-    """Download, tag and upload a list of shared-storage keys; write the job's manifest last."""
-    with tempfile.TemporaryDirectory(prefix="face_tagger_") as tmp:
+    """Download, tag and upload a list of shared-storage keys, saving results and manifest as it goes.
+
+    Whatever ends the loop (the last image, SIGTERM, an error), what was finished is saved first.
+    """
+    with tempfile.TemporaryDirectory(prefix="face_tagger_") as tmp, \
+            ThreadPoolExecutor(TRANSFER_THREADS) as downloads, ThreadPoolExecutor(TRANSFER_THREADS) as uploads:
         workdir = Path(tmp)
-        fetched = storage.download_shared(keys, workdir)
-        records, uploads = [], []
-        for key in keys:
-            local = fetched[key]
-            if isinstance(local, Exception):
-                record = new_record(key, detector.scale_factor, error=str(local))
-            else:
-                record, outputs = tag_image(detector, local, key)
-                uploads += [(out, key + out.name[len(local.name):]) for out in outputs]
-            record["job"] = os.environ.get("AWS_BATCH_JOB_ID")
-            print(describe(record), flush=True)
-            records.append(record)
-        manifest = workdir / "manifest.jsonl"
-        manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
-        storage.upload_task(uploads)
-        storage.upload_task([(manifest, manifest_key)])
+        results = ChunkResults(storage, manifest_key, workdir, uploads)
+        try:
+            with closing(storage.fetch_shared(keys, workdir, downloads)) as fetched:
+                for key, local in fetched:
+                    if isinstance(local, Exception):
+                        record, outputs = new_record(key, detector.scale_factor, error=str(local)), []
+                    else:
+                        record, written = tag_image(detector, local, key)
+                        outputs = [(out, key + out.name[len(local.name):]) for out in written]
+                        local.unlink()
+                    record["job"] = os.environ.get("AWS_BATCH_JOB_ID")
+                    results.add(record, outputs)
+                    print(describe(record), flush=True)
+        finally:
+            results.flush()
+    records = results.saved
     ok = sum(r["status"] == "ok" for r in records)
     print(f"{ok} of {len(records)} images tagged; manifest {manifest_key}", flush=True)
     return records
@@ -403,18 +635,14 @@ def array_index(batch_size: int) -> int:
     raw = os.environ.get("AWS_BATCH_JOB_ARRAY_INDEX")
     if raw is None and batch_size == 1:
         return 0
-    try:
-        return int(required_env("AWS_BATCH_JOB_ARRAY_INDEX")["AWS_BATCH_JOB_ARRAY_INDEX"])
-    except ValueError:
-        raise UsageError(f"AWS_BATCH_JOB_ARRAY_INDEX must be an integer, got {raw!r}") from None
+    required_env("AWS_BATCH_JOB_ARRAY_INDEX")
+    return int(number_setting("AWS_BATCH_JOB_ARRAY_INDEX", raw, 0, 0, MAX_ARRAY_SIZE - 1, integer=True))
 
 
 def run_batch(detector: FaceDetector) -> int:
     env = required_env("IMG_OBJKEY_LIST", "BATCH_JOB_ARRAY_SIZE")
-    try:
-        batch_size = int(env["BATCH_JOB_ARRAY_SIZE"])
-    except ValueError:
-        raise UsageError(f"BATCH_JOB_ARRAY_SIZE must be an integer, got {env['BATCH_JOB_ARRAY_SIZE']!r}") from None
+    batch_size = int(number_setting("BATCH_JOB_ARRAY_SIZE", env["BATCH_JOB_ARRAY_SIZE"], 1, 1, MAX_ARRAY_SIZE,
+                                    integer=True))
     index = array_index(batch_size)
     apply_simulated_failure(index)
     storage = storage_from_env()
@@ -444,13 +672,12 @@ def run_single(detector: FaceDetector, args: list[str]) -> int:
 
 def opencv_threads(setting: str | None) -> int:
     """``OPENCV_THREADS``, default 1: the ``maxVCpus: 1`` a job asks for; more only fights the other jobs."""
-    try:
-        threads = int(setting or "1")
-    except ValueError:
-        raise UsageError(f"OPENCV_THREADS must be a whole number, got {setting!r}") from None
-    if threads < 1:
-        raise UsageError(f"OPENCV_THREADS must be at least 1, got {threads}")
-    return threads
+    return int(number_setting("OPENCV_THREADS", setting, 1, 1, MAX_OPENCV_THREADS, integer=True))
+
+
+def max_image_pixels(setting: str | None) -> int:
+    """``MAX_IMAGE_PIXELS``: the largest image the worker decodes (OpenCV's own ceiling is 2**30)."""
+    return int(number_setting("MAX_IMAGE_PIXELS", setting, DEFAULT_MAX_IMAGE_PIXELS, 1, 2**30, integer=True))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -458,8 +685,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("images", nargs="*", help="local image files (local mode)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--output-dir", type=Path, help="write the tagged files here instead of beside each image")
-    # A string default goes through type=float too, so a bad SCALE_FACTOR gets argparse's clear error.
-    parser.add_argument("--scale-factor", type=float,
+    # A string default goes through the type too, so a bad SCALE_FACTOR gets argparse's clear error.
+    parser.add_argument("--scale-factor", type=scale_factor_setting,
                         default=os.environ.get("SCALE_FACTOR", str(DEFAULT_SCALE_FACTOR)),
                         help="detectMultiScale scaleFactor (env SCALE_FACTOR, default %(default)s)")
     parser.add_argument("--cascade", default=os.environ.get("CASCADE_PATH"),
@@ -471,15 +698,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         cv2.setNumThreads(opencv_threads(os.environ.get("OPENCV_THREADS")))
-        detector = FaceDetector.load(args.cascade, args.scale_factor)
+        detector = FaceDetector.load(args.cascade, args.scale_factor,
+                                     max_image_pixels(os.environ.get("MAX_IMAGE_PIXELS")))
+        if args.images and not os.environ.get("HTC_INPUT_IMAGE"):
+            return run_local(detector, args.images, args.json, args.output_dir)
+        SIGTERM_GUARD.install()
         if os.environ.get("HTC_INPUT_IMAGE"):
             return run_single(detector, args.images)
-        if args.images:
-            return run_local(detector, args.images, args.json, args.output_dir)
         return run_batch(detector)
     except UsageError as exc:
         print(f"face_tagger: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except JobStopped:
+        print("face_tagger: stopped by SIGTERM; the results of the images finished are in task storage",
+              file=sys.stderr, flush=True)
+        return EXIT_STOPPED
 
 
 if __name__ == "__main__":

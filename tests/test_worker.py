@@ -1,8 +1,11 @@
 """The face_tagger worker on local files: cascade, detection, outputs, chunking, failure simulation."""
 
 import json
+import resource
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import cv2
@@ -226,3 +229,118 @@ def test_output_dir_keeps_the_inputs_folder_clean(tmp_path, face_photo):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [f"{face_photo.name}_tagged.dat", f"{face_photo.name}_tagged.jpg"]
     assert not list(face_photo.parent.glob("*_tagged.*"))
+
+
+# --- images that would exhaust memory, images cut short, settings out of range
+
+def blank_png(path: Path, width: int, height: int) -> Path:
+    """A valid black-and-white PNG of any size that stays small on disk (its rows compress to nothing)."""
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)  # filter byte, then 1 bit a pixel
+    packer = zlib.compressobj(9)
+    rows = b"".join(packer.compress(row * min(1000, height - n)) for n in range(0, height, 1000)) + packer.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+def capped_memory():
+    """Run the worker with 3 GB of address space: a decoded 30,000 x 30,000 image fails instead of taking the machine."""
+    limit = 3 * 1024**3
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_an_image_too_large_for_memory_is_refused_from_its_header(tmp_path, face_photo):
+    small = blank_png(tmp_path / "small.png", 300, 200)
+    assert cv2.imread(str(small)).shape == (200, 300, 3)  # the generator writes real PNGs
+    huge = blank_png(tmp_path / "huge.png", 30000, 30000)
+    assert huge.stat().st_size < 200_000
+    result = subprocess.run([sys.executable, str(WORKER), "--json", "--output-dir", str(tmp_path / "out"),
+                             str(huge), str(face_photo)], capture_output=True, text=True, timeout=120,
+                            preexec_fn=capped_memory)
+    assert result.returncode == 1, result.stderr  # one image failed, the other went on
+    refused, good = map(json.loads, result.stdout.splitlines())
+    assert refused["status"] == "error" and refused["faces"] is None
+    assert "image too large: 30000 x 30000 pixels is over the limit of 50,000,000" in refused["error"]
+    assert good["status"] == "ok" and good["faces"] >= 1
+
+
+def test_the_pixel_limit_is_a_setting_and_covers_jpeg(tmp_path, face_photo):
+    height, width = cv2.imread(str(face_photo)).shape[:2]
+    env = {"PATH": "/usr/bin:/bin", "MAX_IMAGE_PIXELS": str(width * height - 1)}
+    result = run_worker("--json", "--output-dir", str(tmp_path), str(face_photo), cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert f"image too large: {width} x {height} pixels" in json.loads(result.stdout)["error"]
+    env["MAX_IMAGE_PIXELS"] = str(width * height)
+    assert run_worker(str(face_photo), cwd=tmp_path, env=env).returncode == 0
+
+
+@pytest.mark.parametrize("fraction,size", [(1 / 3, None), (None, 600), (2 / 3, None)])
+def test_a_truncated_jpeg_is_an_error_not_zero_faces(tmp_path, detector, fraction, size):
+    data = (DATA / "images" / "2008_004176.jpg").read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[:size or int(len(data) * fraction)])
+    assert cv2.imread(str(cut)) is not None  # OpenCV alone decodes it, grey where the data stops
+    record, outputs = ft.tag_image(detector, cut, cut.name)
+    assert record["status"] == "error" and record["faces"] is None and not outputs
+    assert "truncated" in record["error"]
+
+
+def test_progressive_and_truncated_progressive_jpegs(tmp_path, detector, face_photo):
+    progressive = tmp_path / "progressive.jpg"
+    cv2.imwrite(str(progressive), cv2.imread(str(face_photo)), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ft.tag_image(detector, progressive, "p")[0]["status"] == "ok"
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(progressive.read_bytes()[: progressive.stat().st_size // 2])
+    assert "truncated" in ft.tag_image(detector, cut, "c")[0]["error"]
+
+
+def test_a_truncated_png_is_an_error(tmp_path, detector, face_photo):
+    whole = tmp_path / "whole.png"
+    cv2.imwrite(str(whole), cv2.imread(str(face_photo)))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    record, _ = ft.tag_image(detector, cut, cut.name)
+    assert record["status"] == "error" and "truncated" in record["error"]
+
+
+def test_every_photo_of_the_data_set_passes_the_checks():
+    for path in sorted((DATA / "images").iterdir()):
+        ft.check_image_file(path, ft.DEFAULT_MAX_IMAGE_PIXELS)
+
+
+@pytest.mark.parametrize("settings,named", [
+    ({"SCALE_FACTOR": "inf"}, "SCALE_FACTOR"),
+    ({"SCALE_FACTOR": "1e308"}, "SCALE_FACTOR"),
+    ({"SCALE_FACTOR": "nan"}, "SCALE_FACTOR"),
+    ({"SCALE_FACTOR": "1.0000001"}, "SCALE_FACTOR"),
+    ({"SCALE_FACTOR": "-1.2"}, "SCALE_FACTOR"),
+    ({"SCALE_FACTOR": "١.٢"}, "SCALE_FACTOR"),
+    ({"OPENCV_THREADS": "1e308"}, "OPENCV_THREADS"),
+    ({"OPENCV_THREADS": "100000"}, "OPENCV_THREADS"),
+    ({"OPENCV_THREADS": "٣"}, "OPENCV_THREADS"),
+    ({"MAX_IMAGE_PIXELS": "nan"}, "MAX_IMAGE_PIXELS"),
+    ({"MAX_IMAGE_PIXELS": "0"}, "MAX_IMAGE_PIXELS"),
+    ({"BATCH_JOB_ARRAY_SIZE": "inf", "IMG_OBJKEY_LIST": "l.dat"}, "BATCH_JOB_ARRAY_SIZE"),
+    ({"BATCH_JOB_ARRAY_SIZE": "9" * 5000, "IMG_OBJKEY_LIST": "l.dat"}, "BATCH_JOB_ARRAY_SIZE"),
+    ({"BATCH_JOB_ARRAY_SIZE": "2", "AWS_BATCH_JOB_ARRAY_INDEX": "nan", "IMG_OBJKEY_LIST": "l.dat"},
+     "AWS_BATCH_JOB_ARRAY_INDEX"),
+    ({"BATCH_JOB_ARRAY_SIZE": "1", "SIMULATE_HANG_SECONDS": "inf", "IMG_OBJKEY_LIST": "l.dat"},
+     "SIMULATE_HANG_SECONDS"),
+    ({"BATCH_JOB_ARRAY_SIZE": "1", "SIMULATE_FAILURES": "nan", "IMG_OBJKEY_LIST": "l.dat"}, "SIMULATE_FAILURES"),
+])
+def test_settings_out_of_range_are_usage_errors_at_start_up(tmp_path, face_photo, settings, named):
+    args = [] if "IMG_OBJKEY_LIST" in settings else [str(face_photo)]
+    result = subprocess.run([sys.executable, str(WORKER), "--output-dir", str(tmp_path), *args], cwd=tmp_path,
+                            env={"PATH": "/usr/bin:/bin", **settings}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == ft.EXIT_USAGE, result.stdout + result.stderr
+    assert named in result.stderr and "Traceback" not in result.stderr
+    assert not result.stdout and not list(tmp_path.glob("*_tagged.*"))
+
+
+@pytest.mark.parametrize("value", ["1.01", "1.2", "3", " 1.5 "])
+def test_sensible_scale_factors_are_accepted(value):
+    assert ft.scale_factor_setting(value) == float(value)

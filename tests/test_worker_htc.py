@@ -6,6 +6,7 @@ manifest while the rest of the chunk goes on.
 """
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,75 @@ def test_a_simulated_hang_fails_even_when_it_outlives_its_sleep(job_context):
                      SIMULATE_HANG_SECONDS="0.1", AWS_BATCH_JOB_ARRAY_INDEX=str(hanging))
     assert result.returncode == 1
     assert f"simulated hang for array index {hanging} outlived the job timeout" in result.stderr
+
+
+# --- a job stopped mid-chunk keeps what it finished
+
+@pytest.fixture
+def long_chunk(job_context, tmp_path_factory):
+    """A fresh task and 150 photos listed for one job: long enough to stop it in the middle."""
+    session, project_id, _, env = job_context
+    task = session.post(f"/htc/projects/{project_id}/tasks",
+                        json={"taskName": "stopped", "taskDescription": "a job stopped mid-chunk"}).json()
+    folder = tmp_path_factory.mktemp("long")
+    keys = [f"long/photo-{n:03d}.jpg" for n in range(150)]
+    (folder / "long").mkdir()
+    for key in keys:
+        (folder / key).write_bytes(FACE_PHOTO.read_bytes())
+    (folder / "long.dat").write_text("\n".join(keys) + "\n")
+    htc.upload_files(session, project_id, folder, progress=False)
+    env = {**env, "RESCALE_HTC_TASK_ID": task["taskId"], "IMG_OBJKEY_LIST": "long.dat", "BATCH_JOB_ARRAY_SIZE": "1"}
+    return session, project_id, task["taskId"], env, keys
+
+
+def start_and_stop(env, after_images: int, signum: int):
+    """Start a real worker, let it report ``after_images`` images, send it ``signum``; its output and exit code."""
+    worker = subprocess.Popen([sys.executable, str(WORKER)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        reported = []
+        for line in worker.stdout:
+            if ": Found " in line:
+                reported.append(line.split(":")[0])
+                if len(reported) == after_images:
+                    worker.send_signal(signum)
+                    break
+        out, err = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    reported += [line.split(":")[0] for line in out.splitlines() if ": Found " in line]
+    return reported, err, worker.returncode
+
+
+def test_sigterm_mid_chunk_saves_the_finished_images_first(long_chunk, tmp_path):
+    session, project_id, task_id, env, keys = long_chunk
+    reported, err, code = start_and_stop(env, 30, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+
+    records = manifest(session, project_id, task_id, "manifests/chunk-00000.jsonl", tmp_path)
+    saved = [r["image"] for r in records]
+    assert set(reported) <= set(saved) and len(saved) < len(keys)  # everything reported, and stopped mid-chunk
+    assert saved == keys[:len(saved)] and all(r["status"] == "ok" for r in records)
+    stored = set(htc.list_objects(session, project_id, task_id))
+    assert {f"{image}_tagged.dat" for image in saved} <= stored
+
+    results = htc.collect_results(session, project_id, task_id)
+    assert htc.missing_results(keys, results) == keys[len(saved):]
+
+
+def test_a_killed_job_keeps_what_it_saved_as_it_went(long_chunk, tmp_path):
+    """SIGKILL leaves no time to save: what was saved as the job went is what remains.
+
+    Results go out at least every ``FLUSH_EVERY_IMAGES``, so fewer than that are lost.
+    """
+    session, project_id, task_id, env, keys = long_chunk
+    reported, _, code = start_and_stop(env, 2 * ft.FLUSH_EVERY_IMAGES, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    saved = [r["image"] for r in manifest(session, project_id, task_id, "manifests/chunk-00000.jsonl", tmp_path)]
+    assert len(reported) - ft.FLUSH_EVERY_IMAGES < len(saved) <= len(reported)
+    assert saved == reported[:len(saved)] == keys[:len(saved)]
+    # Images past the manifest whose face counts were already stored count as done too.
+    stored = set(htc.list_objects(session, project_id, task_id))
+    done = set(saved) | {key for key in keys if f"{key}_tagged.dat" in stored}
+    results = htc.collect_results(session, project_id, task_id)
+    assert htc.missing_results(keys, results) == [key for key in keys if key not in done]
