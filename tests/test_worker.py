@@ -275,7 +275,7 @@ def test_the_pixel_limit_is_a_setting_and_covers_jpeg(tmp_path, face_photo):
     assert result.returncode == 1
     assert f"image too large: {width} x {height} pixels" in json.loads(result.stdout)["error"]
     env["MAX_IMAGE_PIXELS"] = str(width * height)
-    assert run_worker(str(face_photo), cwd=tmp_path, env=env).returncode == 0
+    assert run_worker("--output-dir", str(tmp_path), str(face_photo), cwd=tmp_path, env=env).returncode == 0
 
 
 @pytest.mark.parametrize("fraction,size", [(1 / 3, None), (None, 600), (2 / 3, None)])
