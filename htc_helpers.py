@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -391,7 +392,8 @@ def _watch_group(session, project_id, task_id, group, stop, *, expected_jobs, in
     """Poll group statistics until ``stop(counts)``; return the history and the last counts."""
     rows: list[tuple] = []
     deadline = None if timeout is None else time.monotonic() + timeout
-    with tqdm(total=expected_jobs, desc=group, unit="job", disable=not progress) as bar:
+    # stdout, not stderr: a notebook shows stderr as an error box.
+    with tqdm(total=expected_jobs, desc=group, unit="job", disable=not progress, file=sys.stdout) as bar:
         while True:
             counts = group_status_counts(session, project_id, task_id, group)
             now = pd.Timestamp.now(tz="UTC")
@@ -591,7 +593,7 @@ def list_objects(session: HtcSession, project_id: str, task_id: str | None = Non
 
 def _transfer(fn, items: list, workers: int, progress: bool, desc: str) -> list:
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(items), desc=desc, unit="file",
-                                                    disable=not progress) as bar:
+                                                    disable=not progress, file=sys.stdout) as bar:
         results = []
         for result in pool.map(fn, items):
             results.append(result)
@@ -733,3 +735,166 @@ def missing_results(images: list[str], results: pd.DataFrame) -> list[str]:
     """
     done = set(results.loc[results["status"] == "ok", "image"])
     return [image for image in dict.fromkeys(images) if image not in done]
+
+
+# --- batches, estimates and pictures (the tutorial's own conveniences) --------------------
+
+MAX_JOBS_PER_BATCH = 1000  # the platform's limit on batchSize
+
+
+def unique_name(prefix: str) -> str:
+    """``prefix`` plus the UTC time and a random suffix: a group name no earlier run has used.
+
+    Re-submitting under an old group name silently mixes the new jobs into the old group's statistics.
+    Example: ``group = unique_name("library")  # 'library-20261201T150102-3f9a1c'``
+    """
+    return f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{os.urandom(3).hex()}"
+
+
+def tagging_batch(image: str, job_count: int, image_list_key: str, *, scale_factor: float = 1.2,
+                  simulate_failures: bool = False, timeout_seconds: int = 3600, vcpus: int = 1,
+                  memory_mib: int = 512) -> dict:
+    """One batch definition for the face tagger: ``job_count`` jobs sharing the photos in ``image_list_key``.
+
+    Job ``i`` tags its slice of the list, found from ``AWS_BATCH_JOB_ARRAY_INDEX`` (set by the
+    platform) and ``BATCH_JOB_ARRAY_SIZE`` (set here: names starting ``AWS_`` are reserved).
+    Example: ``session.post(f"{url}/jobs/batch", params={"group": g}, json=[tagging_batch(image, 24, "image_list.dat")])``
+    """
+    if not 1 <= job_count <= MAX_JOBS_PER_BATCH:
+        raise ValueError(f"job_count must be between 1 and {MAX_JOBS_PER_BATCH}, not {job_count}")
+    envs = [
+        {"name": "IMG_OBJKEY_LIST", "value": image_list_key},
+        {"name": "BATCH_JOB_ARRAY_SIZE", "value": str(job_count)},
+        {"name": "SCALE_FACTOR", "value": str(scale_factor)},
+    ]
+    if simulate_failures:
+        envs.append({"name": "SIMULATE_FAILURES", "value": "true"})
+    return {
+        "jobName": f"tag-photos-{scale_factor}",
+        "batchSize": job_count,
+        "htcJobDefinition": {
+            "imageName": image,
+            "maxVCpus": vcpus,
+            "maxMemory": memory_mib,
+            "commands": ["python", "/opt/face_tagger.py"],
+            "envs": envs,
+            "execTimeoutSeconds": timeout_seconds,
+        },
+    }
+
+
+def batch_estimate(job_count: int, seconds_per_job: float, *, parallel_jobs: int, vcpus_per_job: int = 1,
+                   start_seconds: float = 60.0, refresh_seconds: float = STATUS_REFRESH_SECONDS) -> dict:
+    """A rough duration and size of a batch, to state before submitting it.
+
+    ``start_seconds`` is what each job pays before its command runs (a container start and,
+    on a fresh machine, the image pull); ``refresh_seconds`` is how late a status change shows.
+    Returns ``{"waves", "minutes", "vcpu_hours"}``: multiply ``vcpu_hours`` by your price per vCPU-hour.
+    Example: ``batch_estimate(1000, 5 * 0.12, parallel_jobs=200)``
+    """
+    if job_count < 1 or parallel_jobs < 1 or seconds_per_job < 0 or start_seconds < 0:
+        raise ValueError("job_count and parallel_jobs must be positive, the seconds not negative")
+    waves = -(-job_count // parallel_jobs)
+    per_job = start_seconds + seconds_per_job
+    # Each status change shows up to one refresh late: at the first job's start and at the last one's end.
+    seconds = waves * per_job + 2 * refresh_seconds
+    return {"waves": waves, "minutes": round(seconds / 60, 1),
+            "vcpu_hours": round(job_count * per_job * vcpus_per_job / 3600, 2)}
+
+
+def no_results_reason(session: HtcSession, project_id: str, task_id: str, group: str | None = None) -> str:
+    """Why a task has no photo with a face: its failed jobs, counted by failure code and reason.
+
+    Example: ``if best.empty: raise RuntimeError(no_results_reason(session, pid, tid))``
+    """
+    jobs = get_all_jobs(session, project_id, task_id, group=group)
+    failed = failure_summary(jobs)
+    where = f"task {task_id}" + (f", group {group}" if group else "")
+    if not jobs:
+        return f"no photo with a face in {where}: it has no jobs (was the batch submitted to this task?)"
+    if not failed:
+        return f"no photo with a face in {where}: none of its {len(jobs)} jobs failed, and none found a face"
+    reasons = "; ".join(f"{n} × {reason}" for reason, n in failed.items())
+    return (f"no photo with a face in {where}: {sum(failed.values())} of {len(jobs)} jobs failed ({reasons}). "
+            "Read one failed job's logs with get_logs.")
+
+
+def show_image(path, width: int = 500) -> None:
+    """Display a picture in a notebook, at most ``width`` pixels wide and JPEG-compressed, so the notebook stays small.
+
+    Example: ``show_image("output/2008_004176.jpg_tagged.jpg")``
+    """
+    import cv2
+    from IPython.display import Image, display
+
+    picture = cv2.imread(str(path))
+    if picture is None:
+        raise FileNotFoundError(f"{path}: missing, or not a picture OpenCV can read")
+    scale = min(1.0, width / picture.shape[1])
+    picture = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    display(Image(data=cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes()))
+
+
+def static_png(figure, width: float = 7.0, height: float = 3.5) -> bytes:
+    """A PNG of a plotly line or bar figure, drawn with matplotlib: no browser or network needed.
+
+    Example: ``Path("plot.png").write_bytes(static_png(plot_status_history(history)))``
+    """
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    bars = [trace for trace in figure.data if trace.type == "bar"]
+    for k, trace in enumerate(figure.data):
+        if trace.type == "bar":
+            labels = [str(x) for x in trace.x]
+            step = 0.8 / len(bars)
+            positions = [i - 0.4 + step * (bars.index(trace) + 0.5) for i in range(len(labels))]
+            ax.bar(positions, trace.y, width=step, label=trace.name)
+            ax.set_xticks(range(len(labels)), labels)
+        else:
+            ax.plot(list(trace.x), list(trace.y), marker="o", markersize=3, label=trace.name or None)
+    layout = figure.layout
+    ax.set_title(layout.title.text or "")
+    ax.set_xlabel(layout.xaxis.title.text or "")
+    ax.set_ylabel(layout.yaxis.title.text or "")
+    if any(trace.name for trace in figure.data):
+        ax.legend(fontsize="small")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def show_figure(figure) -> None:
+    """Display a plotly figure as one output holding the interactive chart and a static PNG of it.
+
+    JupyterLab and VS Code draw the interactive chart; viewers without a kernel or plotly.js
+    (a repository's notebook preview, nbconvert's HTML) show the PNG.
+    Example: ``show_figure(plot_status_history(history))``
+    """
+    import base64
+
+    from IPython.display import display
+
+    display({"application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {}},
+             "image/png": base64.b64encode(static_png(figure)).decode(),
+             "text/plain": f"<figure: {figure.layout.title.text or 'plotly chart'}>"}, raw=True)
+
+
+def delete_objects(session: HtcSession, project_id: str, keys: list[str], task_id: str | None = None, *,
+                   region: str | None = None) -> int:
+    """Delete objects (keys relative to the storage path) from shared storage, or a task's; return how many.
+
+    Projects cannot be deleted through the API, so their shared storage stays until its objects are removed.
+    Example: ``delete_objects(session, pid, ["image_list.dat"])``
+    """
+    keys = [_safe_key(k) for k in keys]
+    client, bucket, base = _s3(session, project_id, task_id, region)
+    for start in range(0, len(keys), 1000):  # S3 takes at most 1,000 keys per request
+        client.delete_objects(Bucket=bucket, Delete={
+            "Objects": [{"Key": base + key} for key in keys[start:start + 1000]], "Quiet": True})
+    return len(keys)

@@ -99,6 +99,12 @@ def most_faces(notebook: nbformat.NotebookNode) -> str:
     raise LookupError(f"no cell tagged {MOST_FACES_TAG!r} in {NOTEBOOK.name}")
 
 
+def to_html(notebook: nbformat.NotebookNode) -> str:
+    """The notebook as one HTML page that loads nothing from the network (templates/offline)."""
+    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(ROOT / "templates")])
+    return exporter.from_notebook_node(notebook)[0]
+
+
 def run(scale: str) -> None:
     """Execute the notebook headless and write it, with plots that work offline, to build/."""
     start = time.perf_counter()
@@ -110,8 +116,7 @@ def run(scale: str) -> None:
         execute(notebook, cell_timeout=900 if scale == "default" else 3600)
     BUILD.mkdir(exist_ok=True)
     nbformat.write(notebook, BUILD / f"{name}.ipynb")
-    html, _ = HTMLExporter().from_notebook_node(notebook)
-    (BUILD / f"{name}.html").write_text(html)
+    (BUILD / f"{name}.html").write_text(to_html(notebook))
     print(most_faces(notebook).strip())
     print(f"wrote {BUILD / name}.ipynb and {BUILD / name}.html in {time.perf_counter() - start:.0f} s")
 
