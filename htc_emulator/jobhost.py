@@ -2,8 +2,9 @@
 
 :class:`htc_emulator.launcher.ProcessLauncher` starts it once as
 ``python jobhost.py CHANNEL_FD MODULE...``: it imports the heavy modules the
-jobs use (OpenCV, NumPy, boto3) once, then forks per request, so a job pays for
-a fork instead of an interpreter start and half a second of imports.
+jobs use (OpenCV, NumPy, boto3) once, one at a time while no request waits, and
+forks per request, so a job pays for a fork instead of an interpreter start and
+half a second of imports.
 
 Every request forks a *supervisor* that makes the job a container of its own:
 it starts a new session, becomes the child subreaper of everything the job
@@ -52,13 +53,20 @@ PRELOAD_ENV: dict[str, str] = {}
 BASE_PATH = sys.path[1:]
 
 
-def serve(channel_fd: int) -> dict:
-    """Fork a supervised job per request; returns only inside a job process that runs Python."""
+def serve(channel_fd: int, warm_up: list) -> dict:
+    """Fork a supervised job per request; returns only inside a job process that runs Python.
+
+    While no request waits, the template takes the next ``warm_up`` step (one import each), so
+    the first jobs start at once and import what is not loaded yet themselves.
+    """
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished supervisors
     channel = socket.socket(fileno=channel_fd)
     compiled: dict = {}
-    gc.freeze()  # keeps the imported modules' pages shared with every fork
     while True:
+        gc.freeze()  # keeps the imported modules' pages shared with every fork
+        if warm_up and not select.select([channel], [], [], 0)[0]:
+            warm_up.pop(0)()
+            continue
         try:
             message, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST_BYTES, 3)
         except OSError:
@@ -330,21 +338,26 @@ def finish(code: int, by_signal: int | None = None) -> None:
     os._exit(code)
 
 
-def preload(modules: list[str]) -> None:
+def warm_up_steps(modules: list[str]) -> list:
+    """Import each module, then warm what needs more than an import; one step per call."""
+    return [lambda name=name: preload(name) for name in modules] + [warm_libraries]
+
+
+def preload(name: str) -> None:
     before = dict(os.environ)
-    for name in modules:
-        try:
-            __import__(name)
-        except ImportError:
-            continue
+    try:
+        __import__(name)
+    except ImportError:
+        return
     PRELOAD_ENV.update({k: v for k, v in os.environ.items() if before.get(k) != v})
+
+
+def warm_libraries() -> None:
     if "boto3" in sys.modules:
         warm_boto3()
-    try:
+    if "numpy" in sys.modules:
         import numpy.random
         os.register_at_fork(after_in_child=numpy.random.seed)  # a fresh seed per job, as a new process gets
-    except ImportError:
-        pass
 
 
 def warm_boto3() -> None:
@@ -362,5 +375,4 @@ def warm_boto3() -> None:
 
 
 if __name__ == "__main__":
-    preload(sys.argv[2:])
-    run_python(serve(int(sys.argv[1])))
+    run_python(serve(int(sys.argv[1]), warm_up_steps(sys.argv[2:])))
