@@ -1,6 +1,6 @@
 """A local stand-in for the Rescale HTC API, faithful to its OpenAPI spec.
 
-Real HTTP (FastAPI + uvicorn), real S3 and STS (moto's server), real job
+Real HTTP (FastAPI + uvicorn), real S3 (moto's server, behind a credential gate), real job
 processes. Start one with::
 
     from htc_emulator import running

@@ -308,6 +308,7 @@ class Backend:
             task.lifecycle_status = "DELETED"
             task.deleted_at = task.last_active_at = now()
         self.cancel(project_id, task_id, group=None, require_live=False)
+        self.storage.revoke(task.folder_path)
         self.storage.delete_prefix(task.folder_path)
         return task
 

@@ -15,6 +15,7 @@ import base64
 import binascii
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import parse_qs
@@ -40,7 +41,7 @@ from .schemas import (
     TaskUpdate,
     ViewType,
 )
-from .storage import InvalidObjectKey, Storage, project_shared_prefix, safe_relative_key
+from .storage import CREDENTIAL_LIFETIME, InvalidObjectKey, Storage, project_shared_prefix, safe_relative_key
 from .validation import MAX_BATCHES_PER_REQUEST, group_name, group_names, page_offset, query_integer
 
 API_PREFIX = "/api/v1"
@@ -132,6 +133,8 @@ def auth_middleware(app, tokens: TokenAuthority):
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         try:
             principal = tokens.principal(authorization)
+            # For the routes (request.state.principal): storage credentials depend on who asks.
+            scope.setdefault("state", {})["principal"] = principal
             if principal.is_job:
                 job_rights.require_live_job(principal, app.state.services.backend)
                 job_rights.authorize(principal, scope["method"], path.removeprefix(API_PREFIX))
@@ -162,15 +165,33 @@ def _page(request: Request, items: list, page_index: str | None, page_size: str,
     return body
 
 
-def _storage_token(svc: Services, project: Project, region: str | None, task: Task | None) -> dict:
+def _storage_credentials(svc: Services, project: Project, task: Task | None, principal: auth.Principal):
+    """Credentials scoped as the platform's: a task's folder read-write and the shared files read-only;
+    a project's whole folder for its user, only the shared files (read-only) for a job.
+
+    A job's credentials end no later than its token.
+    """
+    shared = project_shared_prefix(project.project_id)
+    if task is not None:
+        read, write = [shared], [task.folder_path]
+    elif principal.is_job:
+        read, write = [shared], []
+    else:
+        read, write = [], [project.folder_path]
+    lifetime = CREDENTIAL_LIFETIME
+    if principal.is_job and principal.expires_at is not None:
+        lifetime = max(1.0, min(lifetime, principal.expires_at - time.time()))
+    return svc.storage.temporary_credentials(read=read, write=write, lifetime=lifetime)
+
+
+def _storage_token(svc: Services, request: Request, project: Project, region: str | None, task: Task | None) -> dict:
     """A StorageAccessToken (plus ``storagePath``: see htc_emulator.deviations)."""
     region = region or project.default_region
     if region not in project.regions:
         raise NotFound(f"project {project.project_id} has no storage in region {region}")
     if region not in STORAGE_REGIONS:
         raise NotFound(f"the emulator offers storage in AWS regions only, not {region}")
-    scope_name = task.task_id if task else project.project_id
-    credentials, expiration = svc.storage.temporary_credentials(f"htc-{scope_name}")
+    credentials, expiration = _storage_credentials(svc, project, task, request.state.principal)
     shared = svc.storage.uri(project_shared_prefix(project.project_id))
     return {
         "projectSharedStoragePath": shared,
@@ -185,11 +206,11 @@ def _storage_token(svc: Services, project: Project, region: str | None, task: Ta
     }
 
 
-def _storage_tokens(svc: Services, project: Project, task: Task | None) -> dict:
+def _storage_tokens(svc: Services, request: Request, project: Project, task: Task | None) -> dict:
     regions = [r for r in project.regions if r in STORAGE_REGIONS]
     return {
         "defaultRegion": project.default_region,
-        "regionStores": [_storage_token(svc, project, r, task) for r in regions],
+        "regionStores": [_storage_token(svc, request, project, r, task) for r in regions],
     }
 
 
@@ -400,19 +421,19 @@ def get_image_status(request: Request, projectId: str, imageName: str) -> Respon
 @htc.get("/htc/projects/{projectId}/storage/token")
 def project_storage_token(request: Request, projectId: str) -> dict:
     svc = _services(request)
-    return _storage_token(svc, svc.backend.project(projectId), None, None)
+    return _storage_token(svc, request, svc.backend.project(projectId), None, None)
 
 
 @htc.get("/htc/projects/{projectId}/storage/token/{region}")
 def project_storage_token_in(request: Request, projectId: str, region: SupportedRescaleRegion) -> dict:
     svc = _services(request)
-    return _storage_token(svc, svc.backend.project(projectId), region, None)
+    return _storage_token(svc, request, svc.backend.project(projectId), region, None)
 
 
 @htc.get("/htc/projects/{projectId}/storage/tokens")
 def project_storage_tokens(request: Request, projectId: str) -> dict:
     svc = _services(request)
-    return _storage_tokens(svc, svc.backend.project(projectId), None)
+    return _storage_tokens(svc, request, svc.backend.project(projectId), None)
 
 
 @htc.get("/htc/projects/{projectId}/storage/presigned-url")
@@ -560,21 +581,21 @@ def list_groups(request: Request, projectId: str, taskId: str, pageIndex: str | 
 def task_storage_token(request: Request, projectId: str, taskId: str) -> dict:
     svc = _services(request)
     task = svc.backend.live_task(projectId, taskId)
-    return _storage_token(svc, svc.backend.project(projectId), None, task)
+    return _storage_token(svc, request, svc.backend.project(projectId), None, task)
 
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/storage/token/{region}")
 def task_storage_token_in(request: Request, projectId: str, taskId: str, region: SupportedRescaleRegion) -> dict:
     svc = _services(request)
     task = svc.backend.live_task(projectId, taskId)
-    return _storage_token(svc, svc.backend.project(projectId), region, task)
+    return _storage_token(svc, request, svc.backend.project(projectId), region, task)
 
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/storage/tokens")
 def task_storage_tokens(request: Request, projectId: str, taskId: str) -> dict:
     svc = _services(request)
     task = svc.backend.live_task(projectId, taskId)
-    return _storage_tokens(svc, svc.backend.project(projectId), task)
+    return _storage_tokens(svc, request, svc.backend.project(projectId), task)
 
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/storage/regional-storage")
@@ -584,7 +605,7 @@ def task_regional_storage(request: Request, projectId: str, taskId: str) -> dict
     project = svc.backend.project(projectId)
     stores = []
     for region in (r for r in project.regions if r in STORAGE_REGIONS):
-        token = _storage_token(svc, project, region, task)
+        token = _storage_token(svc, request, project, region, task)
         stores.append({"region": region, "projectPath": token["projectSharedStoragePath"],
                        "taskPath": token["storagePath"], "credentials": token["credentials"], "provider": "AWS"})
     return {"rescaleRegion": project.default_region, "regionalStores": stores}

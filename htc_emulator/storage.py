@@ -1,4 +1,4 @@
-"""Object storage: one S3 bucket in moto's server, with STS credentials.
+"""Object storage: one S3 bucket in moto's server, with scoped temporary credentials.
 
 Layout (the same for every region; the emulator has one bucket where the
 platform has one per storage region)::
@@ -6,10 +6,9 @@ platform has one per storage region)::
     projects/<projectId>/shared/            project shared storage
     projects/<projectId>/tasks/<taskId>/    a task's folder (taskFolderPath)
 
-Storage tokens carry real temporary credentials from moto's STS. moto does
-not enforce IAM by default, so the credentials are not scoped to a prefix
-the way the platform's are; the emulator's API still refuses job tokens
-outside their own project and task.
+Storage tokens carry temporary session credentials limited to key
+prefixes, and the server enforces them: :mod:`htc_emulator.s3_gate`
+checks every request before moto serves it.
 """
 
 from __future__ import annotations
@@ -29,13 +28,14 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-ACCOUNT_ID = "123456789012"
-STORAGE_ROLE_ARN = f"arn:aws:iam::{ACCOUNT_ID}:role/htc-emulator-storage"
+from .s3_gate import CredentialTable, S3Gate
+
 BOTO_REGION = "us-east-1"
-# The emulator's own S3/STS calls use this key; storage faults spare them
+# The emulator's own S3 calls use this key (with a secret made per
+# instance, so knowing the key gives nothing); storage faults spare them
 # so that an injected S3 error never turns into an API 500.
 ADMIN_ACCESS_KEY = "HTCEMULATORADMIN"
-# Lifetime of storage-token credentials; STS (botocore checks it) allows no less than 900 s.
+# Lifetime of storage-token credentials, as STS gives by default.
 CREDENTIAL_LIFETIME = 3600
 
 # A WSGI app wrapper: given moto's app, return the app that serves requests.
@@ -68,9 +68,9 @@ def task_prefix(project_id: str, task_id: str) -> str:
 
 
 class _MotoServer(ThreadedMotoServer):
-    """moto's threaded server with an optional WSGI wrapper around its app."""
+    """moto's threaded server with a WSGI wrapper around its app."""
 
-    def __init__(self, wrap: WsgiWrapper | None) -> None:
+    def __init__(self, wrap: WsgiWrapper) -> None:
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
         self._wrap = wrap
 
@@ -79,7 +79,7 @@ class _MotoServer(ThreadedMotoServer):
         self._server = make_server(
             self._ip_address,
             self._port,
-            self._wrap(app) if self._wrap else app,
+            self._wrap(app),
             True,
             request_handler=MotoRequestHandler,
         )
@@ -96,36 +96,32 @@ class Storage:
         # Unique per instance: moto keeps its state per process, and tests
         # run several emulators side by side.
         self.bucket = f"htc-emulator-{secrets.token_hex(4)}"
-        self._server = _MotoServer(wrap)
+        self.credentials = CredentialTable()
+        admin_secret = secrets.token_hex(20)
+        self.credentials.add_admin(ADMIN_ACCESS_KEY, admin_secret)
+        # The gate comes first: a refused request reaches neither the faults nor moto.
+        self._server = _MotoServer(
+            lambda app: S3Gate(wrap(app) if wrap else app, self.credentials, self.bucket))
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
         session = boto3.session.Session(
             aws_access_key_id=ADMIN_ACCESS_KEY,
-            aws_secret_access_key=secrets.token_hex(20),
+            aws_secret_access_key=admin_secret,
             region_name=BOTO_REGION,
         )
         config = Config(signature_version="s3v4", retries={"max_attempts": 2})
         self._s3 = session.client("s3", endpoint_url=self.endpoint, config=config)
-        self._sts = session.client("sts", endpoint_url=self.endpoint, config=config)
         self._s3.create_bucket(Bucket=self.bucket)
 
-    def temporary_credentials(self, session_name: str) -> tuple[dict[str, str], dt.datetime]:
-        """STS credentials in the platform's ``credentials`` map, and their expiry."""
-        response = self._sts.assume_role(
-            RoleArn=STORAGE_ROLE_ARN,
-            RoleSessionName=session_name[:64],
-            DurationSeconds=CREDENTIAL_LIFETIME,
-        )
-        creds = response["Credentials"]
-        return (
-            {
-                "AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
-                "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
-                "AWS_SESSION_TOKEN": creds["SessionToken"],
-            },
-            creds["Expiration"].astimezone(dt.timezone.utc),
-        )
+    def temporary_credentials(self, *, read: list[str], write: list[str],
+                              lifetime: float = CREDENTIAL_LIFETIME) -> tuple[dict[str, str], dt.datetime]:
+        """Session credentials that read under ``read`` and read-write under ``write``, and their expiry."""
+        return self.credentials.issue(read=read, write=write, lifetime=lifetime)
+
+    def revoke(self, prefix: str) -> int:
+        """End now every credential that may write under ``prefix`` (a deleted task's)."""
+        return self.credentials.revoke(prefix)
 
     def presigned_put_url(self, key: str, lifetime: int = 3600) -> tuple[str, dt.datetime]:
         url = self._s3.generate_presigned_url(

@@ -53,15 +53,18 @@ def test_upload_with_project_token_download_with_task_token(api, layout, emulato
     assert task_token["credentials"]["AWS_ACCESS_KEY_ID"] != project_token["credentials"]["AWS_ACCESS_KEY_ID"]
 
 
-def test_presigned_put_url_uploads_into_its_prefix(api, layout, emulator):
+def test_presigned_put_url_uploads_into_its_prefix(api, layout, emulator, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", emulator.s3_endpoint)
     project_id, task_id, _ = layout
     presigned = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url",
                        params={"filePath": "uploads/data.bin"})
     assert requests.put(presigned["url"], data=b"payload", timeout=30).status_code == 200
-    admin = boto3.client("s3", endpoint_url=emulator.s3_endpoint, region_name="us-east-1",
-                         aws_access_key_id="test", aws_secret_access_key="test")
-    body = admin.get_object(Bucket=emulator.bucket, Key=f"projects/{project_id}/tasks/{task_id}/uploads/data.bin")
+    task_s3 = s3_for(api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/token"))
+    body = task_s3.get_object(Bucket=emulator.bucket, Key=f"projects/{project_id}/tasks/{task_id}/uploads/data.bin")
     assert body["Body"].read() == b"payload"
+    # The URL is for that one PUT: another method or key breaks its signature.
+    assert requests.get(presigned["url"], timeout=30).status_code == 403
+    assert requests.put(presigned["url"].replace("data.bin", "other.bin"), data=b"x", timeout=30).status_code == 403
 
 
 def test_deleting_a_task_deletes_its_objects_only(api, layout, emulator, monkeypatch):

@@ -1,0 +1,311 @@
+"""The storage server's door: every S3 request is authenticated and authorised before moto sees it.
+
+moto can check IAM in server mode (``INITIAL_NO_AUTH_ACTION_COUNT``), but
+not faithfully enough here: it never expires session credentials, ignores
+session policies, cannot limit a listing to a prefix, and the switch is
+process-wide (every moto in the process, tests' included). So the
+emulator keeps its own table of the credentials it issued, each with its
+secret, session token, expiry and key prefixes, and this WSGI wrapper
+verifies each request's SigV4 signature with botocore's signer, then
+allows it only within the credential's prefixes:
+
+* a bucket other than the emulator's does not exist (``NoSuchBucket``, as S3
+  answers before it looks at credentials), so nothing reaches moto's other
+  services or its ``/moto-api``;
+* unsigned (anonymous) requests are refused; a bucket lists nothing to them;
+* unknown access keys, bad signatures and wrong session tokens are refused;
+* expired or revoked credentials are refused (``ExpiredToken``);
+* a scoped credential reads and lists under its read prefixes, writes and
+  deletes under its write prefixes (which it can read too), and nothing
+  else: no bucket listing without a prefix, no bucket settings, no STS;
+* the emulator's own credential (its internal calls and the presigned URLs
+  it signs) may do anything; it is never given to users or jobs.
+
+Keys with ``.`` or ``..`` segments are refused to scoped credentials: the
+project's key rules (:func:`htc_emulator.storage.safe_relative_key`) never
+make them, and they must not look like a way out of a prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+import secrets
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+# AWS refuses requests signed more than 15 minutes away from its clock.
+MAX_CLOCK_SKEW_SECONDS = 900
+# Expired credentials are remembered this long, to be refused as expired rather than unknown.
+EXPIRED_MEMORY_SECONDS = 3600
+_LIST_SUBRESOURCES = frozenset({"uploads", "versions"})
+
+
+class S3Denied(Exception):
+    """A refused request, as S3 answers it."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One issued credential: its secrets, its expiry and what it reaches."""
+
+    secret_key: str
+    session_token: str | None
+    expires_at: float | None  # epoch seconds; None never expires
+    read: tuple[str, ...] = ()  # key prefixes it may read and list
+    write: tuple[str, ...] = ()  # key prefixes it may also write and delete
+    admin: bool = False
+
+    def may_read(self, key: str) -> bool:
+        return self.admin or key.startswith(self.read + self.write)
+
+    def may_write(self, key: str) -> bool:
+        return self.admin or key.startswith(self.write)
+
+
+class CredentialTable:
+    """The credentials the storage server accepts."""
+
+    def __init__(self) -> None:
+        self._grants: dict[str, Grant] = {}
+        self._lock = threading.Lock()
+
+    def add_admin(self, access_key: str, secret_key: str) -> None:
+        with self._lock:
+            self._grants[access_key] = Grant(secret_key, None, None, admin=True)
+
+    def issue(self, *, read: list[str], write: list[str], lifetime: float) -> tuple[dict[str, str], dt.datetime]:
+        """New session credentials in the platform's ``credentials`` map, and their expiry."""
+        access_key = "ASIA" + base64.b32encode(secrets.token_bytes(10)).decode()[:16]
+        secret_key = base64.b64encode(secrets.token_bytes(30)).decode()
+        session_token = base64.b64encode(secrets.token_bytes(96)).decode()
+        expires_at = time.time() + lifetime
+        with self._lock:
+            self._forget_long_expired()
+            self._grants[access_key] = Grant(secret_key, session_token, expires_at, tuple(read), tuple(write))
+        credentials = {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
+                       "AWS_SESSION_TOKEN": session_token}
+        return credentials, dt.datetime.fromtimestamp(expires_at, dt.timezone.utc)
+
+    def revoke(self, prefix: str) -> int:
+        """Expire now every scoped credential that may write under ``prefix``; return how many."""
+        revoked = 0
+        with self._lock:
+            for access_key, grant in list(self._grants.items()):
+                if not grant.admin and any(p.startswith(prefix) for p in grant.write):
+                    self._grants[access_key] = Grant(grant.secret_key, grant.session_token, time.time(),
+                                                     grant.read, grant.write)
+                    revoked += 1
+        return revoked
+
+    def get(self, access_key: str) -> Grant | None:
+        with self._lock:
+            return self._grants.get(access_key)
+
+    def _forget_long_expired(self) -> None:
+        cutoff = time.time() - EXPIRED_MEMORY_SECONDS
+        for access_key in [k for k, g in self._grants.items() if g.expires_at is not None and g.expires_at < cutoff]:
+            del self._grants[access_key]
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    raw_path: str  # as sent, percent-encoded
+    query: str
+    headers: dict[str, str]  # lower-case names
+
+    @classmethod
+    def from_environ(cls, environ: dict) -> "_Request":
+        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(name):
+                headers[name.replace("_", "-").lower()] = environ[name]
+        raw = urlsplit(environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/"))
+        return cls(environ["REQUEST_METHOD"].upper(), raw.path or "/", environ.get("QUERY_STRING", ""), headers)
+
+
+def _signature_parts(request: _Request) -> tuple[str, dict[str, str], bool]:
+    """(access key, the signature's fields, signed in the query?); anonymous requests are refused."""
+    authorization = request.headers.get("authorization", "")
+    if authorization.startswith("AWS4-HMAC-SHA256 "):
+        fields = dict(part.strip().split("=", 1) for part in authorization[17:].split(",") if "=" in part)
+        fields["date"] = request.headers.get("x-amz-date", "")
+        fields["token"] = request.headers.get("x-amz-security-token")
+        return fields.get("Credential", "").split("/")[0], fields, False
+    query = parse_qs(request.query, keep_blank_values=True)
+    if "X-Amz-Signature" in query:
+        fields = {name: values[0] for name, values in query.items()}
+        fields.update(Credential=fields.get("X-Amz-Credential", ""), SignedHeaders=fields.get("X-Amz-SignedHeaders", ""),
+                      Signature=fields["X-Amz-Signature"], date=fields.get("X-Amz-Date", ""),
+                      token=fields.get("X-Amz-Security-Token"))
+        return fields["Credential"].split("/")[0], fields, True
+    if authorization:
+        raise S3Denied(400, "InvalidRequest", "Only AWS4-HMAC-SHA256 signatures are accepted.")
+    raise S3Denied(403, "AccessDenied", "Anonymous requests are refused: sign them with storage-token credentials.")
+
+
+def _verify_signature(request: _Request, grant: Grant, access_key: str, fields: dict[str, str], in_query: bool) -> str:
+    """Check the SigV4 signature with botocore's signer; return the signed service."""
+    scope = fields.get("Credential", "").split("/")
+    if len(scope) != 5 or scope[4] != "aws4_request" or not fields.get("date", "").startswith(scope[1]):
+        raise S3Denied(400, "AuthorizationHeaderMalformed", "The credential scope is malformed.")
+    _, _, region, service, _ = scope
+    try:
+        signed_at = dt.datetime.strptime(fields["date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise S3Denied(403, "AccessDenied", "X-Amz-Date is missing or malformed.") from None
+    age = time.time() - signed_at.timestamp()
+    if in_query:
+        expires = fields.get("X-Amz-Expires", "")
+        if not expires.isascii() or not expires.isdigit() or age > int(expires):
+            raise S3Denied(403, "AccessDenied", "Request has expired")
+    elif abs(age) > MAX_CLOCK_SKEW_SECONDS:
+        raise S3Denied(403, "RequestTimeTooSkewed", "The difference between the request time and the current "
+                                                    "time is too large.")
+    if grant.session_token is not None and fields.get("token") != grant.session_token:
+        raise S3Denied(400, "InvalidToken", "The provided token is malformed or otherwise invalid.")
+    signed_names = [name for name in fields.get("SignedHeaders", "").split(";") if name]
+    if "host" not in signed_names:
+        raise S3Denied(403, "AccessDenied", "The host header must be signed.")
+    headers = {name: request.headers.get(name, "") for name in signed_names}
+    query = request.query
+    if in_query:
+        query = "&".join(p for p in query.split("&") if not p.startswith("X-Amz-Signature="))
+    elif "x-amz-content-sha256" not in headers:
+        raise S3Denied(400, "InvalidRequest", "Missing required header for this request: x-amz-content-sha256")
+    aws_request = AWSRequest(method=request.method, url=request.raw_path + (f"?{query}" if query else ""),
+                             headers={("X-Amz-Content-SHA256" if k == "x-amz-content-sha256" else k): v
+                                      for k, v in headers.items()})
+    aws_request.context["timestamp"] = fields["date"]
+    credentials = Credentials(access_key, grant.secret_key, grant.session_token)
+    signer = (S3SigV4QueryAuth if in_query else S3SigV4Auth)(credentials, service, region)
+    expected = signer.signature(signer.string_to_sign(aws_request, signer.canonical_request(aws_request)), aws_request)
+    if not secrets.compare_digest(expected, fields.get("Signature", "")):
+        raise S3Denied(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the "
+                                                     "signature you provided.")
+    return service
+
+
+def _key_of(raw: str) -> str:
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise S3Denied(400, "InvalidURI", "Couldn't parse the specified URI.") from None
+
+
+def _check_key(key: str) -> None:
+    if any(segment in (".", "..") for segment in key.split("/")):
+        raise S3Denied(403, "AccessDenied", "Keys with '.' or '..' segments are refused.")
+
+
+class S3Gate:
+    """WSGI middleware in front of moto's server: the rules in the module docstring."""
+
+    def __init__(self, app, credentials: CredentialTable, bucket: str) -> None:
+        self.app = app
+        self.credentials = credentials
+        self.bucket = bucket
+
+    def __call__(self, environ, start_response):
+        request = _Request.from_environ(environ)
+        try:
+            self._authorise(request, environ)
+        except S3Denied as denied:
+            return self._refuse(denied, request, start_response)
+        return self.app(environ, start_response)
+
+    def _authorise(self, request: _Request, environ: dict) -> None:
+        # As S3 does, a bucket that does not exist is named so before any credential is looked at.
+        bucket, _, raw_key = request.raw_path.lstrip("/").partition("/")
+        if bucket and _key_of(bucket) != self.bucket:
+            raise S3Denied(404, "NoSuchBucket", "The specified bucket does not exist")
+        access_key, fields, in_query = _signature_parts(request)
+        grant = self.credentials.get(access_key)
+        if grant is None:
+            raise S3Denied(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our "
+                                                      "records.")
+        service = _verify_signature(request, grant, access_key, fields, in_query)
+        if grant.admin:
+            return
+        if grant.expires_at is not None and time.time() >= grant.expires_at:
+            raise S3Denied(400, "ExpiredToken", "The provided token has expired.")
+        host = request.headers.get("host", "").rsplit(":", 1)[0]
+        if service != "s3" or host not in ("127.0.0.1", "localhost"):
+            raise S3Denied(403, "AccessDenied", "Storage credentials reach the bucket's objects only.")
+        if not bucket:
+            raise S3Denied(403, "AccessDenied", "Access Denied")
+        if raw_key:
+            self._authorise_object(request, grant, _key_of(raw_key))
+        else:
+            self._authorise_bucket(request, grant, environ)
+
+    def _authorise_object(self, request: _Request, grant: Grant, key: str) -> None:
+        _check_key(key)
+        allowed = grant.may_read(key) if request.method in ("GET", "HEAD") else grant.may_write(key)
+        source = request.headers.get("x-amz-copy-source")
+        if source:
+            source_bucket, _, source_key = _key_of(source.split("?")[0].lstrip("/")).partition("/")
+            _check_key(source_key)
+            allowed = allowed and source_bucket == self.bucket and grant.may_read(source_key)
+        if not allowed:
+            raise S3Denied(403, "AccessDenied", "Access Denied")
+
+    def _authorise_bucket(self, request: _Request, grant: Grant, environ: dict) -> None:
+        query = parse_qs(request.query, keep_blank_values=True)
+        if request.method == "HEAD" and not query:
+            return
+        if request.method == "GET" and (set(query) <= {"list-type", "prefix", "delimiter", "max-keys", "marker",
+                                                         "continuation-token", "start-after", "encoding-type",
+                                                         "fetch-owner", "key-marker", "upload-id-marker",
+                                                         "version-id-marker", "max-uploads"} | _LIST_SUBRESOURCES):
+            prefix = query.get("prefix", [""])[0]
+            if prefix and grant.may_read(prefix):
+                return
+        elif request.method == "POST" and "delete" in query:
+            keys = self._keys_to_delete(environ)
+            for key in keys:
+                _check_key(key)
+            if keys and all(grant.may_write(key) for key in keys):
+                return
+        raise S3Denied(403, "AccessDenied", "Access Denied")
+
+    @staticmethod
+    def _keys_to_delete(environ: dict) -> list[str]:
+        """The keys of a DeleteObjects body; the body is put back for moto."""
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or "")
+        except ValueError:
+            raise S3Denied(411, "MissingContentLength", "You must provide the Content-Length HTTP header.") from None
+        body = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(body)
+        try:
+            root = ElementTree.fromstring(body)
+        except ElementTree.ParseError:
+            raise S3Denied(400, "MalformedXML", "The XML you provided was not well-formed.") from None
+        return [element.text or "" for element in root.iter() if element.tag.rsplit("}", 1)[-1] == "Key"]
+
+    @staticmethod
+    def _refuse(denied: S3Denied, request: _Request, start_response):
+        body = b"" if request.method == "HEAD" else (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f"<Error><Code>{denied.code}</Code><Message>{denied.message}</Message>"
+            f"<RequestId>{uuid.uuid4().hex}</RequestId></Error>"
+        ).encode()
+        reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 411: "Length Required"}[denied.status]
+        start_response(f"{denied.status} {reason}", [("Content-Type", "application/xml"),
+                                                     ("Content-Length", str(len(body)))])
+        return [body]

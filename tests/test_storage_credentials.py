@@ -1,0 +1,206 @@
+"""The storage server enforces what storage credentials allow: who, where, and for how long."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import boto3
+import pytest
+import requests
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+SLEEPER = {"imageName": "opencv-htc-tutorial:v1", "execTimeoutSeconds": 600,
+           "commands": ["python", "-c", "import time; time.sleep(300)"]}
+
+
+def s3_with(endpoint: str, access_key: str, secret_key: str, session_token: str | None = None):
+    return boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                                 aws_session_token=session_token).client(
+        "s3", endpoint_url=endpoint, region_name="eu-west-1", config=Config(retries={"total_max_attempts": 1}))
+
+
+def s3_for(emulator, token: dict):
+    credentials = token["credentials"]
+    return s3_with(emulator.s3_endpoint, credentials["AWS_ACCESS_KEY_ID"], credentials["AWS_SECRET_ACCESS_KEY"],
+                   credentials["AWS_SESSION_TOKEN"])
+
+
+def error_code(call, *args, **kwargs) -> str:
+    with pytest.raises(ClientError) as refused:
+        call(*args, **kwargs)
+    return refused.value.response["Error"]["Code"]
+
+
+def prefix_of(path: str) -> str:
+    return path.removeprefix("s3://").partition("/")[2]
+
+
+@pytest.fixture(scope="module")
+def world(api, emulator):
+    """Two projects with a task each (the first with a second task), and an object in every place."""
+    projects = [api.new_project(repositories=["opencv-htc-tutorial"]), api.new_project()]
+    tasks = [api.new_task(projects[0]), api.new_task(projects[0]), api.new_task(projects[1])]
+    places = {
+        "shared": f"projects/{projects[0]}/shared/",
+        "task": f"projects/{projects[0]}/tasks/{tasks[0]}/",
+        "sibling": f"projects/{projects[0]}/tasks/{tasks[1]}/",
+        "other_shared": f"projects/{projects[1]}/shared/",
+        "other_task": f"projects/{projects[1]}/tasks/{tasks[2]}/",
+    }
+    for project_id in projects:
+        owner = s3_for(emulator, api.ok("GET", f"/htc/projects/{project_id}/storage/token"))
+        for prefix in places.values():
+            if prefix.startswith(f"projects/{project_id}/"):
+                owner.put_object(Bucket=emulator.bucket, Key=prefix + "file.txt", Body=b"original")
+    return projects, tasks, places
+
+
+def can_read(s3, bucket: str, key: str) -> bool:
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"original"
+    except ClientError as exc:
+        assert exc.response["Error"]["Code"] == "AccessDenied", exc.response
+        return False
+
+
+def can_write(s3, bucket: str, key: str) -> bool:
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"original")
+        return True
+    except ClientError as exc:
+        assert exc.response["Error"]["Code"] == "AccessDenied", exc.response
+        return False
+
+
+def can_list(s3, bucket: str, prefix: str) -> bool:
+    try:
+        return bool(s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents"))
+    except ClientError as exc:
+        assert exc.response["Error"]["Code"] == "AccessDenied", exc.response
+        return False
+
+
+def reach(emulator, s3, places: dict) -> dict[str, str]:
+    """For each place: r (read), w (write), l (list) as the credentials allow."""
+    bucket = emulator.bucket
+    return {name: "".join(flag for flag, allowed in (
+        ("r", can_read(s3, bucket, prefix + "file.txt")),
+        ("w", can_write(s3, bucket, prefix + "file.txt")),
+        ("l", can_list(s3, bucket, prefix)),
+    ) if allowed) for name, prefix in places.items()}
+
+
+def test_task_credentials_reach_their_task_and_read_the_shared_files(api, emulator, world):
+    projects, tasks, places = world
+    token = api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/storage/token")
+    assert reach(emulator, s3_for(emulator, token), places) == {
+        "shared": "rl", "task": "rwl", "sibling": "", "other_shared": "", "other_task": ""}
+
+
+def test_project_credentials_reach_their_project_only(api, emulator, world):
+    projects, _, places = world
+    token = api.ok("GET", f"/htc/projects/{projects[0]}/storage/token")
+    assert reach(emulator, s3_for(emulator, token), places) == {
+        "shared": "rwl", "task": "rwl", "sibling": "rwl", "other_shared": "", "other_task": ""}
+
+
+def test_a_job_reads_the_shared_files_and_writes_its_task_only(api, emulator, world):
+    projects, tasks, places = world
+    parent = api.submit(projects[0], tasks[0], SLEEPER)
+    try:
+        job_token = emulator.scheduler.tokens.job_token(project_id=projects[0], task_id=tasks[0],
+                                                         job_id=f"{parent}:0", lifetime=600)
+        shared = api.ok("GET", f"/htc/projects/{projects[0]}/storage/token", auth=job_token)
+        assert reach(emulator, s3_for(emulator, shared), places) == {
+            "shared": "rl", "task": "", "sibling": "", "other_shared": "", "other_task": ""}
+        task = api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/storage/token", auth=job_token)
+        assert reach(emulator, s3_for(emulator, task), places) == {
+            "shared": "rl", "task": "rwl", "sibling": "", "other_shared": "", "other_task": ""}
+    finally:
+        api.post(f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/jobs/cancel")
+
+
+def test_scoped_credentials_cannot_copy_delete_or_list_their_way_out(api, emulator, world):
+    projects, tasks, places = world
+    s3 = s3_for(emulator, api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/storage/token"))
+    bucket = emulator.bucket
+    assert error_code(s3.copy_object, Bucket=bucket, Key=places["task"] + "stolen.txt",
+                      CopySource={"Bucket": bucket, "Key": places["other_shared"] + "file.txt"}) == "AccessDenied"
+    assert error_code(s3.delete_objects, Bucket=bucket, Delete={"Objects": [
+        {"Key": places["task"] + "file.txt"}, {"Key": places["sibling"] + "file.txt"}]}) == "AccessDenied"
+    assert error_code(s3.list_objects_v2, Bucket=bucket) == "AccessDenied"
+    assert error_code(s3.list_objects_v2, Bucket=bucket, Prefix="projects/") == "AccessDenied"
+    assert error_code(s3.list_buckets) == "AccessDenied"
+    assert error_code(s3.put_object, Bucket=bucket, Key=places["task"] + "../escape.txt", Body=b"x") == "AccessDenied"
+    assert error_code(s3.delete_bucket, Bucket=bucket) == "AccessDenied"
+    # Within its own task the same operations work.
+    s3.copy_object(Bucket=bucket, Key=places["task"] + "copy.txt",
+                   CopySource={"Bucket": bucket, "Key": places["shared"] + "file.txt"})
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": places["task"] + "copy.txt"}]})
+
+
+def test_unknown_keys_bad_signatures_and_wrong_session_tokens_are_refused(api, emulator, world):
+    projects, _, places = world
+    credentials = api.ok("GET", f"/htc/projects/{projects[0]}/storage/token")["credentials"]
+    key, secret, session = (credentials[n] for n in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                     "AWS_SESSION_TOKEN"))
+    target = {"Bucket": emulator.bucket, "Key": places["shared"] + "file.txt"}
+    made_up = s3_with(emulator.s3_endpoint, "ASIAMADEUPMADEUP1234", secret, session)
+    assert error_code(made_up.get_object, **target) == "InvalidAccessKeyId"
+    assert error_code(s3_with(emulator.s3_endpoint, key, "wrong" + secret[5:], session).get_object,
+                      **target) == "SignatureDoesNotMatch"
+    assert error_code(s3_with(emulator.s3_endpoint, key, secret, session[:-4] + "AAAA").get_object,
+                      **target) == "InvalidToken"
+    assert error_code(s3_with(emulator.s3_endpoint, key, secret).get_object, **target) == "InvalidToken"
+    # The emulator's own key id is public; its secret is not.
+    admin = s3_with(emulator.s3_endpoint, "HTCEMULATORADMIN", "guess")
+    assert error_code(admin.list_objects_v2, Bucket=emulator.bucket) == "SignatureDoesNotMatch"
+
+
+def test_anonymous_requests_list_nothing_and_change_nothing(emulator, world):
+    _, _, places = world
+    bucket_url = f"{emulator.s3_endpoint}/{emulator.bucket}"
+    for url in (f"{emulator.s3_endpoint}/", f"{bucket_url}?list-type=2", f"{bucket_url}?prefix=projects/",
+                f"{bucket_url}/{places['shared']}file.txt"):
+        response = requests.get(url, timeout=30)
+        assert response.status_code == 403 and b"AccessDenied" in response.content
+        assert b"file.txt" not in response.content and emulator.bucket.encode() not in response.content
+    assert requests.put(f"{bucket_url}/{places['shared']}anonymous.txt", data=b"x", timeout=30).status_code == 403
+    # moto's own control API is not reachable through the storage server.
+    assert requests.post(f"{emulator.s3_endpoint}/moto-api/reset", timeout=30).status_code == 404
+    assert requests.put(f"{emulator.s3_endpoint}/another-bucket", timeout=30).status_code == 404
+
+
+def wait_until_past(expiration: str, at_most: float) -> None:
+    deadline = dt.datetime.fromisoformat(expiration.replace("Z", "+00:00"))
+    assert deadline - dt.datetime.now(dt.timezone.utc) <= dt.timedelta(seconds=at_most), expiration
+    while dt.datetime.now(dt.timezone.utc) <= deadline:
+        time.sleep(0.1)
+
+
+def test_credentials_expire_with_the_job_token_that_got_them(api, emulator, world):
+    projects, tasks, places = world
+    parent = api.submit(projects[0], tasks[0], SLEEPER)
+    try:
+        job_token = emulator.scheduler.tokens.job_token(project_id=projects[0], task_id=tasks[0],
+                                                         job_id=f"{parent}:0", lifetime=5)
+        token = api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/storage/token", auth=job_token)
+        s3 = s3_for(emulator, token)
+        assert can_read(s3, emulator.bucket, places["task"] + "file.txt")
+        wait_until_past(token["expiration"], at_most=5)  # no later than the job token
+        assert error_code(s3.get_object, Bucket=emulator.bucket, Key=places["task"] + "file.txt") == "ExpiredToken"
+    finally:
+        api.post(f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/jobs/cancel")
+
+
+def test_deleting_a_task_ends_its_credentials(api, emulator):
+    project_id = api.new_project()
+    task_id = api.new_task(project_id)
+    token = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/token")
+    s3 = s3_for(emulator, token)
+    key = prefix_of(token["storagePath"]) + "out.txt"
+    s3.put_object(Bucket=emulator.bucket, Key=key, Body=b"1")
+    api.ok("DELETE", f"/htc/projects/{project_id}/tasks/{task_id}")
+    assert error_code(s3.put_object, Bucket=emulator.bucket, Key=key, Body=b"2") == "ExpiredToken"
