@@ -194,7 +194,7 @@ def _verify_signature(request: _Request, grant: Grant, access_key: str, fields: 
     credentials = Credentials(access_key, grant.secret_key, grant.session_token)
     signer = (S3SigV4QueryAuth if in_query else S3SigV4Auth)(credentials, service, region)
     expected = signer.signature(signer.string_to_sign(aws_request, signer.canonical_request(aws_request)), aws_request)
-    if not secrets.compare_digest(expected, fields.get("Signature", "")):
+    if not secrets.compare_digest(expected.encode(), fields.get("Signature", "").encode("utf-8", "surrogateescape")):
         raise S3Denied(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the "
                                                      "signature you provided.")
     return service

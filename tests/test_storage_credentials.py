@@ -204,3 +204,19 @@ def test_deleting_a_task_ends_its_credentials(api, emulator):
     s3.put_object(Bucket=emulator.bucket, Key=key, Body=b"1")
     api.ok("DELETE", f"/htc/projects/{project_id}/tasks/{task_id}")
     assert error_code(s3.put_object, Bucket=emulator.bucket, Key=key, Body=b"2") == "ExpiredToken"
+
+
+@pytest.mark.parametrize("authorization", [
+    "AWS4-HMAC-SHA256 garbage",
+    "AWS4-HMAC-SHA256 Credential=HTCEMULATORADMIN/x/y/s3/aws4_request, SignedHeaders=host, Signature=00",
+    "AWS4-HMAC-SHA256 Credential=HTCEMULATORADMIN/{day}/us-east-1/s3/aws4_request, "
+    "SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=\u00e9",
+    "Basic dXNlcjpwYXNz",
+])
+def test_malformed_signatures_are_refused_not_crashed_on(emulator, authorization):
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    headers = {"Authorization": authorization.format(day=now[:8]).encode(), "x-amz-date": now,
+               "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
+    for path in ("", "/k%ff", "/projects/x/shared/a?acl"):
+        response = requests.get(f"{emulator.s3_endpoint}/{emulator.bucket}{path}", headers=headers, timeout=30)
+        assert response.status_code in (400, 403) and b"<Code>" in response.content, response.text
