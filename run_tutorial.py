@@ -139,7 +139,7 @@ def lab_command(port: int, notebook: Path) -> list[str]:
     kernels get the project root as theirs.
     """
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-               f"--ServerApp.root_dir={notebook.parent}", f"--MappingKernelManager.root_dir={ROOT}", notebook.name]
+               f"--ServerApp.root_dir={notebook.parent}", f"--MappingKernelManager.root_dir={ROOT}", str(notebook)]
     # Containers and CI machines often run as root, which JupyterLab refuses without this flag.
     if os.geteuid() == 0:
         command.append("--allow-root")

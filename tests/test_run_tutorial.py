@@ -52,7 +52,7 @@ def test_a_copy_in_build_gets_kernels_in_the_project_root():
     command = run_tutorial.lab_command(8899, run_tutorial.BUILD / "tutorial-seed.ipynb")
     assert f"--ServerApp.root_dir={run_tutorial.BUILD}" in command
     assert f"--MappingKernelManager.root_dir={run_tutorial.ROOT}" in command
-    assert "tutorial-seed.ipynb" in command
+    assert str(run_tutorial.BUILD / "tutorial-seed.ipynb") in command
 
 
 @pytest.mark.parametrize("args", [["refresh", "--scale", "seed"], ["run", "--scale", "huge"]])
