@@ -130,7 +130,8 @@ def main() -> None:
           f"{slots} job slots")
     print(f"ratio:           {batch / limit:8.2f}x the limit")
     print(f"per-job overhead:{overhead:8.3f} s of a job slot ({slot_per_job:.3f} s a job, "
-          f"{bare / args.jobs:.3f} s of it detection)")
+          f"{bare / args.jobs:.3f} s of it detection: overhead = {overhead / (bare / args.jobs):.2f}x "
+          f"a job's bare detection)")
     print(f"upload:          {upload:8.1f} s ({len(keys)} images and the image list to shared storage)")
     print(f"collect:         {collect:8.1f} s (collect_results, {len(results)} rows)")
     accounted = not missing and not twice and not strangers and len(seen) == len(keys)
