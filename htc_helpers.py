@@ -13,6 +13,8 @@ paging, polling, logs, job statistics, storage transfers and result aggregation.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import json
 import os
@@ -33,6 +35,7 @@ import plotly.express as px
 import requests
 from botocore.config import Config
 from botocore.credentials import CredentialResolver, RefreshableCredentials
+from botocore.exceptions import ClientError
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 from urllib3.util.retry import Retry
@@ -139,8 +142,27 @@ def _raise_for_status(response: requests.Response, with_body: bool = True) -> No
 
 # --- session -----------------------------------------------------------------------------
 
+# The deadline (time.monotonic()) of the wait in progress, set by the waits with _until():
+# every request, its retries and their pauses end by it (HtcSession.request, _HtcRetry.sleep).
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("htc_deadline", default=None)
+
+
+class _DeadlineReached(Exception):
+    """A retry's pause would end past the wait's deadline (not an OSError, so requests lets it through)."""
+
+
+@contextlib.contextmanager
+def _until(deadline: float | None):
+    """Requests made inside the block end by ``deadline``, retries and ``Retry-After`` included."""
+    token = _DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
 class _HtcRetry(Retry):
-    """urllib3's Retry, except that a POST is also retried on 429.
+    """urllib3's Retry, except that a POST is also retried on 429, and no pause outlasts a wait's deadline.
 
     A 429 means the server turned the request away before doing anything, so even
     a job submission can be sent again. A POST that got a 5xx or a read timeout is
@@ -152,6 +174,14 @@ class _HtcRetry(Retry):
         if method.upper() == "POST" and status_code == 429:
             return True
         return super().is_retry(method, status_code, has_retry_after)
+
+    def sleep(self, response=None) -> None:
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            retry_after = self.get_retry_after(response) if self.respect_retry_after_header and response else None
+            if time.monotonic() + (retry_after or self.get_backoff_time()) >= deadline:
+                raise _DeadlineReached()
+        super().sleep(response)
 
 
 class HtcSession(requests.Session):
@@ -228,14 +258,31 @@ class HtcSession(requests.Session):
         return url == self.api_url or url.startswith(self.api_url + "/")
 
     def request(self, method, url, params=None, data=None, headers=None, **kwargs):
-        """Send a request; relative ``url`` is joined to the base URL. Raises ``HtcError`` on non-2xx."""
+        """Send a request; relative ``url`` is joined to the base URL. Raises ``HtcError`` on non-2xx.
+
+        Inside a wait, ``HtcTimeoutError`` once the wait's deadline comes, retries or not.
+        """
         if not urlsplit(url).scheme:
             url = f"{self.api_url}/{url.lstrip('/')}"
         kwargs.setdefault("timeout", self.timeout)
-        if not self._is_api_url(url):
-            response = super().request(method, url, params, data, headers, **kwargs)
-        else:
-            response = self._send_with_token(method, url, params, data, headers or {}, kwargs)
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HtcTimeoutError(f"deadline reached before {method} {_redact(url)}")
+            connect, read = kwargs["timeout"] if isinstance(kwargs["timeout"], tuple) else (kwargs["timeout"],) * 2
+            kwargs["timeout"] = (min(connect or left, left), min(read or left, left))
+        try:
+            if not self._is_api_url(url):
+                response = super().request(method, url, params, data, headers, **kwargs)
+            else:
+                response = self._send_with_token(method, url, params, data, headers or {}, kwargs)
+        except _DeadlineReached:
+            raise HtcTimeoutError(f"deadline reached while retrying {method} {_redact(url)}") from None
+        except requests.RequestException as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise HtcTimeoutError(f"deadline reached during {method} {_redact(url)}: {exc}") from None
+            raise
         _raise_for_status(response, with_body=self._is_api_url(url))
         return response
 
@@ -270,17 +317,28 @@ def _next_params(params: dict, next_url: str) -> dict | None:
 def paginate(session: HtcSession, url: str, params: dict | None = None, *, max_items: int | None = None) -> list:
     """All items of a list endpoint, page after page, to the end or until ``max_items``.
 
+    A server whose ``next`` names a page already fetched, or that sends the previous page
+    again, would be followed for ever: that is an ``HtcError`` instead.
     Example: ``tasks = paginate(session, f"/htc/projects/{project_id}/tasks", {"pageSize": 500})``
     """
     items: list = []
     params = dict(params or {})
+    fetched, previous = set(), None
     while max_items is None or len(items) < max_items:
+        page_index = params.get("pageIndex")
+        if page_index in fetched:
+            raise HtcError(f"paging of {url} does not end: after {len(fetched)} pages, next names "
+                           f"page {page_index!r} again")
+        fetched.add(page_index)
         body = session.get(url, params=params).json()
         if isinstance(body, list):  # e.g. tasks/{id}/groups answers with a bare list
             items.extend(body)
             break
         page = body.get("items") or []
+        if page and page == previous:
+            raise HtcError(f"paging of {url} does not end: page {page_index!r} repeats the page before it")
         items.extend(page)
+        previous = page
         params = _next_params(params, body.get("next") or "")
         if not page or params is None:
             break
@@ -310,16 +368,24 @@ def wait_for_job(session: HtcSession, project_id: str, task_id: str, job_id: str
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     url = f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/events"
+    latest = None
+
+    def timed_out():
+        return HtcTimeoutError(f"job {job_id} still not finished after {timeout} s "
+                               f"(status: {latest['status'] if latest else 'no events yet'})")
+
     while True:
-        events = paginate(session, url, {"pageSize": 500})
+        try:
+            with _until(deadline):  # a poll's retries end by the deadline too
+                events = paginate(session, url, {"pageSize": 500})
+        except HtcTimeoutError:
+            raise timed_out() from None
         # Within one timestamp a terminal event is the later one: nothing follows it.
         latest = max(events, key=lambda e: (_timestamp(e["dateTime"]), e["status"] in TERMINAL_STATUSES),
                      default=None)
         if latest is not None and latest["status"] in TERMINAL_STATUSES:
             return latest
-        time.sleep(_pause(interval, deadline, lambda: HtcTimeoutError(
-            f"job {job_id} still not finished after {timeout} s "
-            f"(status: {latest['status'] if latest else 'no events yet'})")))
+        time.sleep(_pause(interval, deadline, timed_out))
 
 
 def get_logs(session: HtcSession, project_id: str, task_id: str, job_id: str) -> list[dict]:
@@ -391,11 +457,21 @@ def _all_terminal(counts: dict[str, int], expected_jobs: int | None) -> bool:
 def _watch_group(session, project_id, task_id, group, stop, *, expected_jobs, interval, timeout, progress):
     """Poll group statistics until ``stop(counts)``; return the history and the last counts."""
     rows: list[tuple] = []
+    counts = None
     deadline = None if timeout is None else time.monotonic() + timeout
+
+    def timed_out():
+        return HtcTimeoutError(f"group {group!r} not finished after {timeout} s: {counts}",
+                               pd.DataFrame(rows, columns=["time", "status", "count"]))
+
     # stdout, not stderr: a notebook shows stderr as an error box.
     with tqdm(total=expected_jobs, desc=group, unit="job", disable=not progress, file=sys.stdout) as bar:
         while True:
-            counts = group_status_counts(session, project_id, task_id, group)
+            try:
+                with _until(deadline):  # a poll's retries end by the deadline too
+                    counts = group_status_counts(session, project_id, task_id, group)
+            except HtcTimeoutError:
+                raise timed_out() from None
             now = pd.Timestamp.now(tz="UTC")
             rows += [(now, status, n) for status, n in counts.items()]
             bar.total = max(sum(counts.values()), expected_jobs or 0)
@@ -403,9 +479,7 @@ def _watch_group(session, project_id, task_id, group, stop, *, expected_jobs, in
             bar.set_postfix_str(", ".join(f"{s}={n}" for s, n in counts.items() if n))
             if stop(counts):
                 return pd.DataFrame(rows, columns=["time", "status", "count"]), counts
-            time.sleep(_pause(interval, deadline, lambda: HtcTimeoutError(
-                f"group {group!r} not finished after {timeout} s: {counts}",
-                pd.DataFrame(rows, columns=["time", "status", "count"]))))
+            time.sleep(_pause(interval, deadline, timed_out))
 
 
 def monitor_group(session: HtcSession, project_id: str, task_id: str, group: str, *,
@@ -601,6 +675,13 @@ def _transfer(fn, items: list, workers: int, progress: bool, desc: str) -> list:
     return results
 
 
+def _safe_key(key: str) -> str:
+    """One rule both ways: no key may leave the storage path on upload, or the target directory on download."""
+    if not key or key.startswith("/") or ".." in PurePosixPath(key).parts or "\\" in key:
+        raise ValueError(f"refusing object key that would leave the target directory or the storage path: {key!r}")
+    return key
+
+
 def upload_files(session: HtcSession, project_id: str, source, task_id: str | None = None, *,
                  prefix: str = "", region: str | None = None, workers: int = 8, progress: bool = True) -> list[str]:
     """Upload a directory (keys relative to it) or a list of files (keys are their names); return the keys.
@@ -614,6 +695,8 @@ def upload_files(session: HtcSession, project_id: str, source, task_id: str | No
     else:
         pairs = [(Path(p), prefix + Path(p).name) for p in ([source] if isinstance(source, (str, os.PathLike))
                                                               else source)]
+    # The rules download_files applies, checked for every key before anything is stored.
+    pairs = [(path, _safe_key(key)) for path, key in pairs]
     client, bucket, base = _s3(session, project_id, task_id, region, workers)
 
     def put(pair):
@@ -621,12 +704,6 @@ def upload_files(session: HtcSession, project_id: str, source, task_id: str | No
         return pair[1]
 
     return _transfer(put, pairs, workers, progress, "upload")
-
-
-def _safe_key(key: str) -> str:
-    if not key or key.startswith("/") or ".." in PurePosixPath(key).parts or "\\" in key:
-        raise ValueError(f"refusing object key that would leave the target directory: {key!r}")
-    return key
 
 
 def download_files(session: HtcSession, project_id: str, keys: list[str], dest, task_id: str | None = None, *,
@@ -638,11 +715,18 @@ def download_files(session: HtcSession, project_id: str, keys: list[str], dest, 
     dest = Path(dest)
     keys = [_safe_key(k) for k in keys]
     client, bucket, base = _s3(session, project_id, task_id, region, workers)
+    where = f"task {task_id} storage" if task_id else f"project {project_id} shared storage"
 
     def get(key):
         local = dest / key
         local.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(bucket, base + key, str(local))
+        try:
+            client.download_file(bucket, base + key, str(local))
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise HtcNotFound(f"{key!r} not found in {where}", status=404) from None
+            raise HtcError(f"download of {key!r} from {where} failed: {exc}") from None
         return local
 
     return _transfer(get, keys, workers, progress, "download")
