@@ -43,6 +43,7 @@ import threading
 import time
 import types
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 MAX_REQUEST_BYTES = 1 << 20
 MEMORY_POLL_SECONDS = 0.05
@@ -149,6 +150,8 @@ def prepare_job_process(request: dict, log_fd: int, exec_write: int) -> None:
             except (OSError, ValueError):
                 pass
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    # Should the supervisor itself be killed, the job process is not left running without it.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     os.chdir(request["cwd"])
     if request["mode"] == "python":
         # What a fresh interpreter installs at start-up.

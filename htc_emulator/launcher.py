@@ -53,7 +53,7 @@ class JobProcess:
             self._status.close()
             if line[:1] == ["exit"]:
                 self.returncode, self.out_of_memory = int(line[1]), line[2] == "1"
-            else:  # the supervisor itself was killed: so were the job's processes, by the kernel's hand
+            else:  # the supervisor was killed from outside; its job process got SIGKILL with it
                 self.returncode = -signal.SIGKILL
             with self._control_lock:
                 os.close(self._control_fd)

@@ -124,6 +124,17 @@ def test_python_c_and_other_commands_keep_argv_env_and_cwd(launcher, tmp_path):
         launcher.start(["no-such-program-here"], env, tmp_path)
 
 
+def test_a_job_process_does_not_outlive_its_supervisor(launcher, tmp_path):
+    launcher, env = launcher
+    process = launcher.start([sys.executable, "-c", "import os, time; print(os.getpid(), os.getppid(), flush=True); "
+                              "time.sleep(600)"], env, tmp_path)
+    with process.stdout:
+        job, supervisor = map(int, process.stdout.readline().split())
+        os.kill(supervisor, signal.SIGKILL)
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    wait_for(lambda: not pid_alive(job))
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
