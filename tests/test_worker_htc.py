@@ -240,3 +240,38 @@ def test_a_killed_job_keeps_what_it_saved_as_it_went(long_chunk, tmp_path):
     done = set(saved) | {key for key in keys if f"{key}_tagged.dat" in stored}
     results = htc.collect_results(session, project_id, task_id)
     assert htc.missing_results(keys, results) == [key for key in keys if key not in done]
+
+
+def test_a_job_that_times_out_on_the_platform_keeps_what_it_finished(job_context, tmp_path):
+    """End to end: the emulator stops a job past its timeout (SIGTERM, then SIGKILL after the grace period)."""
+    session, _, _, _ = job_context
+    project = session.post("/htc/projects", json={"projectName": "timeout", "projectDescription": "stopped jobs",
+                                                  "regions": ["AWS_EU_WEST_1"]}).json()
+    project_id = project["projectId"]
+    session.post(f"/htc/projects/{project_id}/container-registry/repo/opencv-htc-tutorial")
+    task_id = session.post(f"/htc/projects/{project_id}/tasks",
+                           json={"taskName": "timeout", "taskDescription": "stopped jobs"}).json()["taskId"]
+    # More photos than the session's scaled 60 s timeout (6 s) lets one job tag.
+    keys = [f"t/photo-{n:03d}.jpg" for n in range(400)]
+    (tmp_path / "t").mkdir()
+    for key in keys:
+        (tmp_path / key).write_bytes(FACE_PHOTO.read_bytes())
+    (tmp_path / "list.dat").write_text("\n".join(keys) + "\n")
+    htc.upload_files(session, project_id, tmp_path, progress=False)
+    payload = [{"jobName": "times-out", "batchSize": 1, "htcJobDefinition": {
+        "imageName": "opencv-htc-tutorial:v1", "maxVCpus": 1, "maxMemory": 512, "execTimeoutSeconds": 60,
+        "commands": ["python", "/opt/face_tagger.py"],
+        "envs": [{"name": "BATCH_JOB_ARRAY_SIZE", "value": "1"}, {"name": "IMG_OBJKEY_LIST", "value": "list.dat"}]}}]
+    parent = session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=payload).json()[0]
+    job_id = f"{parent['parentJobId']}:0"
+    assert htc.wait_for_job(session, project_id, task_id, job_id, interval=0.2, timeout=120)["status"] == "FAILED"
+
+    logs = [line["message"] for line in htc.get_logs(session, project_id, task_id, job_id)]
+    assert any("stopped by SIGTERM" in line for line in logs), logs[-3:]
+    reported = [line.split(":")[0] for line in logs if ": Found " in line]
+    saved = [r["image"] for r in manifest(session, project_id, task_id, "manifests/chunk-00000.jsonl", tmp_path)]
+    # Everything reported was saved, the image in progress at most besides; the job stopped mid-chunk.
+    assert saved[:len(reported)] == reported and len(saved) - len(reported) <= 1
+    assert saved == keys[:len(saved)] and len(saved) < len(keys)
+    results = htc.collect_results(session, project_id, task_id)
+    assert htc.missing_results(keys, results) == keys[len(saved):]
