@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import mmap
 import os
 import random
 import re
@@ -160,7 +161,7 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
                          "(MAX_IMAGE_PIXELS), refused without decoding")
 
 
-def check_png(data: bytes, max_pixels: int) -> None:
+def check_png(data: bytes | mmap.mmap, max_pixels: int) -> None:
     """Size from IHDR, then every chunk's length up to IEND: a PNG cut short has no IEND."""
     pos = len(PNG_SIGNATURE)
     while pos + 8 <= len(data):
@@ -173,7 +174,7 @@ def check_png(data: bytes, max_pixels: int) -> None:
     raise ImageError("not a readable image (truncated: the PNG ends before its IEND chunk)")
 
 
-def check_jpeg(data: bytes, max_pixels: int) -> None:
+def check_jpeg(data: bytes | mmap.mmap, max_pixels: int) -> None:
     """Size from the frame header, then an end-of-image marker after the first scan.
 
     libjpeg decodes a JPEG cut short as if it were whole (grey where the data stopped) and
@@ -207,14 +208,17 @@ def check_jpeg(data: bytes, max_pixels: int) -> None:
 def check_image_file(path: str | os.PathLike, max_pixels: int) -> None:
     """Refuse, before decoding, a JPEG or PNG too large for memory or cut short.
 
-    Other formats go to OpenCV as they are; its own pixel limit covers their size.
+    Other formats go to OpenCV as they are; its own pixel limit covers their size. The file
+    is mapped, not read, so a file of any size costs no memory here.
     """
     with open(path, "rb") as file:
-        data = file.read()
-    if data.startswith(PNG_SIGNATURE):
-        check_png(data, max_pixels)
-    elif data.startswith(b"\xff\xd8"):
-        check_jpeg(data, max_pixels)
+        if os.fstat(file.fileno()).st_size == 0:
+            return  # nothing to map; OpenCV reports it unreadable
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data[:len(PNG_SIGNATURE)] == PNG_SIGNATURE:
+                check_png(data, max_pixels)
+            elif data[:2] == b"\xff\xd8":
+                check_jpeg(data, max_pixels)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
