@@ -13,7 +13,8 @@ allows it only within the credential's prefixes:
   answers before it looks at credentials), so nothing reaches moto's other
   services or its ``/moto-api``;
 * unsigned (anonymous) requests are refused; a bucket lists nothing to them;
-* unknown access keys, bad signatures and wrong session tokens are refused;
+* unknown access keys, bad signatures and wrong session tokens are refused,
+  and so is a body that does not match the SHA-256 its signature covers;
 * expired or revoked credentials are refused (``ExpiredToken``);
 * a scoped credential reads and lists under its read prefixes, writes and
   deletes under its write prefixes (which it can read too), and nothing
@@ -30,7 +31,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import io
+import re
 import secrets
 import threading
 import time
@@ -200,6 +203,21 @@ def _verify_signature(request: _Request, grant: Grant, access_key: str, fields: 
     return service
 
 
+def _verify_payload(request: _Request, environ: dict) -> None:
+    """A signed payload hash must be the body's (unsigned and streaming payloads declare no hash)."""
+    declared = request.headers.get("x-amz-content-sha256", "")
+    if not re.fullmatch(r"[0-9a-f]{64}", declared):
+        return
+    length = environ.get("CONTENT_LENGTH") or "0"
+    if not length.isascii() or not length.isdigit():
+        raise S3Denied(400, "InvalidRequest", "Content-Length must be a number.")
+    body = environ["wsgi.input"].read(int(length))
+    environ["wsgi.input"] = io.BytesIO(body)
+    if hashlib.sha256(body).hexdigest() != declared:
+        raise S3Denied(400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not "
+                                                         "match what was computed.")
+
+
 def _key_of(raw: str) -> str:
     try:
         return unquote(raw, errors="strict")
@@ -239,6 +257,8 @@ class S3Gate:
             raise S3Denied(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our "
                                                       "records.")
         service = _verify_signature(request, grant, access_key, fields, in_query)
+        if not in_query:
+            _verify_payload(request, environ)
         if grant.admin:
             return
         if grant.expires_at is not None and time.time() >= grant.expires_at:

@@ -220,3 +220,19 @@ def test_malformed_signatures_are_refused_not_crashed_on(emulator, authorization
     for path in ("", "/k%ff", "/projects/x/shared/a?acl"):
         response = requests.get(f"{emulator.s3_endpoint}/{emulator.bucket}{path}", headers=headers, timeout=30)
         assert response.status_code in (400, 403) and b"<Code>" in response.content, response.text
+
+
+def test_a_body_changed_after_signing_is_refused(api, emulator, world):
+    projects, tasks, places = world
+    s3 = s3_for(emulator, api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/storage/token"))
+    key = places["task"] + "tampered.txt"
+
+    def tamper(request, **kwargs):
+        request.body = b"evil!"  # same length, after the signature was computed
+
+    s3.meta.events.register("before-send.s3.PutObject", tamper)
+    assert error_code(s3.put_object, Bucket=emulator.bucket, Key=key, Body=b"good!") == "XAmzContentSHA256Mismatch"
+    s3.meta.events.unregister("before-send.s3.PutObject", tamper)
+    assert error_code(s3.head_object, Bucket=emulator.bucket, Key=key) == "404"
+    s3.put_object(Bucket=emulator.bucket, Key=key, Body=b"good!")
+    assert s3.get_object(Bucket=emulator.bucket, Key=key)["Body"].read() == b"good!"
