@@ -49,6 +49,8 @@ DEVIATIONS = {
 # validators ignore).
 NULL_WITHOUT_VALUE = {
     "HTCTask": ["archivedAt", "deletedAt"],
+    "HTCRegionComputeSettings": ["computeRegion"],
+    "HTCRegionStorageSettings": ["storageRegion"],
     "HTCJob": ["group", "failureCode", "providerJobId", "jobExecutionEnvironment"],
     "HTCJobSubmitRequest": ["group", "jobName", "experimental", "cloudProvider"],
     "HTCJobDefinition": ["architecture", "claims", "commands", "envs", "execTimeoutSeconds", "maxDiskGiB",

@@ -32,6 +32,8 @@ def sweep(backend: Backend, at: dt.datetime, hour: dt.timedelta) -> None:
                   and task.archived_at + policy.delete_after * hour <= at):
                 to_delete.append(task)
     for task in to_delete:
+        # Storage first, so that a task seen DELETED has none left (an archived task runs no jobs).
+        backend.storage.delete_prefix(task.folder_path)
         backend.delete_task(task.project_id, task.task_id)
 
 

@@ -85,7 +85,15 @@ class ContractValidator:
         from openapi_core.contrib.requests import RequestsOpenAPIResponse
 
         request = self._as_api_request(response.request)
+        if response.status_code == 404 and self._template(request) is None:
+            return []  # a path no operation has: the spec cannot describe its 404
         return [_describe(e) for e in self._openapi.iter_response_errors(request, RequestsOpenAPIResponse(response))]
+
+    def _template(self, request) -> str | None:
+        """The spec path whose operation this request is, if any."""
+        path = request.path[len(urlsplit(self.api_url).path):]
+        return next((t for regex, t in self._routes if regex.fullmatch(path)
+                     and request.method.lower() in self._spec["paths"][t]), None)
 
 
     def shape_errors(self, response) -> list[str]:
@@ -101,8 +109,7 @@ class ContractValidator:
         request = self._as_api_request(response.request)
         if "SIMPLE" in request.parameters.query.getlist("viewType"):
             return []
-        path = request.path[len(urlsplit(self.api_url).path):]
-        template = next((t for regex, t in self._routes if regex.fullmatch(path)), None)
+        template = self._template(request)
         if template is None:
             return []
         operation = self._spec["paths"][template].get(request.method.lower(), {})

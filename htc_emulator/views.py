@@ -39,7 +39,11 @@ def project_view(project: Project) -> dict:
         "projectName": project.name,
         "projectDescription": project.description,
         "regions": project.regions,
-        "regionSettings": project.region_settings,
+        "regionSettings": [
+            {"computeSettings": {"computeRegion": setting["computeSettings"].get("computeRegion")},
+             "storageSettings": {"storageRegion": setting["storageSettings"].get("storageRegion")}}
+            for setting in project.region_settings
+        ],
         "createdBy": auth.USER_ID,
         "workspaceId": auth.WORKSPACE_ID,
         "organizationCode": auth.ORGANIZATION_CODE,
