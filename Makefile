@@ -11,7 +11,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
 
-.PHONY: run lab test refresh data venv venv-dev chromium bench clean
+.PHONY: run lab test refresh data venv venv-dev chromium docker-tools bench clean
 
 # SCALE=seed: 5,000 images over 1,000 jobs, the original tutorial's scale (build/tutorial-seed.*).
 SCALE ?= default
@@ -38,6 +38,11 @@ bench: venv-dev data
 
 chromium:
 	command -v chromium >/dev/null || { $(APT_INSTALL) chromium; }
+
+# The container path (.ci/run): Docker engine, registry, and debootstrap for the stand-in base image.
+docker-tools:
+	PATH="$$PATH:/usr/sbin" sh -c 'command -v dockerd && command -v docker-registry && command -v debootstrap' \
+	  >/dev/null || { $(APT_INSTALL) docker.io docker-registry debootstrap; }
 
 data: data/ground_truth.json
 

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import auth, job_rights, views
 from .auth import AuthenticationError, PermissionDenied, TokenAuthority
 from .images import ImageRegistry, normalize_image_name
+from .registry import ContainerRegistry
 from .models import SUMMARY_STATUSES, Backend, InvalidRequest, NotFound, Project, Task
 from .policy_routes import policy_routes
 from .schemas import (
@@ -59,6 +60,15 @@ class Services:
     tokens: TokenAuthority
     storage: Storage
     images: ImageRegistry
+    # The real registry images are pushed to, where one runs (``docker=True``).
+    registry: ContainerRegistry | None = None
+
+    @property
+    def registry_host(self) -> str:
+        return self.registry.host if self.registry is not None else views.REGISTRY_HOST
+
+    def project_view(self, project: Project) -> dict:
+        return views.project_view(project, self.registry_host)
 
 
 # --- errors -------------------------------------------------------------------
@@ -226,10 +236,12 @@ def _presigned_url(svc: Services, project: Project, prefix: str, file_path: str)
             "expiration": views.isotime(expiration)}
 
 
-def _registry_token() -> PlainTextResponse:
-    # A registry password has no use against the emulator (images are
-    # registered locally), but the route answers as the platform does.
-    return PlainTextResponse(secrets.token_urlsafe(32))
+def _registry_token(svc: Services, project_id: str) -> PlainTextResponse:
+    # Without a real registry the password has no use (images are registered
+    # locally), but the route answers as the platform does.
+    if svc.registry is None:
+        return PlainTextResponse(secrets.token_urlsafe(32))
+    return PlainTextResponse(svc.registry.issue_password(project_id))
 
 
 # --- routes: authentication -----------------------------------------------------
@@ -311,8 +323,9 @@ registry_token_route = APIRouter()
 
 @registry_token_route.get("/htc/projects/{projectId}/container-registry/token")
 def get_registry_token(request: Request, projectId: str) -> PlainTextResponse:
-    _services(request).backend.project(projectId)
-    return _registry_token()
+    svc = _services(request)
+    svc.backend.project(projectId)
+    return _registry_token(svc, projectId)
 
 
 # --- routes: regions and storage options -------------------------------------------
@@ -356,7 +369,7 @@ def create_project(request: Request, body: ProjectCreate) -> dict:
         body.projectName, body.projectDescription, list(body.regions),
         [s.model_dump(exclude_unset=True) for s in body.regionSettings],
     )
-    return views.project_view(project)
+    return _services(request).project_view(project)
 
 
 @htc.get("/htc/projects")
@@ -364,12 +377,13 @@ def list_projects(request: Request, onlyMyProjects: bool | None = None, pageInde
                   pageSize: str = "100") -> dict:
     # Every project here belongs to the one emulated user, so onlyMyProjects changes nothing.
     projects = _services(request).backend.list_projects()
-    return _page(request, projects, pageIndex, pageSize, views.project_view)
+    return _page(request, projects, pageIndex, pageSize, _services(request).project_view)
 
 
 @htc.get("/htc/projects/{projectId}")
 def get_project(request: Request, projectId: str) -> dict:
-    return views.project_view(_services(request).backend.project(projectId))
+    svc = _services(request)
+    return svc.project_view(svc.backend.project(projectId))
 
 
 @htc.patch("/htc/projects/{projectId}")
@@ -378,7 +392,7 @@ def update_project(request: Request, projectId: str, body: ProjectUpdate) -> dic
     with backend.lock:
         project = backend.project(projectId)
         project.regions = list(dict.fromkeys(project.regions + list(body.regions)))
-    return views.project_view(project)
+    return _services(request).project_view(project)
 
 
 @htc.post("/htc/projects/{projectId}/container-registry/repo/{repoName:path}")
@@ -387,22 +401,25 @@ def create_repository(request: Request, projectId: str, repoName: str) -> dict:
         raise InvalidRequest("repoName", "must be lower-case words separated by '.', '_', '-' or '/'")
     backend = _services(request).backend
     created = backend.create_repository(projectId, repoName)
-    return views.repository_view(backend.project(projectId), repoName, created)
+    return views.repository_view(backend.project(projectId), repoName, created, _services(request).registry_host)
 
 
 htc.include_router(registry_token_route)
 
 
 def _project_images(svc: Services, project: Project) -> list[str]:
-    """Registered images whose repository exists in the project's registry."""
-    return [name for name in svc.images.names() if svc.images.get(name).repository in project.repositories]
+    """Registered images whose repository exists in the project's registry, and what was pushed there."""
+    registered = [name for name in svc.images.names() if svc.images.get(name).repository in project.repositories]
+    if svc.registry is None:
+        return registered
+    return sorted(set(registered) | set(svc.registry.images(project.project_id, sorted(project.repositories))))
 
 
 @htc.get("/htc/projects/{projectId}/container-registry/images")
 def list_images(request: Request, projectId: str) -> dict:
     svc = _services(request)
     project = svc.backend.project(projectId)
-    return {"containerRegistry": views.registry_uri(project), "images": _project_images(svc, project)}
+    return {"containerRegistry": views.registry_uri(project, svc.registry_host), "images": _project_images(svc, project)}
 
 
 @htc.get("/htc/projects/{projectId}/container-registry/images/{imageName:path}")

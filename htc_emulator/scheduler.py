@@ -21,10 +21,13 @@ import tempfile
 import threading
 from pathlib import Path
 
+import requests
+
 from .auth import TokenAuthority
-from .images import DockerEngine, DockerfileError, ImageRegistry, LocalImage
+from .images import DockerEngine, DockerfileError, ImageRegistry, LocalImage, normalize_image_name
 from .launcher import JobProcess, ProcessLauncher
 from .models import Backend, Job
+from .registry import ContainerRegistry, project_namespace
 
 INTAKE_RECHECK_SECONDS = 0.1
 # How long past a job's timeout its token stays valid (for a final upload).
@@ -48,6 +51,7 @@ class Scheduler:
         concurrency: int | None = None,
         time_scale: float = 1.0,
         docker: DockerEngine | None = None,
+        registry: ContainerRegistry | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -61,8 +65,10 @@ class Scheduler:
             raise ValueError("concurrency must be at least 1")
         self.time_scale = time_scale
         self.docker = docker
+        self.registry = registry
         self._scratch = Path(tempfile.mkdtemp(prefix="htc-emulator-jobs-"))
-        self.launcher = ProcessLauncher(self._base_environment(self._scratch)) if docker is None else None
+        # Registered images run as processes in either mode; pushed ones as containers.
+        self.launcher = ProcessLauncher(self._base_environment(self._scratch))
         self._intake: queue.Queue = queue.Queue()
         self._runnable: queue.Queue = queue.Queue()
         self._running: dict[str, JobProcess | ContainerProcess] = {}
@@ -105,8 +111,9 @@ class Scheduler:
             self._runnable.put(None)
         for thread in self._threads:
             thread.join(timeout=10)
-        if self.launcher is not None:
-            self.launcher.close()
+        self.launcher.close()
+        if self.docker is not None:
+            self.docker.remove_all()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     # --- threads ------------------------------------------------------------
@@ -139,8 +146,19 @@ class Scheduler:
     def _run_attempt(self, job: Job) -> bool:
         """Run one attempt to its end; True if the job should run again."""
         image_name = job.definition["imageName"]
-        image = self.images.get(image_name)
         project = self.backend.project(job.project_id)
+        try:
+            reference = self._pushed_reference(job, image_name, project.repositories)
+        except requests.RequestException as exc:
+            return self.backend.finish_attempt(job, "FAILED", f"CannotPullContainerError: registry: {exc}",
+                                               failure_code="ErrorStartingContainer")
+        if reference is not None:
+            workdir = Path(tempfile.mkdtemp(prefix="attempt-", dir=self._scratch))
+            try:
+                return self._execute(job, None, workdir, reference)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+        image = self.images.get(image_name)
         if image is None or image.repository not in project.repositories:
             return self.backend.finish_attempt(
                 job, "FAILED",
@@ -153,12 +171,30 @@ class Scheduler:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _execute(self, job: Job, image: LocalImage, workdir: Path) -> bool:
+    def _pushed_reference(self, job: Job, image_name: str, repositories) -> str | None:
+        """The registry reference of the job's image if it was pushed to the project's registry."""
+        if self.registry is None or self.docker is None:
+            return None
+        name = normalize_image_name(image_name)
+        repository = name.rsplit(":", 1)[0]
+        if repository not in repositories or name not in self.registry.images(job.project_id, [repository]):
+            return None
+        return f"{self.registry.host}/{project_namespace(job.project_id)}{name}"
+
+    def _execute(self, job: Job, image: LocalImage | None, workdir: Path, reference: str | None = None) -> bool:
+        """One attempt: a process for a registered image, a container for a pushed one (``reference``)."""
         env = self._job_environment(job, image, workdir)
         commands = list(job.definition.get("commands") or [])
         try:
-            if self.docker is not None:
-                argv = self.docker.run_argv(image, commands, sorted(env), self._container_name(job))
+            if reference is not None:
+                problem = self.docker.pull(reference, *self.registry.pull_credentials(job.project_id),
+                                           workdir / "docker-config")
+                if problem:
+                    return self.backend.finish_attempt(job, "FAILED", f"CannotPullContainerError: {problem}",
+                                                       failure_code="ErrorStartingContainer")
+                argv = self.docker.run_argv(reference, commands, sorted(env), self._container_name(job),
+                                            vcpus=job.definition.get("maxVCpus"),
+                                            memory_mib=job.definition.get("maxMemory"))
                 process = ContainerProcess(self.docker, self._container_name(job), subprocess.Popen(
                     argv, cwd=workdir, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -225,9 +261,9 @@ class Scheduler:
             env["VIRTUAL_ENV"] = sys.prefix
         return env
 
-    def _job_environment(self, job: Job, image: LocalImage, workdir: Path) -> dict[str, str]:
+    def _job_environment(self, job: Job, image: LocalImage | None, workdir: Path) -> dict[str, str]:
         """Minimal base, the image's ENV, the user's envs, then the platform's variables."""
-        if self.docker is not None:
+        if image is None:
             env = {}  # the container brings its own base environment and ENV lines
         else:
             env = {**self._base_environment(workdir), **image.env}
@@ -267,21 +303,23 @@ class ContainerProcess:
     def __init__(self, docker: DockerEngine, container_name: str, client: subprocess.Popen) -> None:
         self.docker, self.container_name, self.client = docker, container_name, client
         self.stdout = client.stdout
-        self.out_of_memory = False  # the engine reports its own OOM kills as exit code 137
+        self.out_of_memory = False
 
     def wait(self, timeout: float | None = None) -> int:
+        """The container's exit code; then whether the engine killed it for memory, and it is removed."""
         returncode = self.client.wait(timeout=timeout)
         self._kill_client_group()
+        self.out_of_memory = self.docker.oom_killed(self.container_name)
+        self.docker.remove(self.container_name)
         return returncode
 
     def stop(self, grace: float) -> None:
         """``docker stop`` (SIGTERM, SIGKILL after ``grace``) in the background: a cancel must not wait."""
         if grace <= 0:
-            subprocess.run(self.docker.kill_argv(self.container_name), capture_output=True, check=False)
+            self.docker.stop(self.container_name, 0)
             self._kill_client_group()
             return
-        argv = [self.docker.executable, "stop", "--time", str(math.ceil(grace)), self.container_name]
-        threading.Thread(target=subprocess.run, args=(argv,), kwargs={"capture_output": True, "check": False},
+        threading.Thread(target=self.docker.stop, args=(self.container_name, math.ceil(grace)),
                          daemon=True).start()
 
     def _kill_client_group(self) -> None:

@@ -23,6 +23,7 @@ from .faults import FaultInjector
 from .images import DockerEngine, ImageRegistry, LocalImage
 from .models import MAX_JOBS_PER_TASK, Backend
 from .recorder import ExchangeRecorder
+from .registry import ContainerRegistry
 from .responses import API_PREFIX, Services, auth_middleware, create_app
 from .retention import RetentionSweeper
 from .scheduler import Scheduler
@@ -77,10 +78,14 @@ class Emulator:
     def register_image(self, name: str, dockerfile: str | os.PathLike,
                        context: str | os.PathLike | None = None) -> LocalImage:
         """Register another ``name:tag`` while running (paths relative to the project root)."""
-        image = self.images.register(name, dockerfile, context)
-        if self.scheduler.docker is not None:
-            self.scheduler.docker.build(image)
-        return image
+        return self.images.register(name, dockerfile, context)
+
+
+def _has_repository(backend: Backend, project_id: str, repository: str) -> bool:
+    """Whether the project created this repository (what its registry password may touch)."""
+    with backend.lock:
+        project = backend.projects.get(project_id)
+        return project is not None and repository in project.repositories
 
 
 def _register_images(registry: ImageRegistry, images: Mapping[str, ImageSource] | None) -> None:
@@ -112,8 +117,11 @@ def running(
     ``execTimeoutSeconds`` and the hours of task-retention policies;
     ``refresh_delay`` (seconds) makes job statuses
     change only at refresh ticks. ``faults`` is a :class:`FaultInjector` or
-    the settings for :meth:`FaultInjector.from_config`. ``docker=True`` runs
-    jobs as real containers and needs a reachable Docker engine. A
+    the settings for :meth:`FaultInjector.from_config`. ``docker=True`` needs
+    a Docker engine and Debian's ``docker-registry``: a real registry then
+    runs on loopback behind the container-registry endpoints, and jobs whose
+    image was pushed there run as containers (registered images still run
+    as processes). A
     ``recorder`` keeps every HTTP exchange, injected faults included.
     ``max_jobs_per_task`` bounds what one task (and so one request) can hold.
     """
@@ -129,14 +137,19 @@ def running(
         engine = DockerEngine()
         if not engine.available():
             raise RuntimeError("docker=True, but no Docker engine answers `docker info`")
-        for name in registry.names():
-            engine.build(registry.get(name))
+        if not ContainerRegistry.available():
+            raise RuntimeError("docker=True needs a registry: install Debian's docker-registry")
 
-    storage = scheduler = server = thread = sweeper = None
+    storage = scheduler = server = thread = sweeper = container_registry = None
     try:
         storage = Storage(wrap=lambda app: injector.wsgi(app, ADMIN_ACCESS_KEY))
         backend = Backend(storage, refresh_delay=refresh_delay, max_jobs_per_task=max_jobs_per_task)
-        app = create_app(Services(backend=backend, tokens=tokens, storage=storage, images=registry))
+        if engine is not None:
+            container_registry = ContainerRegistry(
+                lambda project_id, repository: _has_repository(backend, project_id, repository))
+            container_registry.start()
+        app = create_app(Services(backend=backend, tokens=tokens, storage=storage, images=registry,
+                                  registry=container_registry))
         served = injector.asgi(auth_middleware(app, tokens))
         config = uvicorn.Config(
             recorder.asgi(served) if recorder is not None else served,
@@ -154,7 +167,7 @@ def running(
         # Jobs need the API URL, known only now; nobody can know the port to submit a job before this.
         scheduler = Scheduler(
             backend, registry, tokens, api_url=root_url + API_PREFIX, s3_endpoint=storage.endpoint,
-            concurrency=concurrency, time_scale=time_scale, docker=engine,
+            concurrency=concurrency, time_scale=time_scale, docker=engine, registry=container_registry,
         )
         sweeper = RetentionSweeper(backend, time_scale)
         yield Emulator(root_url=root_url, api_key=api_key, storage=storage, backend=backend,
@@ -169,3 +182,5 @@ def running(
             sweeper.stop()
         if storage is not None:
             storage.stop()
+        if container_registry is not None:
+            container_registry.stop()

@@ -29,11 +29,12 @@ def provider_of(region: str) -> str:
     return region.split("_", 1)[0]
 
 
-def registry_uri(project: Project) -> str:
-    return f"{REGISTRY_HOST}/projects/{project.project_id}/"
+def registry_uri(project: Project, registry_host: str = REGISTRY_HOST) -> str:
+    """The project's namespace in the registry (``registry_host``: the real one, where it runs)."""
+    return f"{registry_host}/projects/{project.project_id}/"
 
 
-def project_view(project: Project) -> dict:
+def project_view(project: Project, registry_host: str = REGISTRY_HOST) -> dict:
     return {
         "projectId": project.project_id,
         "projectName": project.name,
@@ -48,20 +49,20 @@ def project_view(project: Project) -> dict:
         "workspaceId": auth.WORKSPACE_ID,
         "organizationCode": auth.ORGANIZATION_CODE,
         "createdAt": isotime(project.created_at),
-        "containerRegistry": registry_uri(project),
+        "containerRegistry": registry_uri(project, registry_host),
         "repositories": sorted(project.repositories),
         "projectFolderPath": project.folder_path,
     }
 
 
-def repository_view(project: Project, name: str, created: bool) -> dict:
+def repository_view(project: Project, name: str, created: bool, registry_host: str = REGISTRY_HOST) -> dict:
     return {
         "repositoryName": name,
         "successfullyCreated": created,
         "projectId": project.project_id,
         "createdBy": auth.USER_ID,
         "workspaceId": auth.WORKSPACE_ID,
-        "registryURI": registry_uri(project),
+        "registryURI": registry_uri(project, registry_host),
     }
 
 

@@ -100,3 +100,137 @@ def test_worker_in_the_image_counts_the_same_faces_as_on_the_host(worker_image, 
 
     assert counts(inside.stdout) == counts(host.stdout)
     assert sum(counts(host.stdout).values()) > 0
+
+
+# --- the emulator's real registry and jobs as containers -------------------------------
+
+@pytest.fixture(scope="module")
+def docker_emu(worker_image, client_for):
+    """An emulator with the Docker engine and a real registry (a short time scale for timeouts)."""
+    from htc_emulator import running
+
+    with running(docker=True, time_scale=0.05, concurrency=2) as emu:
+        yield emu, client_for(emu)
+    leftover = docker("ps", "--all", "--quiet", "--filter", f"label=htc-emulator.{emu.scheduler.docker.instance}")
+    assert leftover.stdout.split() == [], "containers outlived the emulator"
+
+
+@pytest.fixture()
+def docker_config(tmp_path):
+    """A private docker client configuration: logins here never touch the user's."""
+    return {"DOCKER_CONFIG": str(tmp_path / "docker-config"), "PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
+def login(host: str, password: str, env: dict) -> subprocess.CompletedProcess:
+    return docker("login", "--username", "AWS", "--password-stdin", host, input=password, env=env)
+
+
+def pushed_project(emu, api, worker_image, env, repository="opencv-htc-tutorial") -> tuple[str, str]:
+    """A project whose registry holds the worker image; returns (project id, registry URI)."""
+    project_id = api.new_project(repositories=[repository])
+    uri = api.ok("POST", f"/htc/projects/{project_id}/container-registry/repo/{repository}")["registryURI"]
+    password = api.get(f"/htc/projects/{project_id}/container-registry/token").text
+    assert login(uri.split("/")[0], password, env).returncode == 0
+    target = f"{uri}{repository}:v1"
+    assert docker("tag", worker_image, target).returncode == 0
+    pushed = docker("push", target, env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    return project_id, uri
+
+
+def test_registry_token_logs_in_and_nothing_else_does(docker_emu, docker_config):
+    emu, api = docker_emu
+    project_id = api.new_project(repositories=["opencv-htc-tutorial"])
+    host = api.ok("GET", f"/htc/projects/{project_id}")["containerRegistry"].split("/")[0]
+    assert host.startswith("127.0.0.1:")
+    password = api.get(f"/htc/projects/{project_id}/container-registry/token").text
+    assert login(host, password, docker_config).returncode == 0
+    refused = login(host, password[:-2] + "xx", docker_config)
+    assert refused.returncode != 0 and "unauthorized" in refused.stderr.lower()
+
+
+def test_a_push_makes_the_image_ready_and_another_projects_token_may_not_push(docker_emu, worker_image,
+                                                                            docker_config):
+    emu, api = docker_emu
+    project_id = api.new_project(repositories=["opencv-htc-tutorial"])
+    status = f"/htc/projects/{project_id}/container-registry/images/opencv-htc-tutorial:v1"
+    assert api.get(status).status_code == 404
+    uri = api.ok("GET", f"/htc/projects/{project_id}")["containerRegistry"]
+    stranger = api.new_project(repositories=["opencv-htc-tutorial"])
+    foreign = api.get(f"/htc/projects/{stranger}/container-registry/token").text
+    assert login(uri.split("/")[0], foreign, docker_config).returncode == 0
+    target = f"{uri}opencv-htc-tutorial:v1"
+    assert docker("tag", worker_image, target).returncode == 0
+    denied = docker("push", target, env=docker_config)
+    assert denied.returncode != 0 and "denied" in (denied.stderr + denied.stdout).lower()
+    assert api.get(status).status_code == 404
+
+    pushed_project_id, _ = pushed_project(emu, api, worker_image, docker_config)
+    listed = api.ok("GET", f"/htc/projects/{pushed_project_id}/container-registry/images")
+    assert listed["images"] == ["opencv-htc-tutorial:v1"]
+    ready = f"/htc/projects/{pushed_project_id}/container-registry/images/opencv-htc-tutorial:v1"
+    assert api.ok("GET", ready)["status"] == "READY"
+
+
+def container_job(commands, *, memory=512, timeout=600, envs=()):
+    return {"imageName": "opencv-htc-tutorial:v1", "maxVCpus": 1, "maxMemory": memory, "commands": commands,
+            "execTimeoutSeconds": timeout, "envs": [{"name": k, "value": v} for k, v in envs]}
+
+
+def containers_of(emu) -> list[str]:
+    return docker("ps", "--all", "--quiet", "--filter", f"label=htc-emulator.{emu.scheduler.docker.instance}"
+                  ).stdout.split()
+
+
+def test_jobs_run_as_containers_with_limits_and_leave_none_behind(docker_emu, worker_image, docker_config):
+    emu, api = docker_emu
+    project_id, _ = pushed_project(emu, api, worker_image, docker_config)
+    task_id = api.new_task(project_id)
+    probe = ("import os; print('user', os.getuid(), 'index', os.environ['AWS_BATCH_JOB_ARRAY_INDEX'], "
+             "'memory', open('/sys/fs/cgroup/memory.max').read().strip() if os.path.exists('/sys/fs/cgroup/memory.max')"
+             " else open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read().strip())")
+    parent = api.submit(project_id, task_id, container_job(["python", "-c", probe], memory=256))
+    api.wait_terminal(project_id, task_id, 1, timeout=300)
+    job = api.job(project_id, task_id, f"{parent}:0")
+    logs = api.logs(project_id, task_id, f"{parent}:0")
+    assert job["status"] == "SUCCEEDED", (job, logs)
+    assert logs == [f"user 10001 index 0 memory {256 * 1024 * 1024}"]
+    assert containers_of(emu) == []
+
+
+def test_a_job_over_its_memory_fails_as_out_of_memory(docker_emu, worker_image, docker_config):
+    emu, api = docker_emu
+    project_id, _ = pushed_project(emu, api, worker_image, docker_config)
+    task_id = api.new_task(project_id)
+    hog = "b = b'x' * (512 * 1024 * 1024); print(len(b))"
+    parent = api.submit(project_id, task_id, container_job(["python", "-c", hog], memory=128))
+    api.wait_terminal(project_id, task_id, 1, timeout=300)
+    job = api.job(project_id, task_id, f"{parent}:0")
+    assert job["status"] == "FAILED"
+    assert job["statusReason"].startswith("OutOfMemoryError"), job
+    assert containers_of(emu) == []
+
+
+def test_a_timeout_stops_the_container_with_sigterm_first(docker_emu, worker_image, docker_config):
+    emu, api = docker_emu
+    project_id, _ = pushed_project(emu, api, worker_image, docker_config)
+    task_id = api.new_task(project_id)
+    trap = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *_: (print('SIGTERM received', flush=True), sys.exit(3)))\n"
+            "print('waiting', flush=True)\ntime.sleep(600)\n")
+    parent = api.submit(project_id, task_id, container_job(["python", "-c", trap], timeout=60))
+    api.wait_terminal(project_id, task_id, 1, timeout=300)
+    job = api.job(project_id, task_id, f"{parent}:0")
+    assert job["status"] == "FAILED" and job["statusReason"] == "Job attempt duration exceeded timeout", job
+    assert api.logs(project_id, task_id, f"{parent}:0") == ["waiting", "SIGTERM received"]
+    assert containers_of(emu) == []
+
+
+def test_an_image_never_pushed_cannot_be_pulled(docker_emu):
+    emu, api = docker_emu
+    project_id = api.new_project(repositories=["opencv-htc-tutorial"])
+    task_id = api.new_task(project_id)
+    parent = api.submit(project_id, task_id, container_job(["python", "-c", "pass"]))
+    api.wait_terminal(project_id, task_id, 1, timeout=120)
+    job = api.job(project_id, task_id, f"{parent}:0")
+    assert job["status"] == "FAILED" and job["statusReason"].startswith("CannotPullContainerError"), job

@@ -96,8 +96,8 @@ def test_registry_names_and_paths(context):
 
 
 def test_docker_run_keeps_secret_values_out_of_the_arguments(context):
-    image = parse_dockerfile("demo:v1", write(context, "FROM x\n"), context)
-    argv = DockerEngine().run_argv(image, ["python", "/opt/x.py"], ["RESCALE_HTC_BEARER_TOKEN", "A"], "job-1")
+    argv = DockerEngine().run_argv("demo:v1", ["python", "/opt/x.py"], ["RESCALE_HTC_BEARER_TOKEN", "A"], "job-1",
+                                   vcpus=1, memory_mib=512)
     assert argv[argv.index("demo:v1"):] == ["demo:v1", "python", "/opt/x.py"]
     assert ["-e", "RESCALE_HTC_BEARER_TOKEN"] == argv[argv.index("RESCALE_HTC_BEARER_TOKEN") - 1:][:2]
     assert not any("=" in arg for arg in argv)
