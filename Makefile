@@ -35,6 +35,8 @@ bench: venv-dev data
 	$(PY) bench/worker.py
 	$(PY) bench/emulator.py
 	$(PY) bench/e2e.py
+	if docker info >/dev/null 2>&1; then $(PY) bench/containers.py; \
+	else echo "bench/containers.py skipped: no Docker engine answers docker info"; fi
 
 chromium:
 	command -v chromium >/dev/null || { $(APT_INSTALL) chromium; }
