@@ -4,8 +4,8 @@ Every operation of the corrected spec (``htc_emulator.deviations``) gets
 generated requests, valid and invalid, checked for server errors, status
 codes, content types, response schemas and the rejection of invalid data.
 Stateful sequences follow OpenAPI links added to an in-memory copy of the
-spec: create a project, a task and a batch, then read, page, cancel and
-delete them. Runs are derandomized so CI sees the same cases every time.
+spec: create a project, a task and a batch, read them, cancel the jobs and
+delete the task. Runs are derandomized so CI sees the same cases every time.
 """
 
 from __future__ import annotations
@@ -46,27 +46,22 @@ TASK = PROJECT + "/tasks/{taskId}"
 IN_PROJECT = {"projectId": "$response.body#/projectId"}
 IN_TASK = {"projectId": "$response.body#/projectId", "taskId": "$response.body#/taskId"}
 OF_BATCH = {"projectId": "$response.body#/0/projectId", "taskId": "$response.body#/0/taskId"}
-# The tutorial's workflow as links: (operation, its 200 response's links).
+# The tutorial's workflow as links (operation: its 200 response's links), few enough per step that
+# sequences of a few steps reach its end.
 LINKS = {
     ("/htc/projects", "post"): {
         "ReadProject": _link(PROJECT, "get", **IN_PROJECT),
         "CreateTask": _link(PROJECT + "/tasks", "post", **IN_PROJECT),
-        "PageTasks": _link(PROJECT + "/tasks", "get", **IN_PROJECT, pageSize=1),
-        "CreateRepository": _link(PROJECT + "/container-registry/repo/{repoName}", "post", **IN_PROJECT),
-        "SetLimit": _link(PROJECT + "/limits", "post", **IN_PROJECT),
     },
     (PROJECT + "/tasks", "post"): {
         "ReadTask": _link(TASK, "get", **IN_TASK),
         "SubmitBatch": _link(TASK + "/jobs/batch", "post", **IN_TASK),
-        "ArchiveTask": _link(TASK, "patch", **IN_TASK),
         "DeleteTask": _link(TASK, "delete", **IN_TASK),
-        "CancelJobs": _link(TASK + "/jobs/cancel", "post", **IN_TASK),
     },
     (TASK + "/jobs/batch", "post"): {
         "PageJobs": _link(TASK + "/jobs", "get", **OF_BATCH, pageSize=1),
         "ReadBatch": _link(TASK + "/jobs", "get", **OF_BATCH, jobId="$response.body#/0/parentJobId"),
         "TaskSummary": _link(TASK + "/summary-statistics", "get", **OF_BATCH),
-        "GroupSummaries": _link(TASK + "/group-summary-statistics", "get", **OF_BATCH),
         "CancelBatch": _link(TASK + "/jobs/cancel", "post", **OF_BATCH),
         "DeleteItsTask": _link(TASK, "delete", **OF_BATCH),
     },
