@@ -55,7 +55,9 @@ def container_mode() -> dict[str, str] | None:
     base its build uses (python:3.12-slim, or the stand-in built here where that cannot be pulled).
     """
     required = os.environ.get("HTC_REQUIRE_DOCKER") == "1"
-    if not required and not (DockerEngine().available() and ContainerRegistry.available()):
+    # HTC_DOCKER=0 keeps process mode even where an engine answers.
+    if not required and (os.environ.get("HTC_DOCKER") == "0"
+                         or not (DockerEngine().available() and ContainerRegistry.available())):
         return None
     base = container_build.choose_base("docker", ROOT / "docker" / "Dockerfile")
     return {"DOCKER_BASE_IMAGE": base}
