@@ -14,6 +14,7 @@ execution counts and the kernel's status. On failure the test saves a screenshot
 says which cells ran, which did not, and what the page shows.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -95,6 +96,23 @@ def jupyterlab(emulator, tmp_path):
 
 # Read from JupyterLab's own state (exposed with --LabApp.expose_app_in_browser), not from the
 # DOM: JupyterLab renders long notebooks lazily, so an off-screen cell's prompt is no evidence.
+SCROLL_TO_FIRST_PLOT_JS = """async () => {
+    const notebook = window.jupyterapp.shell.currentWidget.content;
+    const cells = notebook.model.cells;
+    for (let i = 0; i < cells.length; i++) {
+        const cell = cells.get(i);
+        if (cell.type !== 'code') continue;
+        for (let j = 0; j < cell.outputs.length; j++) {
+            if ('application/vnd.plotly.v1+json' in (cell.outputs.get(j).toJSON().data || {})) {
+                notebook.activeCellIndex = i;
+                await notebook.scrollToItem(i, 'center');
+                return i;
+            }
+        }
+    }
+    return -1;
+}"""
+
 NOTEBOOK_STATE_JS = """() => {
     const app = window.jupyterapp;
     const panel = app && app.shell.currentWidget;
@@ -151,7 +169,7 @@ def describe(state: dict) -> str:
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
 def test_run_all_cells_in_jupyterlab(jupyterlab):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
 
     committed = hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest()
     code_cells = sum(cell["cell_type"] == "code" for cell in json.loads((ROOT / "tutorial.ipynb").read_text())["cells"])
@@ -188,7 +206,14 @@ def test_run_all_cells_in_jupyterlab(jupyterlab):
         page.click("text=Run All Cells", timeout=10_000)
         state = wait_until(run_finished, RUN_ALL_TIMEOUT_MS, "Run All Cells had not finished")
 
+        # JupyterLab renders only the cells near the viewport: bring the first plot's cell into view.
+        page.evaluate(SCROLL_TO_FIRST_PLOT_JS)
+        # Beside its static PNG, plotly's JupyterLab renderer shows the PNG and draws the chart on hover.
+        with contextlib.suppress(PlaywrightTimeout):
+            page.locator(".jp-RenderedPlotly").first.hover(timeout=30_000)
         plots = page.locator(".js-plotly-plot")
+        with contextlib.suppress(PlaywrightTimeout):
+            plots.first.wait_for(timeout=30_000)
         if plots.count():
             plots.first.scroll_into_view_if_needed()
         page.screenshot(path=str(SCREENSHOT), full_page=False)
