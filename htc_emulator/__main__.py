@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Both set explicitly: a process started in the background of a script inherits SIGINT as
+    # ignored, and Python then installs no KeyboardInterrupt of its own, so Ctrl+C would do nothing.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         with running(
             api_key=args.api_key or os.environ.get("HTC_EMULATOR_API_KEY"),
@@ -99,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, value in emu.env().items():
                 print(f"export {name}={shlex.quote(value)}")
             print("Stop with Ctrl+C.", flush=True)
-            try:
-                stop.wait()
-            except KeyboardInterrupt:
-                pass
+            stop.wait()
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

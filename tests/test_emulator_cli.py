@@ -15,10 +15,21 @@ import requests
 from htc_emulator.images import PROJECT_ROOT
 
 
-def start(*args: str, env: dict | None = None) -> subprocess.Popen:
+def start(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "htc_emulator", *args], cwd=PROJECT_ROOT,
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, **popen)
+
+
+def stop(process: subprocess.Popen, signum: int) -> tuple[str, str]:
+    """Send ``signum`` and collect the output; a process that does not stop is killed, never left behind."""
+    process.send_signal(signum)
+    try:
+        return process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError(f"the emulator did not stop on signal {signum} within 30 s") from None
 
 
 def read_banner(process: subprocess.Popen, timeout: float = 60) -> str:
@@ -59,8 +70,7 @@ def test_cli_serves_until_interrupted(tmp_path):
         regions = requests.get(api_url + "/htc/regions", headers={"Authorization": f"Bearer {bearer}"}, timeout=30)
         assert regions.status_code == 200
     finally:
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
+        out, err = stop(process, signal.SIGINT)
     assert process.returncode == 0, err
     assert key not in err and bearer not in err + out
 
@@ -70,9 +80,18 @@ def test_cli_stops_on_sigterm_and_writes_nothing_secret_to_stderr():
     try:
         read_banner(process)
     finally:
-        process.terminate()
-        _, err = process.communicate(timeout=30)
+        _, err = stop(process, signal.SIGTERM)
     assert process.returncode == 0 and err == ""
+
+
+def test_cli_stops_on_ctrl_c_when_started_in_the_background():
+    """A shell script's background job starts with SIGINT ignored; Ctrl+C (SIGINT) must still stop it."""
+    process = start(preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        read_banner(process)
+    finally:
+        stop(process, signal.SIGINT)
+    assert process.returncode == 0
 
 
 def test_cli_refuses_bad_arguments():
