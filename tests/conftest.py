@@ -111,6 +111,11 @@ class ContractClient:
             assert time.monotonic() < deadline, f"jobs not finished after {timeout} s: {stats}"
             time.sleep(0.1)
 
+    def job_count(self, project_id: str, task_id: str) -> int:
+        """How many jobs the task holds, in any status."""
+        stats = self.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")
+        return sum(stats["jobStatuses"].values())
+
     def job(self, project_id: str, task_id: str, job_id: str) -> dict:
         return self.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}")
 
@@ -171,3 +176,10 @@ def worker_image() -> str:
     from htc_emulator import container_build
 
     return container_build.ensure_image("opencv-htc-tutorial:v1")
+
+
+@pytest.fixture(scope="module")
+def place(api):
+    """A project and a task of the session emulator, shared by one test module."""
+    project_id = api.new_project()
+    return project_id, api.new_task(project_id)

@@ -18,16 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from htc_emulator import running
 
 
-@pytest.fixture(scope="module")
-def place(api):
-    project_id = api.new_project()
-    return project_id, api.new_task(project_id)
-
-
-def job_count(api, project_id, task_id) -> int:
-    return sum(api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")["jobStatuses"].values())
-
-
 @pytest.mark.parametrize("name", ["AWS_REGION", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"])
 def test_environment_names_beginning_with_aws_are_reserved(api, place, name):
     project_id, task_id = place
@@ -35,7 +25,7 @@ def test_environment_names_beginning_with_aws_are_reserved(api, place, name):
     response = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body, request_valid=None)
     assert response.status_code == 400, response.text
     assert name in response.json()["message"]
-    assert job_count(api, project_id, task_id) == 0
+    assert api.job_count(project_id, task_id) == 0
 
 
 def test_a_batch_without_group_reads_back_with_group_null(api, place):

@@ -16,16 +16,6 @@ GOOD_DEFINITION = {"imageName": "opencv-htc-tutorial:v1", "commands": ["python",
                    "execTimeoutSeconds": 60}
 
 
-@pytest.fixture(scope="module")
-def place(api):
-    project_id = api.new_project()
-    return project_id, api.new_task(project_id)
-
-
-def job_count(api, project_id, task_id) -> int:
-    return sum(api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")["jobStatuses"].values())
-
-
 def assert_bad_request(response, field: str) -> None:
     assert response.status_code == 400, response.text
     body = response.json()
@@ -75,24 +65,24 @@ BAD_BATCHES = [
 @pytest.mark.parametrize("body,field,spec_verdict", BAD_BATCHES)
 def test_bad_batches_are_refused_and_create_nothing(api, place, body, field, spec_verdict):
     project_id, task_id = place
-    before = job_count(api, project_id, task_id)
+    before = api.job_count(project_id, task_id)
     response = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body,
                         request_valid=spec_verdict)
     assert_bad_request(response, field)
-    assert job_count(api, project_id, task_id) == before
+    assert api.job_count(project_id, task_id) == before
 
 
 def test_malformed_json_is_a_400_and_creates_nothing(api, place):
     project_id, task_id = place
     before = (len(api.ok("GET", "/htc/projects", params={"pageSize": 10000})["items"]),
-              job_count(api, project_id, task_id))
+              api.job_count(project_id, task_id))
     for path in ("/htc/projects", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch"):
         response = api.post(path, data=b'[{"htcJobDefinition": ', headers={"Content-Type": "application/json"},
                             request_valid=None)
         assert_bad_request(response, "body")
         assert "JSON" in response.json()["errorDescription"]
     after = (len(api.ok("GET", "/htc/projects", params={"pageSize": 10000})["items"]),
-             job_count(api, project_id, task_id))
+             api.job_count(project_id, task_id))
     assert after == before
 
 
@@ -194,11 +184,11 @@ _fields = st.fixed_dictionaries({}, optional={
 @given(body=st.one_of(_json, st.lists(_fields, min_size=1, max_size=2)))
 def test_arbitrary_batch_bodies_never_crash_or_half_apply(api, place, body):
     project_id, task_id = place
-    before = job_count(api, project_id, task_id)
+    before = api.job_count(project_id, task_id)
     response = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
                         data=json.dumps(body), headers={"Content-Type": "application/json"}, request_valid=None)
     assert response.status_code in (200, 400), response.text
-    created = job_count(api, project_id, task_id) - before
+    created = api.job_count(project_id, task_id) - before
     if response.status_code == 400:
         assert created == 0
     else:
