@@ -65,9 +65,22 @@ def launched(launcher, argv, env, cwd) -> tuple[int, str]:
     return process.wait(), output
 
 
+def default_signals() -> None:
+    """Every signal at its default, as a job starts (and a container's first process), whatever pytest inherited.
+
+    A test run started in the background of a script, or under nohup, inherits SIGINT, SIGQUIT or
+    SIGHUP as ignored; a reference process must not carry that into the comparison.
+    """
+    for number in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
+        try:
+            signal.signal(number, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+
+
 def direct(argv, env, cwd) -> tuple[int, str]:
     result = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, check=False)
+                            stderr=subprocess.STDOUT, text=True, check=False, preexec_fn=default_signals)
     return result.returncode, result.stdout
 
 
