@@ -284,6 +284,17 @@ class DockerEngine:
     def remove(self, container_name: str) -> None:
         self._docker("rm", "--force", container_name)
 
+    def untag_registry(self, registry: str) -> list[str]:
+        """Remove the local image names under ``registry`` (``host:port``); returns them.
+
+        An image stays while another name holds it (the user's own build does).
+        """
+        listed = self._docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
+        names = [name for name in listed.stdout.split() if name.startswith(f"{registry}/")]
+        if names:
+            self._docker("image", "rm", *names)
+        return names
+
     def remove_all(self) -> list[str]:
         """Remove every container of this emulator instance; returns their ids."""
         listed = self._docker("ps", "--all", "--quiet", "--filter", f"label={self.LABEL}.{self.instance}")

@@ -184,3 +184,5 @@ def running(
             storage.stop()
         if container_registry is not None:
             container_registry.stop()
+            # Names under the stopped registry (pulled by jobs, tagged for a push) now lead nowhere.
+            engine.untag_registry(container_registry.host)

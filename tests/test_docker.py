@@ -113,6 +113,9 @@ def docker_emu(worker_image, client_for):
         yield emu, client_for(emu)
     leftover = docker("ps", "--all", "--quiet", "--filter", f"label=htc-emulator.{emu.scheduler.docker.instance}")
     assert leftover.stdout.split() == [], "containers outlived the emulator"
+    names = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    registry = emu.scheduler.registry.host
+    assert [name for name in names if name.startswith(f"{registry}/")] == [], "image names outlived the registry"
 
 
 @pytest.fixture()
