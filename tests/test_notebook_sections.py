@@ -95,7 +95,7 @@ def test_cancel_section_cancels_the_failing_group():
                                    '"to_the_end": htc.status_counts(all_jobs)}')
     assert result["cancelled"] is True
     assert any(reason.startswith("ErrorUnknownFailure") for reason in result["failed"])
-    assert result["to_the_end"]["SUCCEEDED"] + result["to_the_end"]["FAILED"] == 24
+    assert result["to_the_end"]["SUCCEEDED"] + result["to_the_end"]["FAILED"] == 12
     assert result["to_the_end"]["FAILED"] > 0
 
 
