@@ -12,12 +12,16 @@ time scale) start their own with ``htc_emulator.running(...)``.
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
+
 import pytest
 
 from htc_emulator import ExchangeRecorder
 from run_tutorial import emulator_environment
 
 _session: dict = {}
+# Notebook cells tagged so repeat their output in the run's summary: the container path's evidence.
+SUMMARY_TAG = "test-summary"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -31,9 +35,47 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     items.sort(key=lambda item: item.get_closest_marker("session_audit") is not None)
 
 
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
+    """Keep what the notebook's tagged cells printed (nbval keeps a cell's outputs in ``test_outputs``)."""
+    cell = getattr(item, "cell", None)
+    if call.when == "call" and cell is not None and SUMMARY_TAG in cell.get("metadata", {}).get("tags", []):
+        text = "".join(out.get("text", "") for out in getattr(item, "test_outputs", None) or []
+                       if out.get("output_type") == "stream")
+        _session.setdefault("notebook_lines", []).extend(line for line in text.splitlines() if line.strip())
+
+
+def container_jobs_by_task(emulator) -> list[str]:
+    """One line per task whose jobs ran as containers: how many, how they ended, from which image."""
+    scheduler, backend = emulator.scheduler, emulator.backend
+    statuses: dict[str, Counter] = defaultdict(Counter)
+    references: dict[str, set] = defaultdict(set)
+    for job_id, reference in list(scheduler.container_jobs.items()):
+        job = backend.jobs[job_id]
+        statuses[job.task_id][job.status] += 1
+        references[job.task_id].add(reference)
+    return [f"task {backend.tasks[task_id].name!r}: {sum(counts.values())} jobs as containers "
+            f"({', '.join(f'{n} {status}' for status, n in sorted(counts.items()))}) "
+            f"from {', '.join(sorted(references[task_id]))}"
+            for task_id, counts in statuses.items()]
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if "context" in _session:
+        _session["container_lines"] = container_jobs_by_task(_session["emulator"])
         _session.pop("context").__exit__(None, None, None)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The container half of the tutorial as this run did it: the notebook's build, push and batch,
+    and every job the session emulator ran as a container."""
+    notebook, containers = _session.get("notebook_lines", []), _session.get("container_lines", [])
+    if not (notebook or containers):
+        return
+    terminalreporter.section("the tutorial's container path")
+    for line in notebook:
+        terminalreporter.write_line(f"notebook: {line}")
+    for line in containers or ["no job ran as a container (no Docker engine answered, or HTC_DOCKER=0)"]:
+        terminalreporter.write_line(f"session emulator: {line}")
 
 
 @pytest.fixture(scope="session")

@@ -72,6 +72,8 @@ class Scheduler:
         self._intake: queue.Queue = queue.Queue()
         self._runnable: queue.Queue = queue.Queue()
         self._running: dict[str, JobProcess | ContainerProcess] = {}
+        # Job id -> the registry reference its last container attempt ran: what a run's report reads.
+        self.container_jobs: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads = [threading.Thread(target=self._intake_loop, name="htc-intake", daemon=True)]
@@ -199,6 +201,7 @@ class Scheduler:
                     argv, cwd=workdir, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                 ))
+                self.container_jobs[job.job_id] = reference
             else:
                 memory = job.definition.get("maxMemory")
                 process = self.launcher.start(image.local_command(commands), env, workdir,
