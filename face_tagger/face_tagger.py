@@ -22,6 +22,7 @@ import mmap
 import os
 import random
 import re
+import shutil
 import signal
 import struct
 import sys
@@ -480,7 +481,9 @@ class HtcStorage:
             try:
                 local = workdir / safe_key(key)
                 local.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, prefix + key, str(local))
+                # One GET; download_file adds a HEAD and a transfer manager, which pay only for large files.
+                with local.open("wb") as out:
+                    shutil.copyfileobj(client.get_object(Bucket=bucket, Key=prefix + key)["Body"], out)
                 return local
             except Exception as exc:  # recorded per image; the chunk goes on
                 return ImageError(f"download of {key!r} failed: {exc}")
@@ -499,7 +502,8 @@ class HtcStorage:
 
     def put_task(self, local: Path, key: str) -> None:
         client, bucket, prefix = self.task
-        client.upload_file(str(local), bucket, prefix + key)
+        with local.open("rb") as body:  # one PUT; upload_file's transfer manager pays only for large files
+            client.put_object(Bucket=bucket, Key=prefix + key, Body=body)
 
     def upload_task(self, files: list[tuple[Path, str]]) -> None:
         """Upload (local path, key) pairs to task storage concurrently; the first failure is raised."""
