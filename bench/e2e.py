@@ -8,8 +8,8 @@ In one run, over the same N images (derived by ``face_data.scale_up``):
   (process mode, as many job slots as cores), wait until every job is terminal, collect the results.
 
 It prints the batch time against its limit (bare time / cores), the ratio, the per-job overhead
-(a job slot's time per job minus the job's share of bare detection), the upload and collect times,
-and checks from the raw manifests that every image is accounted for exactly once.
+(a job slot's time per job minus the job's share of bare detection), where the batch's CPU went (the
+jobs, the emulator's process, idle cores), the upload and collect times, and checks from the raw manifests that every image is accounted for exactly once.
 
 Usage: .venv/bin/python bench/e2e.py [--images 5000] [--jobs 1000] [--concurrency N]
 """
@@ -54,6 +54,14 @@ def bare_detection(images: list[Path]) -> float:
     for path in images:
         detector.detect(ft.read_image(path))
     return time.perf_counter() - started
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        ticks = [int(field) for field in stat.readline().split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), sum(ticks) / os.sysconf("SC_CLK_TCK")
 
 
 def batch_definition(image_list: str, jobs: int) -> dict:
@@ -106,12 +114,16 @@ def main() -> None:
         htc.upload_files(session, project_id, [image_list], progress=False)
         upload = time.perf_counter() - started
 
-        started = time.perf_counter()
+        started, emulator_cpu, (machine_busy, machine_all) = time.perf_counter(), time.process_time(), \
+            machine_cpu_seconds()
         session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", params={"group": "e2e"},
                      json=[batch_definition(image_list.name, args.jobs)])
         htc.monitor_group(session, project_id, task_id, "e2e", expected_jobs=args.jobs, interval=0.2,
                           progress=False)
         batch = time.perf_counter() - started
+        # This process is the emulator (API, S3 server, scheduler) and the poller; the jobs run outside it.
+        emulator_cpu = time.process_time() - emulator_cpu
+        machine_busy, machine_all = (now - then for now, then in zip(machine_cpu_seconds(), (machine_busy, machine_all)))
 
         started = time.perf_counter()
         results = htc.collect_results(session, project_id, task_id)
@@ -132,6 +144,10 @@ def main() -> None:
     print(f"per-job overhead:{overhead:8.3f} s of a job slot ({slot_per_job:.3f} s a job, "
           f"{bare / args.jobs:.3f} s of it detection: overhead = {overhead / (bare / args.jobs):.2f}x "
           f"a job's bare detection)")
+    others = machine_busy - emulator_cpu
+    print(f"where it went:   {others:8.1f} s CPU in the jobs (and anything else running), {bare:.1f} s of it "
+          f"bare detection; {emulator_cpu:.1f} s CPU in the emulator ({emulator_cpu / args.jobs * 1000:.0f} ms a job); "
+          f"{machine_all - machine_busy:.1f} s of the {cores} cores idle")
     print(f"upload:          {upload:8.1f} s ({len(keys)} images and the image list to shared storage)")
     print(f"collect:         {collect:8.1f} s (collect_results, {len(results)} rows)")
     accounted = not missing and not twice and not strangers and len(seen) == len(keys)
