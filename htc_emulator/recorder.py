@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from urllib.parse import quote
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,10 @@ class ExchangeRecorder:
                 # too, as the 500 it sent, or as a bare 500 if it died before answering at all.
                 headers = _decode(scope["headers"])
                 query = scope["query_string"].decode("latin-1")
-                url = f"http://{headers.get('host', 'localhost')}{scope['path']}" + (f"?{query}" if query else "")
+                # As sent: scope["path"] is percent-decoded, so an id holding "#" or "?" would cut it short.
+                raw_path = scope.get("raw_path")
+                path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
+                url = f"http://{headers.get('host', 'localhost')}{path}" + (f"?{query}" if query else "")
                 exchange = Exchange(scope["method"], url, headers, bytes(request_body), response.get("status", 500),
                                     response.get("headers", {}), bytes(response_body))
                 with recorder._lock:

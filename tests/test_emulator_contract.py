@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
+import requests
 
 from htc_emulator import ExchangeRecorder, running
 from htc_emulator.spec import ContractValidator, corrected_spec
@@ -273,3 +274,16 @@ def test_an_app_that_dies_before_answering_is_recorded_as_500():
         asyncio.run(recorder.asgi(dies)(scope, receive, send))
     [exchange] = recorder.exchanges
     assert (exchange.method, exchange.url, exchange.status) == ("POST", "http://h/htc/projects", 500)
+
+
+def test_a_recorded_url_keeps_path_parameters_as_sent():
+    """An id with ``#`` or ``?`` (percent-encoded on the wire) must not cut the recorded path short."""
+    with running(recorder=ExchangeRecorder()) as emu:
+        sent = f"{emu.api_url}/htc/projects/p%23x/tasks/t%3Fy/jobs/cancel"
+        requests.post(sent, params={"group": "g"}, timeout=30)
+        deadline = time.monotonic() + 5
+        while not (recorded := [e for e in emu.recorder.exchanges if "/tasks/" in e.url]):
+            assert time.monotonic() < deadline, "the exchange was never recorded"
+            time.sleep(0.01)
+    assert urlsplit(recorded[0].url).path == urlsplit(sent).path
+    assert urlsplit(recorded[0].url).query == "group=g"
