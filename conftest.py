@@ -20,7 +20,7 @@ from htc_emulator import ExchangeRecorder
 from run_tutorial import emulator_environment
 
 _session: dict = {}
-# Notebook cells tagged so repeat their output in the run's summary: the container path's evidence.
+# The run's summary repeats what the notebook's cells with this tag printed: the container path's evidence.
 SUMMARY_TAG = "test-summary"
 
 

@@ -8,8 +8,9 @@ In one run, over the same N images (derived by ``face_data.scale_up``):
   (process mode, as many job slots as cores), wait until every job is terminal, collect the results.
 
 It prints the batch time against its limit (bare time / cores), the ratio, the per-job overhead
-(a job slot's time per job minus the job's share of bare detection), where the batch's CPU went (the
-jobs, the emulator's process, idle cores), the upload and collect times, and checks from the raw manifests that every image is accounted for exactly once.
+(a job slot's time per job minus the job's share of bare detection), where the batch's CPU went
+(the jobs, the emulator's process, idle cores), the upload and collect times, and checks from the
+raw manifests that every image is accounted for exactly once.
 
 Usage: .venv/bin/python bench/e2e.py [--images 5000] [--jobs 1000] [--concurrency N]
 """
@@ -123,7 +124,8 @@ def main() -> None:
         batch = time.perf_counter() - started
         # This process is the emulator (API, S3 server, scheduler) and the poller; the jobs run outside it.
         emulator_cpu = time.process_time() - emulator_cpu
-        machine_busy, machine_all = (now - then for now, then in zip(machine_cpu_seconds(), (machine_busy, machine_all)))
+        machine_busy, machine_all = (now - then for now, then in
+                                     zip(machine_cpu_seconds(), (machine_busy, machine_all)))
 
         started = time.perf_counter()
         results = htc.collect_results(session, project_id, task_id)
