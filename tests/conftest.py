@@ -157,22 +157,26 @@ def api(emulator, client_for) -> ContractClient:
 REQUIRE_DOCKER = "HTC_REQUIRE_DOCKER"
 
 
-def docker_engine_or_skip() -> None:
-    """Skip (or, under HTC_REQUIRE_DOCKER=1, fail) when no Docker engine answers ``docker info``."""
-    from htc_emulator.images import DockerEngine
-
-    if DockerEngine().available():
-        return
-    reason = "no Docker engine answers `docker info` (start dockerd, or run .ci/run as root)"
+def skip_without_containers(reason: str) -> None:
+    """Skip a container test for ``reason``; under HTC_REQUIRE_DOCKER=1 fail instead."""
     if os.environ.get(REQUIRE_DOCKER) == "1":
         pytest.fail(f"{REQUIRE_DOCKER}=1 but {reason}")
     pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
+def containers_or_skip():
+    """:func:`skip_without_containers`, for test modules."""
+    return skip_without_containers
+
+
+@pytest.fixture(scope="session")
 def worker_image() -> str:
     """The tutorial's image, built once from docker/Dockerfile (on a stand-in base where none can be pulled)."""
-    docker_engine_or_skip()
+    from htc_emulator.images import DockerEngine
+
+    if not DockerEngine().available():
+        skip_without_containers("no Docker engine answers `docker info` (start dockerd, or run .ci/run as root)")
     from htc_emulator import container_build
 
     return container_build.ensure_image("opencv-htc-tutorial:v1")

@@ -6,24 +6,18 @@ session emulator's registry and runs its batches as containers; nbval compares w
 every job of the notebook's main batch really ran as a container of the pushed image.
 """
 
-import os
-
 import pytest
 
 MAIN_TASK, MAIN_GROUP = "faces-scale-1.2", "library-1.2-"
 IMAGE = "opencv-htc-tutorial:v1"
-REQUIRE_DOCKER = "HTC_REQUIRE_DOCKER"  # .ci/run sets it: there, nothing container-related may be skipped
 
 
 @pytest.mark.session_audit
-def test_the_notebooks_batch_ran_as_containers_of_the_pushed_image(emulator, request):
+def test_the_notebooks_batch_ran_as_containers_of_the_pushed_image(emulator, request, containers_or_skip):
     if not any(item.nodeid.startswith("tutorial.ipynb") for item in request.session.items):
         pytest.skip("the notebook did not run in this session")
     if emulator.scheduler.docker is None:
-        reason = "the session emulator runs jobs as processes (no Docker engine answered, or HTC_DOCKER=0)"
-        if os.environ.get(REQUIRE_DOCKER) == "1":
-            pytest.fail(f"{REQUIRE_DOCKER}=1 but {reason}")
-        pytest.skip(reason)
+        containers_or_skip("the session emulator runs jobs as processes (no Docker engine answered, or HTC_DOCKER=0)")
     backend, ran_as = emulator.backend, emulator.scheduler.container_jobs
     main_jobs = [job for job in list(backend.jobs.values())
                  if backend.tasks[job.task_id].name == MAIN_TASK and (job.group or "").startswith(MAIN_GROUP)]
