@@ -242,8 +242,14 @@ def test_a_killed_job_keeps_what_it_saved_as_it_went(long_chunk, tmp_path):
     assert htc.missing_results(keys, results) == [key for key in keys if key not in done]
 
 
-def test_a_job_that_times_out_on_the_platform_keeps_what_it_finished(job_context, tmp_path):
-    """End to end: the emulator stops a job past its timeout (SIGTERM, then SIGKILL after the grace period)."""
+def test_a_job_that_times_out_on_the_platform_keeps_what_it_finished(emulator, job_context, tmp_path):
+    """End to end: the emulator stops a job past its timeout (SIGTERM, then SIGKILL after the grace period).
+
+    The job cannot finish in time by construction, whatever the machine's speed: every photo
+    past the first ten takes a second to download (an injected storage fault), and the worker
+    downloads at most ``TRANSFER_THREADS`` at once, so its 390 slow photos take over 48 s
+    against the session's scaled 60 s timeout (6 s).
+    """
     session, _, _, _ = job_context
     project = session.post("/htc/projects", json={"projectName": "timeout", "projectDescription": "stopped jobs",
                                                   "regions": ["AWS_EU_WEST_1"]}).json()
@@ -251,7 +257,6 @@ def test_a_job_that_times_out_on_the_platform_keeps_what_it_finished(job_context
     session.post(f"/htc/projects/{project_id}/container-registry/repo/opencv-htc-tutorial")
     task_id = session.post(f"/htc/projects/{project_id}/tasks",
                            json={"taskName": "timeout", "taskDescription": "stopped jobs"}).json()["taskId"]
-    # More photos than the session's scaled 60 s timeout (6 s) lets one job tag.
     keys = [f"t/photo-{n:03d}.jpg" for n in range(400)]
     (tmp_path / "t").mkdir()
     for key in keys:
@@ -262,9 +267,15 @@ def test_a_job_that_times_out_on_the_platform_keeps_what_it_finished(job_context
         "imageName": "opencv-htc-tutorial:v1", "maxVCpus": 1, "maxMemory": 512, "execTimeoutSeconds": 60,
         "commands": ["python", "/opt/face_tagger.py"],
         "envs": [{"name": "BATCH_JOB_ARRAY_SIZE", "value": "1"}, {"name": "IMG_OBJKEY_LIST", "value": "list.dat"}]}}]
-    parent = session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=payload).json()[0]
-    job_id = f"{parent['parentJobId']}:0"
-    assert htc.wait_for_job(session, project_id, task_id, job_id, interval=0.2, timeout=120)["status"] == "FAILED"
+    assert emulator.faults.slow_seconds >= 1 and ft.TRANSFER_THREADS * 6 < len(keys) - 10
+    emulator.faults.set_rate(1.0, ["slow"], target="storage", path=rf"{project_id}/.*/t/photo-(?!00)")
+    try:
+        parent = session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=payload).json()[0]
+        job_id = f"{parent['parentJobId']}:0"
+        finished = htc.wait_for_job(session, project_id, task_id, job_id, interval=0.2, timeout=120)
+    finally:
+        emulator.faults.clear("storage")
+    assert finished["status"] == "FAILED"
 
     logs = [line["message"] for line in htc.get_logs(session, project_id, task_id, job_id)]
     assert any("stopped by SIGTERM" in line for line in logs), logs[-3:]
