@@ -11,7 +11,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
 
-.PHONY: run lab test refresh data venv venv-dev chromium docker-tools bench clean
+.PHONY: run lab test lint refresh data venv venv-dev chromium docker-tools bench clean
 
 # SCALE=seed: 5,000 images over 1,000 jobs, the original tutorial's scale (build/tutorial-seed.*).
 SCALE ?= default
@@ -24,8 +24,13 @@ run: venv data
 lab: venv data
 	$(PY) run_tutorial.py lab --scale $(SCALE)
 
-test: venv-dev data chromium
+test: lint venv-dev data chromium
 	$(PY) -m pytest
+
+# ruff, configured in pyproject.toml: the linter and the formatter, both clean.
+lint: venv-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Re-execute tutorial.ipynb in place: the outputs that nbval compares.
 refresh: venv data

@@ -163,8 +163,10 @@ def htc_api_url(profile: str | None = None, path: str | os.PathLike | None = Non
     parts = urlsplit(url)
     # The API key travels to this URL: plain http only where it never leaves the machine (the emulator).
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ConfigError(f"the HTC API URL from {source} must start with https:// (http:// is allowed only "
-                          f"for localhost, 127.0.0.0/8 and ::1), got http:// for host {parts.hostname!r}")
+        raise ConfigError(
+            f"the HTC API URL from {source} must start with https:// (http:// is allowed only "
+            f"for localhost, 127.0.0.0/8 and ::1), got http:// for host {parts.hostname!r}"
+        )
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigError(f"the HTC API URL from {source} must start with https://, got {url!r}")
     return url.rstrip("/")
@@ -186,8 +188,9 @@ def write_template(path: str | os.PathLike | None = None, profile: str = DEFAULT
     """
     file = config_path(path)
     file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    text = _TEMPLATE.format(profile=profile, apibaseurl=DEFAULT_API_BASE_URL,
-                            htcapibaseurl=DEFAULT_HTC_API_URL, placeholder=PLACEHOLDER)
+    text = _TEMPLATE.format(
+        profile=profile, apibaseurl=DEFAULT_API_BASE_URL, htcapibaseurl=DEFAULT_HTC_API_URL, placeholder=PLACEHOLDER
+    )
     # O_EXCL: never clobber a file that may already hold a real key. The mode is set at
     # creation, so there is no moment when the file is readable by others.
     fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

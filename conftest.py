@@ -39,8 +39,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
     """Keep what the notebook's tagged cells printed (nbval keeps a cell's outputs in ``test_outputs``)."""
     cell = getattr(item, "cell", None)
     if call.when == "call" and cell is not None and SUMMARY_TAG in cell.get("metadata", {}).get("tags", []):
-        text = "".join(out.get("text", "") for out in getattr(item, "test_outputs", None) or []
-                       if out.get("output_type") == "stream")
+        text = "".join(
+            out.get("text", "")
+            for out in getattr(item, "test_outputs", None) or []
+            if out.get("output_type") == "stream"
+        )
         _session.setdefault("notebook_lines", []).extend(line for line in text.splitlines() if line.strip())
 
 
@@ -53,10 +56,12 @@ def container_jobs_by_task(emulator) -> list[str]:
         job = backend.jobs[job_id]
         statuses[job.task_id][job.status] += 1
         references[job.task_id].add(reference)
-    return [f"task {backend.tasks[task_id].name!r}: {sum(counts.values())} jobs as containers "
-            f"({', '.join(f'{n} {status}' for status, n in sorted(counts.items()))}) "
-            f"from {', '.join(sorted(references[task_id]))}"
-            for task_id, counts in statuses.items()]
+    return [
+        f"task {backend.tasks[task_id].name!r}: {sum(counts.values())} jobs as containers "
+        f"({', '.join(f'{n} {status}' for status, n in sorted(counts.items()))}) "
+        f"from {', '.join(sorted(references[task_id]))}"
+        for task_id, counts in statuses.items()
+    ]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -41,8 +41,15 @@ from tqdm import tqdm
 from urllib3.util.retry import Retry
 
 JOB_STATUSES = (
-    "SUBMITTED_TO_RESCALE", "SUBMITTED_TO_PROVIDER", "RUNNABLE", "STARTING", "RUNNING",
-    "SUCCEEDED", "FAILED", "POD_SUCCEEDED", "POD_FAILED",
+    "SUBMITTED_TO_RESCALE",
+    "SUBMITTED_TO_PROVIDER",
+    "RUNNABLE",
+    "STARTING",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "POD_SUCCEEDED",
+    "POD_FAILED",
 )
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "POD_SUCCEEDED", "POD_FAILED"})
 FAILED_STATUSES = frozenset({"FAILED", "POD_FAILED"})
@@ -61,11 +68,19 @@ RESULT_COLUMNS = ["image", "faces", "status", "error", "seconds", "boxes", "scal
 
 # --- errors ------------------------------------------------------------------------------
 
+
 class HtcError(Exception):
     """An HTC API call failed. ``status`` is the HTTP status; ``description`` the server's explanation."""
 
-    def __init__(self, message: str, *, status: int | None = None, method: str | None = None,
-                 url: str | None = None, description: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        description: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.method, self.url, self.description = status, method, url, description
 
@@ -199,9 +214,18 @@ class HtcSession(requests.Session):
     Example: ``session = HtcSession(config.htc_api_url(), api_key)``
     """
 
-    def __init__(self, api_url: str, api_key: str | None = None, *, job_token: str | None = None,
-                 timeout: tuple[float, float] = (10, 60), max_retries: int = 6,
-                 backoff_factor: float = 1.0, backoff_max: float = 60.0, refresh_margin: float = 300.0):
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str | None = None,
+        *,
+        job_token: str | None = None,
+        timeout: tuple[float, float] = (10, 60),
+        max_retries: int = 6,
+        backoff_factor: float = 1.0,
+        backoff_max: float = 60.0,
+        refresh_margin: float = 300.0,
+    ):
         super().__init__()
         if api_key is not None and job_token is not None:
             raise ValueError("give HtcSession an API key or a job token, not both")
@@ -218,11 +242,16 @@ class HtcSession(requests.Session):
         self._renew_at = float("inf") if api_key is None else 0.0
         self._token_lock = threading.Lock()
         retry = _HtcRetry(
-            total=max_retries, other=0,
-            backoff_factor=backoff_factor, backoff_max=backoff_max, backoff_jitter=backoff_factor,
-            status_forcelist=RETRY_STATUSES, allowed_methods=Retry.DEFAULT_ALLOWED_METHODS,
+            total=max_retries,
+            other=0,
+            backoff_factor=backoff_factor,
+            backoff_max=backoff_max,
+            backoff_jitter=backoff_factor,
+            status_forcelist=RETRY_STATUSES,
+            allowed_methods=Retry.DEFAULT_ALLOWED_METHODS,
             # urllib3 would otherwise wait up to 6 h when a server asks for it.
-            respect_retry_after_header=True, retry_after_max=300,
+            respect_retry_after_header=True,
+            retry_after_max=300,
             # Hand the last 429/5xx back instead of raising MaxRetryError, so it becomes a typed error.
             raise_on_status=False,
         )
@@ -245,8 +274,12 @@ class HtcSession(requests.Session):
 
     def _renew_token(self) -> None:
         started = time.monotonic()
-        response = super().request("GET", f"{self.api_url}/auth/token", timeout=self.timeout,
-                                   headers={"Authorization": f"Token {self._api_key}"})
+        response = super().request(
+            "GET",
+            f"{self.api_url}/auth/token",
+            timeout=self.timeout,
+            headers={"Authorization": f"Token {self._api_key}"},
+        )
         _raise_for_status(response)
         body = response.json()
         lifetime = float(body["expiresIn"])
@@ -288,20 +321,21 @@ class HtcSession(requests.Session):
 
     def _send_with_token(self, method, url, params, data, headers, kwargs):
         token = self.bearer_token()
-        response = super().request(method, url, params, data,
-                                   {**headers, "Authorization": f"Bearer {token}"}, **kwargs)
+        response = super().request(method, url, params, data, {**headers, "Authorization": f"Bearer {token}"}, **kwargs)
         if response.status_code == 401 and self._api_key is not None:
             # The token was revoked or the clocks disagree: renew once and try again.
             with self._token_lock:
                 if self._token == token:
                     self._renew_token()
                 token = self._token
-            response = super().request(method, url, params, data,
-                                       {**headers, "Authorization": f"Bearer {token}"}, **kwargs)
+            response = super().request(
+                method, url, params, data, {**headers, "Authorization": f"Bearer {token}"}, **kwargs
+            )
         return response
 
 
 # --- paging, polling, logs ---------------------------------------------------------------
+
 
 def _next_params(params: dict, next_url: str) -> dict | None:
     """The first call's parameters with the ``pageIndex`` of ``next``; None when it names no page.
@@ -327,8 +361,9 @@ def paginate(session: HtcSession, url: str, params: dict | None = None, *, max_i
     while max_items is None or len(items) < max_items:
         page_index = params.get("pageIndex")
         if page_index in fetched:
-            raise HtcError(f"paging of {url} does not end: after {len(fetched)} pages, next names "
-                           f"page {page_index!r} again")
+            raise HtcError(
+                f"paging of {url} does not end: after {len(fetched)} pages, next names page {page_index!r} again"
+            )
         fetched.add(page_index)
         body = session.get(url, params=params).json()
         if isinstance(body, list):  # e.g. tasks/{id}/groups answers with a bare list
@@ -359,8 +394,15 @@ def _pause(interval: float, deadline: float | None, timeout_error) -> float:
     return min(interval, left)
 
 
-def wait_for_job(session: HtcSession, project_id: str, task_id: str, job_id: str, *,
-                 interval: float = STATUS_REFRESH_SECONDS, timeout: float | None = WAIT_TIMEOUT_SECONDS) -> dict:
+def wait_for_job(
+    session: HtcSession,
+    project_id: str,
+    task_id: str,
+    job_id: str,
+    *,
+    interval: float = STATUS_REFRESH_SECONDS,
+    timeout: float | None = WAIT_TIMEOUT_SECONDS,
+) -> dict:
     """Poll a job instance's events until its latest status is terminal; return that event.
 
     Raises ``HtcTimeoutError`` after ``timeout`` seconds (a day by default).
@@ -371,8 +413,10 @@ def wait_for_job(session: HtcSession, project_id: str, task_id: str, job_id: str
     latest = None
 
     def timed_out():
-        return HtcTimeoutError(f"job {job_id} still not finished after {timeout} s "
-                               f"(status: {latest['status'] if latest else 'no events yet'})")
+        return HtcTimeoutError(
+            f"job {job_id} still not finished after {timeout} s "
+            f"(status: {latest['status'] if latest else 'no events yet'})"
+        )
 
     while True:
         try:
@@ -381,8 +425,7 @@ def wait_for_job(session: HtcSession, project_id: str, task_id: str, job_id: str
         except HtcTimeoutError:
             raise timed_out() from None
         # Within one timestamp a terminal event is the later one: nothing follows it.
-        latest = max(events, key=lambda e: (_timestamp(e["dateTime"]), e["status"] in TERMINAL_STATUSES),
-                     default=None)
+        latest = max(events, key=lambda e: (_timestamp(e["dateTime"]), e["status"] in TERMINAL_STATUSES), default=None)
         if latest is not None and latest["status"] in TERMINAL_STATUSES:
             return latest
         time.sleep(_pause(interval, deadline, timed_out))
@@ -393,14 +436,22 @@ def get_logs(session: HtcSession, project_id: str, task_id: str, job_id: str) ->
 
     Example: ``for line in get_logs(session, pid, tid, job_id): print(line["message"])``
     """
-    return paginate(session, f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs",
-                    {"sort": "asc", "pageSize": 1000})
+    return paginate(
+        session, f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs", {"sort": "asc", "pageSize": 1000}
+    )
 
 
 # --- job statistics ----------------------------------------------------------------------
 
-def get_all_jobs(session: HtcSession, project_id: str, task_id: str, group: str | None = None,
-                 status: str | None = None, view_type: str = "SIMPLE") -> list[dict]:
+
+def get_all_jobs(
+    session: HtcSession,
+    project_id: str,
+    task_id: str,
+    group: str | None = None,
+    status: str | None = None,
+    view_type: str = "SIMPLE",
+) -> list[dict]:
     """Every job of a task, optionally only one group and/or one status.
 
     Example: ``failed = get_all_jobs(session, pid, tid, group, status="FAILED")``
@@ -428,8 +479,9 @@ def failure_summary(jobs: list[dict]) -> dict[str, int]:
 
     Example: ``failure_summary(get_all_jobs(session, pid, tid, group, status="FAILED"))``
     """
-    reasons = Counter(f"{job.get('failureCode')}: {job.get('statusReason')}"
-                      for job in jobs if job["status"] in FAILED_STATUSES)
+    reasons = Counter(
+        f"{job.get('failureCode')}: {job.get('statusReason')}" for job in jobs if job["status"] in FAILED_STATUSES
+    )
     return dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
@@ -439,8 +491,7 @@ def group_status_counts(session: HtcSession, project_id: str, task_id: str, grou
     Example: ``group_status_counts(session, pid, tid, group)["RUNNING"]``
     """
     counts = dict.fromkeys(JOB_STATUSES, 0)
-    items = paginate(session, f"/htc/projects/{project_id}/tasks/{task_id}/group-summary-statistics",
-                     {"group": group})
+    items = paginate(session, f"/htc/projects/{project_id}/tasks/{task_id}/group-summary-statistics", {"group": group})
     for item in items:
         if item.get("group") == group:
             for status, n in (item.get("jobStatuses") or {}).items():
@@ -461,8 +512,10 @@ def _watch_group(session, project_id, task_id, group, stop, *, expected_jobs, in
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def timed_out():
-        return HtcTimeoutError(f"group {group!r} not finished after {timeout} s: {counts}",
-                               pd.DataFrame(rows, columns=["time", "status", "count"]))
+        return HtcTimeoutError(
+            f"group {group!r} not finished after {timeout} s: {counts}",
+            pd.DataFrame(rows, columns=["time", "status", "count"]),
+        )
 
     # stdout, not stderr: a notebook shows stderr as an error box.
     with tqdm(total=expected_jobs, desc=group, unit="job", disable=not progress, file=sys.stdout) as bar:
@@ -482,18 +535,34 @@ def _watch_group(session, project_id, task_id, group, stop, *, expected_jobs, in
             time.sleep(_pause(interval, deadline, timed_out))
 
 
-def monitor_group(session: HtcSession, project_id: str, task_id: str, group: str, *,
-                  expected_jobs: int | None = None, interval: float = STATUS_REFRESH_SECONDS,
-                  timeout: float | None = WAIT_TIMEOUT_SECONDS, progress: bool = True) -> pd.DataFrame:
+def monitor_group(
+    session: HtcSession,
+    project_id: str,
+    task_id: str,
+    group: str,
+    *,
+    expected_jobs: int | None = None,
+    interval: float = STATUS_REFRESH_SECONDS,
+    timeout: float | None = WAIT_TIMEOUT_SECONDS,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Wait until every job of a group is terminal; return status counts over time.
 
     The result has columns ``time``, ``status``, ``count`` (one row per status per poll).
     Raises ``HtcTimeoutError``, with the history so far, after ``timeout`` seconds (a day by default).
     Example: ``history = monitor_group(session, pid, tid, group, expected_jobs=1000, timeout=6 * 3600)``
     """
-    history, _ = _watch_group(session, project_id, task_id, group,
-                              lambda counts: _all_terminal(counts, expected_jobs),
-                              expected_jobs=expected_jobs, interval=interval, timeout=timeout, progress=progress)
+    history, _ = _watch_group(
+        session,
+        project_id,
+        task_id,
+        group,
+        lambda counts: _all_terminal(counts, expected_jobs),
+        expected_jobs=expected_jobs,
+        interval=interval,
+        timeout=timeout,
+        progress=progress,
+    )
     return history
 
 
@@ -506,8 +575,9 @@ def plot_status_history(history: pd.DataFrame, title: str = "Job statuses over t
     order = [s for s in JOB_STATUSES if s in set(history["status"])]
     order += sorted(set(history["status"]) - set(order))
     # A linear axis: a log axis would hide the zero counts that show a status emptying out.
-    return px.line(history[seen], x="time", y="count", color="status", markers=True, title=title,
-                   category_orders={"status": order})
+    return px.line(
+        history[seen], x="time", y="count", color="status", markers=True, title=title, category_orders={"status": order}
+    )
 
 
 def cancel_group(session: HtcSession, project_id: str, task_id: str, group: str) -> None:
@@ -521,18 +591,28 @@ def cancel_group(session: HtcSession, project_id: str, task_id: str, group: str)
     session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/cancel", params={"group": group})
 
 
-def monitor_for_cancellation(session: HtcSession, project_id: str, task_id: str, group: str, *,
-                             max_failed_ratio: float = 0.15, min_finished: int = 10,
-                             expected_jobs: int | None = None, interval: float = STATUS_REFRESH_SECONDS,
-                             timeout: float | None = WAIT_TIMEOUT_SECONDS,
-                             progress: bool = True) -> tuple[bool, pd.DataFrame]:
+def monitor_for_cancellation(
+    session: HtcSession,
+    project_id: str,
+    task_id: str,
+    group: str,
+    *,
+    max_failed_ratio: float = 0.15,
+    min_finished: int = 10,
+    expected_jobs: int | None = None,
+    interval: float = STATUS_REFRESH_SECONDS,
+    timeout: float | None = WAIT_TIMEOUT_SECONDS,
+    progress: bool = True,
+) -> tuple[bool, pd.DataFrame]:
     """Watch a group; once more than ``max_failed_ratio`` of its finished jobs failed, cancel it.
 
     The ratio is judged only once ``min_finished`` jobs have finished: one early failure
     is 100 %, and would cancel a healthy group. After a cancellation it waits for the group
-    to settle. Returns ``(cancelled, history)``. ``timeout`` (a day by default) covers the watching and the settling together.
+    to settle. Returns ``(cancelled, history)``. ``timeout`` (a day by default) covers the
+    watching and the settling together.
     Example: ``cancelled, history = monitor_for_cancellation(session, pid, tid, group, timeout=6 * 3600)``
     """
+
     def too_many_failures(counts):
         finished = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
         failed = sum(n for s, n in counts.items() if s in FAILED_STATUSES)
@@ -540,16 +620,31 @@ def monitor_for_cancellation(session: HtcSession, project_id: str, task_id: str,
 
     started = time.monotonic()
     history, counts = _watch_group(
-        session, project_id, task_id, group,
+        session,
+        project_id,
+        task_id,
+        group,
         lambda c: _all_terminal(c, expected_jobs) or too_many_failures(c),
-        expected_jobs=expected_jobs, interval=interval, timeout=timeout, progress=progress)
+        expected_jobs=expected_jobs,
+        interval=interval,
+        timeout=timeout,
+        progress=progress,
+    )
     if _all_terminal(counts, expected_jobs):
         return False, history
     cancel_group(session, project_id, task_id, group)
     remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
     try:
-        settled = monitor_group(session, project_id, task_id, group, expected_jobs=expected_jobs,
-                                interval=interval, timeout=remaining, progress=progress)
+        settled = monitor_group(
+            session,
+            project_id,
+            task_id,
+            group,
+            expected_jobs=expected_jobs,
+            interval=interval,
+            timeout=remaining,
+            progress=progress,
+        )
     except HtcTimeoutError as exc:
         exc.history = pd.concat([history, exc.history], ignore_index=True)
         raise
@@ -557,6 +652,7 @@ def monitor_for_cancellation(session: HtcSession, project_id: str, task_id: str,
 
 
 # --- storage -----------------------------------------------------------------------------
+
 
 def project_storage_token(session: HtcSession, project_id: str, region: str | None = None) -> dict:
     """Short-lived credentials for the project's shared storage (secret: don't print them).
@@ -585,8 +681,12 @@ def _aws_region(rescale_region: str | None) -> str | None:
 
 def _credential_metadata(token: dict) -> dict:
     creds = token["credentials"]
-    return {"access_key": creds["AWS_ACCESS_KEY_ID"], "secret_key": creds["AWS_SECRET_ACCESS_KEY"],
-            "token": creds.get("AWS_SESSION_TOKEN"), "expiry_time": token["expiration"]}
+    return {
+        "access_key": creds["AWS_ACCESS_KEY_ID"],
+        "secret_key": creds["AWS_SECRET_ACCESS_KEY"],
+        "token": creds.get("AWS_SESSION_TOKEN"),
+        "expiry_time": token["expiration"],
+    }
 
 
 def _storage_path(session: HtcSession, project_id: str, task_id: str | None, token: dict) -> str:
@@ -613,12 +713,15 @@ def _storage_path(session: HtcSession, project_id: str, task_id: str | None, tok
                 raise HtcError(f"task {task_id}: taskPath {path!r} names no bucket, and the token no shared path")
             # A bare key prefix lives in the same bucket as the project's shared storage.
             return f"s3://{shared.removeprefix('s3://').partition('/')[0]}/{path.lstrip('/')}"
-    raise HtcError(f"no storage path for task {task_id}: its token has no storagePath, and regional-storage "
-                   f"lists no taskPath for region {token.get('region')}")
+    raise HtcError(
+        f"no storage path for task {task_id}: its token has no storagePath, and regional-storage "
+        f"lists no taskPath for region {token.get('region')}"
+    )
 
 
 def _s3(session: HtcSession, project_id: str, task_id: str | None, region: str | None, workers: int = 8):
     """An S3 client on a storage token's credentials, renewed before they expire; with bucket and key prefix."""
+
     def fetch():
         if task_id is None:
             return project_storage_token(session, project_id, region)
@@ -630,33 +733,44 @@ def _s3(session: HtcSession, project_id: str, task_id: str | None, region: str |
     bucket, _, prefix = _storage_path(session, project_id, task_id, token).removeprefix("s3://").partition("/")
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
 
-    lifetime = max(0.0, (_timestamp(token["expiration"]) - dt.datetime.now(dt.timezone.utc)).total_seconds())
+    lifetime = max(0.0, (_timestamp(token["expiration"]) - dt.datetime.now(dt.UTC)).total_seconds())
     renew_before = min(STORAGE_RENEW_BEFORE, lifetime * STORAGE_RENEW_FRACTION)
     # botocore fetches new credentials through `fetch` once fewer than `renew_before` seconds
     # are left, and makes every transfer wait for them when half of that is left.
     credentials = RefreshableCredentials.create_from_metadata(
-        _credential_metadata(token), lambda: _credential_metadata(fetch()), "htc-storage-token",
-        advisory_timeout=renew_before, mandatory_timeout=renew_before / 2)
+        _credential_metadata(token),
+        lambda: _credential_metadata(fetch()),
+        "htc-storage-token",
+        advisory_timeout=renew_before,
+        mandatory_timeout=renew_before / 2,
+    )
     botocore_session = botocore.session.get_session()
     # A resolver with our single source replaces botocore's default chain (env, ~/.aws, ...).
     botocore_session.register_component(
         "credential_provider",
-        CredentialResolver([SimpleNamespace(METHOD="htc-storage-token", load=lambda: credentials)]))
+        CredentialResolver([SimpleNamespace(METHOD="htc-storage-token", load=lambda: credentials)]),
+    )
     # The endpoint comes from AWS_ENDPOINT_URL_S3 when that is set (the local emulator sets it).
     client = boto3.session.Session(botocore_session=botocore_session).client(
-        "s3", region_name=_aws_region(token.get("region")),
-        config=Config(retries={"mode": "standard", "max_attempts": 6}, max_pool_connections=max(10, workers)))
+        "s3",
+        region_name=_aws_region(token.get("region")),
+        config=Config(retries={"mode": "standard", "max_attempts": 6}, max_pool_connections=max(10, workers)),
+    )
     return client, bucket, prefix
 
 
 def _list(client, bucket: str, prefix: str, under: str = "") -> list[dict]:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + under)
-    return [{"key": obj["Key"][len(prefix):], "last_modified": obj["LastModified"]}
-            for page in pages for obj in page.get("Contents", [])]
+    return [
+        {"key": obj["Key"][len(prefix) :], "last_modified": obj["LastModified"]}
+        for page in pages
+        for obj in page.get("Contents", [])
+    ]
 
 
-def list_objects(session: HtcSession, project_id: str, task_id: str | None = None, *,
-                 prefix: str = "", region: str | None = None) -> list[str]:
+def list_objects(
+    session: HtcSession, project_id: str, task_id: str | None = None, *, prefix: str = "", region: str | None = None
+) -> list[str]:
     """Object keys, relative to the storage path, of a task's storage (or shared storage without a task).
 
     Example: ``[k for k in list_objects(session, pid, tid) if k.endswith(".dat")]``
@@ -666,8 +780,10 @@ def list_objects(session: HtcSession, project_id: str, task_id: str | None = Non
 
 
 def _transfer(fn, items: list, workers: int, progress: bool, desc: str) -> list:
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(items), desc=desc, unit="file",
-                                                    disable=not progress, file=sys.stdout) as bar:
+    with (
+        ThreadPoolExecutor(workers) as pool,
+        tqdm(total=len(items), desc=desc, unit="file", disable=not progress, file=sys.stdout) as bar,
+    ):
         results = []
         for result in pool.map(fn, items):
             results.append(result)
@@ -682,8 +798,17 @@ def _safe_key(key: str) -> str:
     return key
 
 
-def upload_files(session: HtcSession, project_id: str, source, task_id: str | None = None, *,
-                 prefix: str = "", region: str | None = None, workers: int = 8, progress: bool = True) -> list[str]:
+def upload_files(
+    session: HtcSession,
+    project_id: str,
+    source,
+    task_id: str | None = None,
+    *,
+    prefix: str = "",
+    region: str | None = None,
+    workers: int = 8,
+    progress: bool = True,
+) -> list[str]:
     """Upload a directory (keys relative to it) or a list of files (keys are their names); return the keys.
 
     Without ``task_id`` the files go to project shared storage.
@@ -693,8 +818,9 @@ def upload_files(session: HtcSession, project_id: str, source, task_id: str | No
         root = Path(source)
         pairs = [(p, prefix + p.relative_to(root).as_posix()) for p in sorted(root.rglob("*")) if p.is_file()]
     else:
-        pairs = [(Path(p), prefix + Path(p).name) for p in ([source] if isinstance(source, (str, os.PathLike))
-                                                              else source)]
+        pairs = [
+            (Path(p), prefix + Path(p).name) for p in ([source] if isinstance(source, (str, os.PathLike)) else source)
+        ]
     # The rules download_files applies, checked for every key before anything is stored.
     pairs = [(path, _safe_key(key)) for path, key in pairs]
     client, bucket, base = _s3(session, project_id, task_id, region, workers)
@@ -706,8 +832,17 @@ def upload_files(session: HtcSession, project_id: str, source, task_id: str | No
     return _transfer(put, pairs, workers, progress, "upload")
 
 
-def download_files(session: HtcSession, project_id: str, keys: list[str], dest, task_id: str | None = None, *,
-                   region: str | None = None, workers: int = 8, progress: bool = True) -> list[Path]:
+def download_files(
+    session: HtcSession,
+    project_id: str,
+    keys: list[str],
+    dest,
+    task_id: str | None = None,
+    *,
+    region: str | None = None,
+    workers: int = 8,
+    progress: bool = True,
+) -> list[Path]:
     """Download objects (keys relative to the storage path) into ``dest``; return the local paths.
 
     Example: ``download_files(session, pid, ["000000367818.jpg_tagged.jpg"], "output", tid)``
@@ -734,12 +869,14 @@ def download_files(session: HtcSession, project_id: str, keys: list[str], dest, 
 
 # --- results -----------------------------------------------------------------------------
 
+
 def _parse_image_list(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def read_image_list(session: HtcSession, project_id: str, key: str = "image_list.dat",
-                    region: str | None = None) -> list[str]:
+def read_image_list(
+    session: HtcSession, project_id: str, key: str = "image_list.dat", region: str | None = None
+) -> list[str]:
     """The image keys listed in a file in project shared storage, one a line, blank lines skipped.
 
     Example: ``images = read_image_list(session, pid)``
@@ -755,8 +892,9 @@ def _dat_faces(key: str, text: str) -> int:
     return int(lines[1])
 
 
-def collect_results(session: HtcSession, project_id: str, task_id: str, *, region: str | None = None,
-                    workers: int = 8) -> pd.DataFrame:
+def collect_results(
+    session: HtcSession, project_id: str, task_id: str, *, region: str | None = None, workers: int = 8
+) -> pd.DataFrame:
     """Gather the workers' results from task storage into one row per image.
 
     Reads every ``manifests/*.jsonl``; images that no manifest mentions but that have a
@@ -776,7 +914,7 @@ def collect_results(session: HtcSession, project_id: str, task_id: str, *, regio
     with ThreadPoolExecutor(workers) as pool:
         manifest_texts = list(pool.map(read, manifests))
         records = []
-        for obj, text in zip(manifests, manifest_texts):
+        for obj, text in zip(manifests, manifest_texts, strict=True):
             for n, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
@@ -787,16 +925,25 @@ def collect_results(session: HtcSession, project_id: str, task_id: str, *, regio
                 records.append({**record, "source": obj["key"], "_modified": obj["last_modified"]})
         reported = {r["image"] for r in records}
         orphans = [o for o in dats if o["key"].removesuffix("_tagged.dat") not in reported]
-        for obj, text in zip(orphans, pool.map(read, orphans)):
-            records.append({"image": obj["key"].removesuffix("_tagged.dat"), "faces": _dat_faces(obj["key"], text),
-                            "status": "ok", "source": obj["key"], "_modified": obj["last_modified"]})
+        for obj, text in zip(orphans, pool.map(read, orphans), strict=True):
+            records.append(
+                {
+                    "image": obj["key"].removesuffix("_tagged.dat"),
+                    "faces": _dat_faces(obj["key"], text),
+                    "status": "ok",
+                    "source": obj["key"],
+                    "_modified": obj["last_modified"],
+                }
+            )
 
     df = pd.DataFrame(records, columns=RESULT_COLUMNS + ["_modified"])
     df["_ok"] = df["status"] == "ok"
-    df = (df.sort_values(["_ok", "_modified"], kind="stable")
-            .drop_duplicates("image", keep="last")
-            .drop(columns=["_ok", "_modified"])
-            .sort_values("image", ignore_index=True))
+    df = (
+        df.sort_values(["_ok", "_modified"], kind="stable")
+        .drop_duplicates("image", keep="last")
+        .drop(columns=["_ok", "_modified"])
+        .sort_values("image", ignore_index=True)
+    )
     df["faces"] = df["faces"].astype("Int64")
     return df
 
@@ -832,17 +979,27 @@ def unique_name(prefix: str) -> str:
     Re-submitting under an old group name silently mixes the new jobs into the old group's statistics.
     Example: ``group = unique_name("library")  # 'library-20261201T150102-3f9a1c'``
     """
-    return f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{os.urandom(3).hex()}"
+    return f"{prefix}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{os.urandom(3).hex()}"
 
 
-def tagging_batch(image: str, job_count: int, image_list_key: str, *, scale_factor: float = 1.2,
-                  simulate_failures: bool = False, timeout_seconds: int = 3600, vcpus: int = 1,
-                  memory_mib: int = 512) -> dict:
+def tagging_batch(
+    image: str,
+    job_count: int,
+    image_list_key: str,
+    *,
+    scale_factor: float = 1.2,
+    simulate_failures: bool = False,
+    timeout_seconds: int = 3600,
+    vcpus: int = 1,
+    memory_mib: int = 512,
+) -> dict:
     """One batch definition for the face tagger: ``job_count`` jobs sharing the photos in ``image_list_key``.
 
     Job ``i`` tags its slice of the list, found from ``AWS_BATCH_JOB_ARRAY_INDEX`` (set by the
     platform) and ``BATCH_JOB_ARRAY_SIZE`` (set here: names starting ``AWS_`` are reserved).
-    Example: ``session.post(f"{url}/jobs/batch", params={"group": g}, json=[tagging_batch(image, 24, "image_list.dat")])``
+    Example::
+
+        session.post(f"{url}/jobs/batch", params={"group": g}, json=[tagging_batch(image, 24, "image_list.dat")])
     """
     if not 1 <= job_count <= MAX_JOBS_PER_BATCH:
         raise ValueError(f"job_count must be between 1 and {MAX_JOBS_PER_BATCH}, not {job_count}")
@@ -867,8 +1024,15 @@ def tagging_batch(image: str, job_count: int, image_list_key: str, *, scale_fact
     }
 
 
-def batch_estimate(job_count: int, seconds_per_job: float, *, parallel_jobs: int, vcpus_per_job: int = 1,
-                   start_seconds: float = 60.0, refresh_seconds: float = STATUS_REFRESH_SECONDS) -> dict:
+def batch_estimate(
+    job_count: int,
+    seconds_per_job: float,
+    *,
+    parallel_jobs: int,
+    vcpus_per_job: int = 1,
+    start_seconds: float = 60.0,
+    refresh_seconds: float = STATUS_REFRESH_SECONDS,
+) -> dict:
     """A rough duration and size of a batch, to state before submitting it.
 
     ``start_seconds`` is what each job pays before its command runs (a container start and,
@@ -882,8 +1046,11 @@ def batch_estimate(job_count: int, seconds_per_job: float, *, parallel_jobs: int
     per_job = start_seconds + seconds_per_job
     # Each status change shows up to one refresh late: at the first job's start and at the last one's end.
     seconds = waves * per_job + 2 * refresh_seconds
-    return {"waves": waves, "minutes": round(seconds / 60, 1),
-            "vcpu_hours": round(job_count * per_job * vcpus_per_job / 3600, 2)}
+    return {
+        "waves": waves,
+        "minutes": round(seconds / 60, 1),
+        "vcpu_hours": round(job_count * per_job * vcpus_per_job / 3600, 2),
+    }
 
 
 def no_results_reason(session: HtcSession, project_id: str, task_id: str, group: str | None = None) -> str:
@@ -899,8 +1066,10 @@ def no_results_reason(session: HtcSession, project_id: str, task_id: str, group:
     if not failed:
         return f"no photo with a face in {where}: none of its {len(jobs)} jobs failed, and none found a face"
     reasons = "; ".join(f"{n} × {reason}" for reason, n in failed.items())
-    return (f"no photo with a face in {where}: {sum(failed.values())} of {len(jobs)} jobs failed ({reasons}). "
-            "Read one failed job's logs with get_logs.")
+    return (
+        f"no photo with a face in {where}: {sum(failed.values())} of {len(jobs)} jobs failed ({reasons}). "
+        "Read one failed job's logs with get_logs."
+    )
 
 
 def show_image(path, width: int = 500) -> None:
@@ -927,12 +1096,13 @@ def static_png(figure, width: float = 7.0, height: float = 3.5) -> bytes:
     import io
 
     import matplotlib
+
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
     bars = [trace for trace in figure.data if trace.type == "bar"]
-    for k, trace in enumerate(figure.data):
+    for trace in figure.data:
         if trace.type == "bar":
             labels = [str(x) for x in trace.x]
             step = 0.8 / len(bars)
@@ -964,13 +1134,19 @@ def show_figure(figure) -> None:
 
     from IPython.display import display
 
-    display({"application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {}},
-             "image/png": base64.b64encode(static_png(figure)).decode(),
-             "text/plain": f"<figure: {figure.layout.title.text or 'plotly chart'}>"}, raw=True)
+    display(
+        {
+            "application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {}},
+            "image/png": base64.b64encode(static_png(figure)).decode(),
+            "text/plain": f"<figure: {figure.layout.title.text or 'plotly chart'}>",
+        },
+        raw=True,
+    )
 
 
-def delete_objects(session: HtcSession, project_id: str, keys: list[str], task_id: str | None = None, *,
-                   region: str | None = None) -> int:
+def delete_objects(
+    session: HtcSession, project_id: str, keys: list[str], task_id: str | None = None, *, region: str | None = None
+) -> int:
     """Delete objects (keys relative to the storage path) from shared storage, or a task's; return how many.
 
     Projects cannot be deleted through the API, so their shared storage stays until its objects are removed.
@@ -979,6 +1155,8 @@ def delete_objects(session: HtcSession, project_id: str, keys: list[str], task_i
     keys = [_safe_key(k) for k in keys]
     client, bucket, base = _s3(session, project_id, task_id, region)
     for start in range(0, len(keys), 1000):  # S3 takes at most 1,000 keys per request
-        client.delete_objects(Bucket=bucket, Delete={
-            "Objects": [{"Key": base + key} for key in keys[start:start + 1000]], "Quiet": True})
+        client.delete_objects(
+            Bucket=bucket,
+            Delete={"Objects": [{"Key": base + key} for key in keys[start : start + 1000]], "Quiet": True},
+        )
     return len(keys)

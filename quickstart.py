@@ -21,16 +21,22 @@ IMAGE_LIST_KEY = "image_list.dat"
 REGION = "AWS_EU_WEST_1"
 
 
-def ready_task(api_url: str, images_dir="data/images", *, image: str = IMAGE, region: str = REGION,
-               work_dir="build/quickstart") -> tuple[htc.HtcSession, str, str, str, str]:
+def ready_task(
+    api_url: str, images_dir="data/images", *, image: str = IMAGE, region: str = REGION, work_dir="build/quickstart"
+) -> tuple[htc.HtcSession, str, str, str, str]:
     """A new project with the image's repository, the photos and their list uploaded, and an empty task.
 
     Returns ``(session, project_id, task_id, image, image_list_key)``.
     """
     session = htc.HtcSession(api_url, config.get_profile()[1])
-    project_id = session.post(f"{api_url}/htc/projects", json={
-        "projectName": "htc-tutorial", "projectDescription": "Find the photo with the most faces",
-        "regions": [region]}).json()["projectId"]
+    project_id = session.post(
+        f"{api_url}/htc/projects",
+        json={
+            "projectName": "htc-tutorial",
+            "projectDescription": "Find the photo with the most faces",
+            "regions": [region],
+        },
+    ).json()["projectId"]
     repo_name = image.split(":")[0]
     session.post(f"{api_url}/htc/projects/{project_id}/container-registry/repo/{repo_name}")
     images_dir = Path(images_dir)
@@ -39,23 +45,30 @@ def ready_task(api_url: str, images_dir="data/images", *, image: str = IMAGE, re
     image_list.parent.mkdir(parents=True, exist_ok=True)
     image_list.write_text("".join(f"{p.name}\n" for p in sorted(images_dir.iterdir()) if p.is_file()))
     htc.upload_files(session, project_id, [image_list], progress=False)
-    task_id = session.post(f"{api_url}/htc/projects/{project_id}/tasks", json={
-        "taskName": "faces-scale-1.2", "taskDescription": "Haar cascade, scaleFactor 1.2"}).json()["taskId"]
+    task_id = session.post(
+        f"{api_url}/htc/projects/{project_id}/tasks",
+        json={"taskName": "faces-scale-1.2", "taskDescription": "Haar cascade, scaleFactor 1.2"},
+    ).json()["taskId"]
     return session, project_id, task_id, image, IMAGE_LIST_KEY
 
 
-def tagged_task(api_url: str, job_count: int, images_dir="data/images", *, interval: float = 0.5,
-                **project) -> tuple[htc.HtcSession, str, str, str]:
+def tagged_task(
+    api_url: str, job_count: int, images_dir="data/images", *, interval: float = 0.5, **project
+) -> tuple[htc.HtcSession, str, str, str]:
     """``ready_task``, then one tagging batch of ``job_count`` jobs run to the end.
 
     Returns ``(session, project_id, task_id, image_list_key)``.
     """
     session, project_id, task_id, image, image_list_key = ready_task(api_url, images_dir, **project)
     group = htc.unique_name("library")
-    session.post(f"{api_url}/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", params={"group": group},
-                 json=[htc.tagging_batch(image, job_count, image_list_key)])
-    htc.monitor_group(session, project_id, task_id, group, expected_jobs=job_count, interval=interval,
-                      timeout=3600, progress=False)
+    session.post(
+        f"{api_url}/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+        params={"group": group},
+        json=[htc.tagging_batch(image, job_count, image_list_key)],
+    )
+    htc.monitor_group(
+        session, project_id, task_id, group, expected_jobs=job_count, interval=interval, timeout=3600, progress=False
+    )
     return session, project_id, task_id, image_list_key
 
 

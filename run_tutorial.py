@@ -56,8 +56,9 @@ def container_mode() -> dict[str, str] | None:
     """
     required = os.environ.get("HTC_REQUIRE_DOCKER") == "1"
     # HTC_DOCKER=0 keeps process mode even where an engine answers.
-    if not required and (os.environ.get("HTC_DOCKER") == "0"
-                         or not (DockerEngine().available() and ContainerRegistry.available())):
+    if not required and (
+        os.environ.get("HTC_DOCKER") == "0" or not (DockerEngine().available() and ContainerRegistry.available())
+    ):
         return None
     base = container_build.choose_base("docker", ROOT / "docker" / "Dockerfile")
     return {"DOCKER_BASE_IMAGE": base}
@@ -111,8 +112,14 @@ def parameterised(scale: str) -> tuple[nbformat.NotebookNode, str]:
 def execute(notebook: nbformat.NotebookNode, cell_timeout: int = 900) -> None:
     """Run every cell in a fresh kernel whose working directory is the project root."""
     # coalesce_streams folds progress bars (carriage returns) into their final line.
-    NotebookClient(notebook, timeout=cell_timeout, kernel_name="python3", record_timing=False,
-                   coalesce_streams=True, resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(
+        notebook,
+        timeout=cell_timeout,
+        kernel_name="python3",
+        record_timing=False,
+        coalesce_streams=True,
+        resources={"metadata": {"path": str(ROOT)}},
+    ).execute()
 
 
 def most_faces(notebook: nbformat.NotebookNode) -> str:
@@ -162,8 +169,18 @@ def lab_command(port: int, notebook: Path) -> list[str]:
     starts in its notebook's folder; so for a copy in build/, the file browser shows build/ and the
     kernels get the project root as theirs.
     """
-    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-               f"--ServerApp.root_dir={notebook.parent}", f"--MappingKernelManager.root_dir={ROOT}", str(notebook)]
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--ServerApp.root_dir={notebook.parent}",
+        f"--MappingKernelManager.root_dir={ROOT}",
+        str(notebook),
+    ]
     # Containers and CI machines often run as root, which JupyterLab refuses without this flag.
     if os.geteuid() == 0:
         command.append("--allow-root")
@@ -189,8 +206,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("run", "lab", "refresh"))
     parser.add_argument("--port", type=int, default=8888, help="JupyterLab port (lab only)")
-    parser.add_argument("--scale", choices=SCALES, default="default",
-                        help="seed: 5,000 images over 1,000 jobs, as the original tutorial (run and lab)")
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="default",
+        help="seed: 5,000 images over 1,000 jobs, as the original tutorial (run and lab)",
+    )
     args = parser.parse_args()
     if args.command == "refresh" and args.scale != "default":
         parser.error("refresh re-executes tutorial.ipynb as committed; --scale is for run and lab")

@@ -29,14 +29,20 @@ sys.path.insert(0, str(ROOT))
 from htc_emulator import container_build, running  # noqa: E402
 
 IMAGE = "opencv-htc-tutorial:v1"
-JOB = {"imageName": IMAGE, "maxVCpus": 1, "maxMemory": 512, "execTimeoutSeconds": 600,
-       "commands": ["python", "-c", "import cv2, boto3"]}
+JOB = {
+    "imageName": IMAGE,
+    "maxVCpus": 1,
+    "maxMemory": 512,
+    "execTimeoutSeconds": 600,
+    "commands": ["python", "-c", "import cv2, boto3"],
+}
 
 
 def project(http: requests.Session, api: str, name: str) -> tuple[str, str]:
     """A project with the image's repository; returns (project id, registry URI)."""
-    project_id = http.post(f"{api}/htc/projects", json={"projectName": name, "projectDescription": "bench",
-                                                         "regions": ["AWS_EU_WEST_1"]}).json()["projectId"]
+    project_id = http.post(
+        f"{api}/htc/projects", json={"projectName": name, "projectDescription": "bench", "regions": ["AWS_EU_WEST_1"]}
+    ).json()["projectId"]
     repo = http.post(f"{api}/htc/projects/{project_id}/container-registry/repo/{IMAGE.split(':')[0]}").json()
     return project_id, repo["registryURI"]
 
@@ -45,22 +51,30 @@ def push(http: requests.Session, api: str, project_id: str, uri: str) -> None:
     password = http.get(f"{api}/htc/projects/{project_id}/container-registry/token").text
     with tempfile.TemporaryDirectory() as config:
         env = {**os.environ, "DOCKER_CONFIG": config}
-        subprocess.run(["docker", "login", "-u", "AWS", "--password-stdin", uri.split("/")[0]],
-                       input=password, text=True, capture_output=True, check=True, env=env)
+        subprocess.run(
+            ["docker", "login", "-u", "AWS", "--password-stdin", uri.split("/")[0]],
+            input=password,
+            text=True,
+            capture_output=True,
+            check=True,
+            env=env,
+        )
         subprocess.run(["docker", "tag", IMAGE, f"{uri}{IMAGE}"], check=True)
         subprocess.run(["docker", "push", f"{uri}{IMAGE}"], capture_output=True, check=True, env=env)
 
 
 def batch_seconds(http: requests.Session, api: str, project_id: str, jobs: int) -> float:
     """Submit ``jobs`` jobs and wait until all are terminal; every one must succeed."""
-    task_id = http.post(f"{api}/htc/projects/{project_id}/tasks",
-                        json={"taskName": "bench", "taskDescription": "bench"}).json()["taskId"]
+    task_id = http.post(
+        f"{api}/htc/projects/{project_id}/tasks", json={"taskName": "bench", "taskDescription": "bench"}
+    ).json()["taskId"]
     start = time.perf_counter()
-    http.post(f"{api}/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
-              json=[{"jobName": "bench", "batchSize": jobs, "htcJobDefinition": JOB}]).raise_for_status()
+    http.post(
+        f"{api}/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+        json=[{"jobName": "bench", "batchSize": jobs, "htcJobDefinition": JOB}],
+    ).raise_for_status()
     while True:
-        stats = http.get(f"{api}/htc/projects/{project_id}/tasks/{task_id}/summary-statistics"
-                         ).json()["jobStatuses"]
+        stats = http.get(f"{api}/htc/projects/{project_id}/tasks/{task_id}/summary-statistics").json()["jobStatuses"]
         if stats["SUCCEEDED"] + stats["FAILED"] >= jobs:
             break
         time.sleep(0.1)
@@ -76,8 +90,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
     container_build.ensure_image(IMAGE)
-    size = int(subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", IMAGE],
-                              capture_output=True, text=True, check=True).stdout)
+    size = int(
+        subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Size}}", IMAGE], capture_output=True, text=True, check=True
+        ).stdout
+    )
     with running(docker=True, images={IMAGE: "docker/Dockerfile"}, concurrency=args.concurrency) as emu:
         http = requests.Session()
         token = http.get(f"{emu.root_url}/auth/token", headers={"Authorization": f"Token {emu.api_key}"}).json()
@@ -87,13 +104,16 @@ def main() -> None:
         push(http, emu.api_url, containers, uri)
         process_time = batch_seconds(http, emu.api_url, processes, args.jobs)
         container_time = batch_seconds(http, emu.api_url, containers, args.jobs)
-    per_job = {name: seconds * args.concurrency / args.jobs
-               for name, seconds in (("process", process_time), ("container", container_time))}
+    per_job = {
+        name: seconds * args.concurrency / args.jobs
+        for name, seconds in (("process", process_time), ("container", container_time))
+    }
     print(f"{args.jobs} jobs, {args.concurrency} at a time, each `python -c 'import cv2, boto3'`")
     print(f"process mode:   {process_time:6.1f} s  ({per_job['process']:.2f} s per job per slot)")
     print(f"container mode: {container_time:6.1f} s  ({per_job['container']:.2f} s per job per slot)")
     print(f"container / process per-job time: {per_job['container'] / per_job['process']:.1f}x")
-    print(f"image {IMAGE}: {size / 1e6:.0f} MB (base {container_build.choose_base('docker', ROOT / 'docker' / 'Dockerfile', log=lambda _: None)})")
+    base = container_build.choose_base("docker", ROOT / "docker" / "Dockerfile", log=lambda _: None)
+    print(f"image {IMAGE}: {size / 1e6:.0f} MB (base {base})")
 
 
 if __name__ == "__main__":

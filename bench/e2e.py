@@ -66,11 +66,21 @@ def machine_cpu_seconds() -> tuple[float, float]:
 
 
 def batch_definition(image_list: str, jobs: int) -> dict:
-    return {"jobName": "e2e", "batchSize": jobs, "htcJobDefinition": {
-        "imageName": IMAGE, "maxVCpus": 1, "maxMemory": 512, "commands": ["python", "/opt/face_tagger.py"],
-        "execTimeoutSeconds": 3600, "envs": [
-            {"name": "IMG_OBJKEY_LIST", "value": image_list},
-            {"name": "BATCH_JOB_ARRAY_SIZE", "value": str(jobs)}]}}
+    return {
+        "jobName": "e2e",
+        "batchSize": jobs,
+        "htcJobDefinition": {
+            "imageName": IMAGE,
+            "maxVCpus": 1,
+            "maxMemory": 512,
+            "commands": ["python", "/opt/face_tagger.py"],
+            "execTimeoutSeconds": 3600,
+            "envs": [
+                {"name": "IMG_OBJKEY_LIST", "value": image_list},
+                {"name": "BATCH_JOB_ARRAY_SIZE", "value": str(jobs)},
+            ],
+        },
+    }
 
 
 def manifest_counts(session, project_id: str, task_id: str, workdir: Path) -> collections.Counter:
@@ -87,26 +97,33 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000, help="images, from face_data.scale_up (default 5000)")
     parser.add_argument("--jobs", type=int, default=1000, help="jobs in the batch (default 1000, at most 1000)")
     parser.add_argument("--concurrency", type=int, default=None, help="job slots (default: CPU count)")
-    parser.add_argument("--scaled", type=Path, default=None, help="where the derived images go "
-                        "(default build/scaled-N)")
+    parser.add_argument(
+        "--scaled", type=Path, default=None, help="where the derived images go (default build/scaled-N)"
+    )
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     images = scaled_images(args.images, args.scaled or ROOT / "build" / f"scaled-{args.images}")
-    print(f"{len(images)} images over {args.jobs} jobs, {cores} cores, python {sys.version.split()[0]}, "
-          f"OpenCV {cv2.__version__}")
+    print(
+        f"{len(images)} images over {args.jobs} jobs, {cores} cores, python {sys.version.split()[0]}, "
+        f"OpenCV {cv2.__version__}"
+    )
 
     bare = bare_detection(images)
     limit = bare / cores
-    with running(images={IMAGE: "docker/Dockerfile"}, concurrency=args.concurrency) as emu, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        running(images={IMAGE: "docker/Dockerfile"}, concurrency=args.concurrency) as emu,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         slots = emu.scheduler.concurrency
         os.environ.update(emu.env())  # the helpers find the S3 endpoint there, as the notebook's do
         session = htc.HtcSession(emu.api_url, emu.api_key)
-        project_id = session.post("/htc/projects", json={"projectName": "e2e", "projectDescription": "bench"}
-                                  ).json()["projectId"]
+        project_id = session.post("/htc/projects", json={"projectName": "e2e", "projectDescription": "bench"}).json()[
+            "projectId"
+        ]
         session.post(f"/htc/projects/{project_id}/container-registry/repo/{IMAGE.split(':')[0]}")
-        task_id = session.post(f"/htc/projects/{project_id}/tasks",
-                               json={"taskName": "e2e", "taskDescription": "bench"}).json()["taskId"]
+        task_id = session.post(
+            f"/htc/projects/{project_id}/tasks", json={"taskName": "e2e", "taskDescription": "bench"}
+        ).json()["taskId"]
 
         started = time.perf_counter()
         keys = htc.upload_files(session, project_id, images, progress=False)
@@ -115,17 +132,23 @@ def main() -> None:
         htc.upload_files(session, project_id, [image_list], progress=False)
         upload = time.perf_counter() - started
 
-        started, emulator_cpu, (machine_busy, machine_all) = time.perf_counter(), time.process_time(), \
-            machine_cpu_seconds()
-        session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", params={"group": "e2e"},
-                     json=[batch_definition(image_list.name, args.jobs)])
-        htc.monitor_group(session, project_id, task_id, "e2e", expected_jobs=args.jobs, interval=0.2,
-                          progress=False)
+        started, emulator_cpu, (machine_busy, machine_all) = (
+            time.perf_counter(),
+            time.process_time(),
+            machine_cpu_seconds(),
+        )
+        session.post(
+            f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+            params={"group": "e2e"},
+            json=[batch_definition(image_list.name, args.jobs)],
+        )
+        htc.monitor_group(session, project_id, task_id, "e2e", expected_jobs=args.jobs, interval=0.2, progress=False)
         batch = time.perf_counter() - started
         # This process is the emulator (API, S3 server, scheduler) and the poller; the jobs run outside it.
         emulator_cpu = time.process_time() - emulator_cpu
-        machine_busy, machine_all = (now - then for now, then in
-                                     zip(machine_cpu_seconds(), (machine_busy, machine_all)))
+        machine_busy, machine_all = (
+            now - then for now, then in zip(machine_cpu_seconds(), (machine_busy, machine_all), strict=True)
+        )
 
         started = time.perf_counter()
         results = htc.collect_results(session, project_id, task_id)
@@ -140,21 +163,29 @@ def main() -> None:
     twice = sorted(k for k, n in seen.items() if n > 1)
     strangers = sorted(set(seen) - set(keys))
     print(f"bare detection:  {bare:8.1f} s in one process; limit = bare / {cores} cores = {limit:.1f} s")
-    print(f"batch:           {batch:8.1f} s from submit to all {args.jobs} jobs terminal ({failed} failed), "
-          f"{slots} job slots")
+    print(
+        f"batch:           {batch:8.1f} s from submit to all {args.jobs} jobs terminal ({failed} failed), "
+        f"{slots} job slots"
+    )
     print(f"ratio:           {batch / limit:8.2f}x the limit")
-    print(f"per-job overhead:{overhead:8.3f} s of a job slot ({slot_per_job:.3f} s a job, "
-          f"{bare / args.jobs:.3f} s of it detection: overhead = {overhead / (bare / args.jobs):.2f}x "
-          f"a job's bare detection)")
+    print(
+        f"per-job overhead:{overhead:8.3f} s of a job slot ({slot_per_job:.3f} s a job, "
+        f"{bare / args.jobs:.3f} s of it detection: overhead = {overhead / (bare / args.jobs):.2f}x "
+        f"a job's bare detection)"
+    )
     others = machine_busy - emulator_cpu
-    print(f"where it went:   {others:8.1f} s CPU in the jobs (and anything else running), {bare:.1f} s of it "
-          f"bare detection; {emulator_cpu:.1f} s CPU in the emulator ({emulator_cpu / args.jobs * 1000:.0f} ms a job); "
-          f"{machine_all - machine_busy:.1f} s of the {cores} cores idle")
+    print(
+        f"where it went:   {others:8.1f} s CPU in the jobs (and anything else running), {bare:.1f} s of it "
+        f"bare detection; {emulator_cpu:.1f} s CPU in the emulator ({emulator_cpu / args.jobs * 1000:.0f} ms a job); "
+        f"{machine_all - machine_busy:.1f} s of the {cores} cores idle"
+    )
     print(f"upload:          {upload:8.1f} s ({len(keys)} images and the image list to shared storage)")
     print(f"collect:         {collect:8.1f} s (collect_results, {len(results)} rows)")
     accounted = not missing and not twice and not strangers and len(seen) == len(keys)
-    print(f"accounted for:   {len(seen)} of {len(keys)} images, each exactly once: {'yes' if accounted else 'NO'}"
-          f" ({len(missing)} without a result, {len(twice)} more than once, {len(strangers)} unknown)")
+    print(
+        f"accounted for:   {len(seen)} of {len(keys)} images, each exactly once: {'yes' if accounted else 'NO'}"
+        f" ({len(missing)} without a result, {len(twice)} more than once, {len(strangers)} unknown)"
+    )
     if not accounted or failed:
         sys.exit(1)
 

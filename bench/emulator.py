@@ -44,8 +44,13 @@ class Client:
 
 
 def submit(client: Client, task_path: str, jobs: int, command: list[str], group: str) -> None:
-    body = [{"jobName": "noop", "batchSize": jobs, "htcJobDefinition": {
-        "imageName": "noop:v1", "commands": command, "execTimeoutSeconds": 600}}]
+    body = [
+        {
+            "jobName": "noop",
+            "batchSize": jobs,
+            "htcJobDefinition": {"imageName": "noop:v1", "commands": command, "execTimeoutSeconds": 600},
+        }
+    ]
     client.call("POST", f"{task_path}/jobs/batch", json=body, params={"group": group})
 
 
@@ -79,15 +84,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         dockerfile = Path(tmp) / "Dockerfile"
-        dockerfile.write_text("FROM busybox\nCMD [\"true\"]\n")
+        dockerfile.write_text('FROM busybox\nCMD ["true"]\n')
         with running(images={"noop:v1": dockerfile}, concurrency=args.concurrency) as emu:
             slots = emu.scheduler.concurrency
             client = Client(emu)
             project = client.call("POST", "/htc/projects", json={"projectName": "bench", "projectDescription": "b"})
             project_id = project["projectId"]
             client.call("POST", f"/htc/projects/{project_id}/container-registry/repo/noop")
-            task_id = client.call("POST", f"/htc/projects/{project_id}/tasks",
-                                  json={"taskName": "bench", "taskDescription": "b"})["taskId"]
+            task_id = client.call(
+                "POST", f"/htc/projects/{project_id}/tasks", json={"taskName": "bench", "taskDescription": "b"}
+            )["taskId"]
             task_path = f"/htc/projects/{project_id}/tasks/{task_id}"
 
             started = time.perf_counter()
@@ -96,12 +102,15 @@ def main() -> None:
             elapsed = time.perf_counter() - started
             failed = client.call("GET", f"{task_path}/summary-statistics")["jobStatuses"]["FAILED"]
 
-            print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {slots} job slots, "
-                  f"job command {command}")
-            print(f"batch of {args.jobs} no-op jobs: {elapsed:.2f} s from submit to all terminal "
-                  f"({args.jobs / elapsed:.0f} jobs/s, {failed} failed)")
-            print(f"per-job overhead: {elapsed * slots / args.jobs * 1000:.1f} ms of a job slot "
-                  f"({elapsed / args.jobs * 1000:.1f} ms of wall time per job)")
+            print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {slots} job slots, job command {command}")
+            print(
+                f"batch of {args.jobs} no-op jobs: {elapsed:.2f} s from submit to all terminal "
+                f"({args.jobs / elapsed:.0f} jobs/s, {failed} failed)"
+            )
+            print(
+                f"per-job overhead: {elapsed * slots / args.jobs * 1000:.1f} ms of a job slot "
+                f"({elapsed / args.jobs * 1000:.1f} ms of wall time per job)"
+            )
 
             done = args.jobs
             while done < args.total:

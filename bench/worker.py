@@ -49,8 +49,9 @@ def original_chunk(keys: list[str], workdir: Path, env: dict) -> None:
         boxes = classifier.detectMultiScale(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), 1.2, 5, minSize=(30, 30))
         if len(boxes):
             for out in ft.write_outputs(local, image, [list(map(int, b)) for b in boxes]):
-                subprocess.run([sys.executable, "-c", TRANSFER, "put", BUCKET, TASK + out.name, str(out)],
-                               env=env, check=True)
+                subprocess.run(
+                    [sys.executable, "-c", TRANSFER, "put", BUCKET, TASK + out.name, str(out)], env=env, check=True
+                )
 
 
 def per_image_seconds(fn, count: int) -> float:
@@ -90,7 +91,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             original = per_image_seconds(lambda: original_chunk(keys, Path(tmp), env), len(keys))
         worker = per_image_seconds(
-            lambda: ft.run_htc(ft.FaceDetector.load(), keys, "manifests/bench.jsonl", storage), len(keys))
+            lambda: ft.run_htc(ft.FaceDetector.load(), keys, "manifests/bench.jsonl", storage), len(keys)
+        )
         print(f"original (cascade per image, process per file): {original * 1000:8.1f} ms/image")
         print(f"worker (cascade once, concurrent transfers):    {worker * 1000:8.1f} ms/image")
         print(f"speed-up: {original / worker:.1f}x (original / worker, same images, same server)")

@@ -3,6 +3,7 @@
 Free of file IO, so the geometry can be tested on synthetic images. Operations run in
 a fixed order, crop -> flip -> scale -> brightness, and boxes follow the same order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,10 @@ MIN_VISIBLE = 0.5
 
 @dataclass(frozen=True)
 class Params:
-    """One augmentation. `crop` is (x, y, w, h) in source pixels, None for the whole image; `size` is the output (w, h)."""
+    """One augmentation.
+
+    `crop` is (x, y, w, h) in source pixels, None for the whole image; `size` is the output (w, h).
+    """
 
     crop: tuple[int, int, int, int] | None
     flip: bool

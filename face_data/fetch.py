@@ -6,6 +6,7 @@ missing or damaged source is downloaded into a temporary directory, which is the
 removed. A source that can't be fetched gets a one-line notice on stderr and is skipped.
 Exit code 1 only when there are no images at all.
 """
+
 from __future__ import annotations
 
 import argparse

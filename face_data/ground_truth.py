@@ -9,13 +9,15 @@ File format (version 1), shared by the fetched set and the scaled-up sets:
 
 A box list, when present, is complete: `faces == len(boxes)`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 VERSION = 1
 

@@ -1,4 +1,8 @@
-"""Download archives through the registries' own clients (apt-get, pip, npm), the only network access this machine has."""
+"""Download archives through the registries' own clients (apt-get, pip, npm).
+
+They are the only network access this machine has.
+"""
+
 from __future__ import annotations
 
 import re
@@ -56,7 +60,10 @@ class Apt:
             return action()
 
     def dlib_runtime_package(self) -> str:
-        """The libdlib runtime package's name, which changes per Debian release (libdlib19.1 on bookworm, 19.2 on trixie)."""
+        """The libdlib runtime package's name.
+
+        It changes per Debian release (libdlib19.1 on bookworm, 19.2 on trixie).
+        """
 
         def lookup() -> str:
             found = re.search(r"Depends:\s*<?(libdlib\d[\w.+-]*)", run(["apt-cache", "depends", "libdlib-dev"]))
@@ -82,8 +89,23 @@ class Apt:
 def pip_download(spec: str, dest: Path) -> Path:
     """Download one pinned wheel, without dependencies, with the running interpreter's pip; returns the .whl."""
     dest.mkdir(parents=True, exist_ok=True)
-    run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-         "--no-deps", "--only-binary", ":all:", "--dest", str(dest), spec], label=f"pip download {spec}")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--dest",
+            str(dest),
+            spec,
+        ],
+        label=f"pip download {spec}",
+    )
     return _single(dest, "*.whl")
 
 

@@ -1,4 +1,7 @@
-"""`python -m face_data.scale_up --count 5000 [--src data] [--dest build/scaled] [--seed 0]`: derive N images for benchmarks.
+"""Derive N images for benchmarks.
+
+`python -m face_data.scale_up --count 5000 [--src data] [--dest build/scaled] [--seed 0]`.
+
 
 Output image i comes from real photo i mod (number of photos), in name order, augmented
 with a generator seeded by (seed, i) alone, so the same arguments give byte-identical
@@ -6,6 +9,7 @@ files whatever the processing order. Each real photo is decoded once and its der
 images streamed to disk, so memory holds one photo at a time. Writes
 <dest>/images/*.jpg and <dest>/ground_truth.json (same format, boxes moved along).
 """
+
 from __future__ import annotations
 
 import argparse

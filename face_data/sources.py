@@ -4,14 +4,15 @@ Counts without boxes were counted by eye (see SOURCES.md beside this file); boxe
 come only from dlib's hand-labelled imglab XML. A count of 0 means a known negative, so
 its box list is known too: empty.
 """
+
 from __future__ import annotations
 
 import tarfile
 import xml.etree.ElementTree as ET
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from face_data.registries import Apt, FetchError, npm_pack, pip_download
 

@@ -29,12 +29,13 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path, PurePosixPath
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 # Images above this many pixels are refused before decoding: a small compressed file can
 # declare 30,000 x 30,000 pixels and take gigabytes to decode. The worker checks JPEG and
@@ -42,8 +43,10 @@ from typing import Iterator, NamedTuple
 # once when it loads: it is set here, before the import, for a process that loads it here.
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 _PIXEL_SETTING = os.environ.get("MAX_IMAGE_PIXELS", "").strip()
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS",
-                      _PIXEL_SETTING if re.fullmatch(r"[0-9]{1,10}", _PIXEL_SETTING) else str(DEFAULT_MAX_IMAGE_PIXELS))
+os.environ.setdefault(
+    "OPENCV_IO_MAX_IMAGE_PIXELS",
+    _PIXEL_SETTING if re.fullmatch(r"[0-9]{1,10}", _PIXEL_SETTING) else str(DEFAULT_MAX_IMAGE_PIXELS),
+)
 
 import cv2  # noqa: E402
 
@@ -87,8 +90,9 @@ class JobStopped(BaseException):
     """
 
 
-def number_setting(name: str, raw: str | None, default: float, low: float, high: float,
-                   integer: bool = False) -> float | int:
+def number_setting(
+    name: str, raw: str | None, default: float, low: float, high: float, integer: bool = False
+) -> float | int:
     """A numeric setting: plain ASCII decimal, finite, within ``[low, high]``; else a UsageError naming it.
 
     ``float()`` alone would take ``inf``, ``nan``, ``1e308`` and non-ASCII digits, each of
@@ -108,8 +112,11 @@ def number_setting(name: str, raw: str | None, default: float, low: float, high:
 def scale_factor_setting(raw: str) -> float:
     """``--scale-factor`` / ``SCALE_FACTOR``, as an argparse type: a bad value is a usage error."""
     try:
-        return float(number_setting("the scale factor (--scale-factor, SCALE_FACTOR)", raw, DEFAULT_SCALE_FACTOR,
-                                    *SCALE_FACTOR_RANGE))
+        return float(
+            number_setting(
+                "the scale factor (--scale-factor, SCALE_FACTOR)", raw, DEFAULT_SCALE_FACTOR, *SCALE_FACTOR_RANGE
+            )
+        )
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -123,8 +130,12 @@ class FaceDetector:
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     @classmethod
-    def load(cls, cascade_path: str | None = None, scale_factor: float = DEFAULT_SCALE_FACTOR,
-             max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+    def load(
+        cls,
+        cascade_path: str | None = None,
+        scale_factor: float = DEFAULT_SCALE_FACTOR,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ):
         """Parse the cascade XML once; an empty classifier fails here, not deep inside OpenCV."""
         path = cascade_path or os.path.join(cv2.data.haarcascades, DEFAULT_CASCADE)
         if not os.path.isfile(path):
@@ -136,8 +147,7 @@ class FaceDetector:
         if classifier is None or classifier.empty():
             raise CascadeError(f"Haar cascade could not be loaded (empty or not a cascade XML): {path}")
         low, high = SCALE_FACTOR_RANGE
-        if not (isinstance(scale_factor, (int, float)) and math.isfinite(scale_factor)
-                and low <= scale_factor <= high):
+        if not (isinstance(scale_factor, (int, float)) and math.isfinite(scale_factor) and low <= scale_factor <= high):
             raise UsageError(f"scaleFactor must be a number from {low} to {high}, got {scale_factor!r}")
         return cls(classifier, scale_factor, max_pixels)
 
@@ -158,17 +168,19 @@ JPEG_START_OF_SCAN, JPEG_END_OF_IMAGE = 0xDA, b"\xff\xd9"
 
 def check_size(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise ImageError(f"image too large: {width} x {height} pixels is over the limit of {max_pixels:,} "
-                         "(MAX_IMAGE_PIXELS), refused without decoding")
+        raise ImageError(
+            f"image too large: {width} x {height} pixels is over the limit of {max_pixels:,} "
+            "(MAX_IMAGE_PIXELS), refused without decoding"
+        )
 
 
 def check_png(data: bytes | mmap.mmap, max_pixels: int) -> None:
     """Size from IHDR, then every chunk's length up to IEND: a PNG cut short has no IEND."""
     pos = len(PNG_SIGNATURE)
     while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         if kind == b"IHDR" and pos + 16 <= len(data):
-            check_size(*struct.unpack(">II", data[pos + 8:pos + 16]), max_pixels)
+            check_size(*struct.unpack(">II", data[pos + 8 : pos + 16]), max_pixels)
         if kind == b"IEND":
             return
         pos += 12 + length
@@ -194,15 +206,14 @@ def check_jpeg(data: bytes | mmap.mmap, max_pixels: int) -> None:
         if marker == JPEG_END_OF_IMAGE[1]:
             break
         if marker in JPEG_FRAME_MARKERS and pos + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
             check_size(width, height, max_pixels)
             sized = True
         if marker == JPEG_START_OF_SCAN and sized:
             if data.find(JPEG_END_OF_IMAGE, pos) < 0:
-                raise ImageError("not a readable image (truncated: premature end of JPEG data, "
-                                 "no end-of-image marker)")
+                raise ImageError("not a readable image (truncated: premature end of JPEG data, no end-of-image marker)")
             return
-        pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
     raise ImageError("not a readable image (truncated: the JPEG ends before its image data)")
 
 
@@ -216,7 +227,7 @@ def check_image_file(path: str | os.PathLike, max_pixels: int) -> None:
         if os.fstat(file.fileno()).st_size == 0:
             return  # nothing to map; OpenCV reports it unreadable
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            if data[:len(PNG_SIGNATURE)] == PNG_SIGNATURE:
+            if data[: len(PNG_SIGNATURE)] == PNG_SIGNATURE:
                 check_png(data, max_pixels)
             elif data[:2] == b"\xff\xd8":
                 check_jpeg(data, max_pixels)
@@ -237,8 +248,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
     except cv2.error as exc:
         if "CV_IO_MAX_IMAGE_PIXELS" not in str(exc):
             raise
-        raise ImageError(f"image too large: over OpenCV's pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS="
-                         f"{os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS')}), refused without decoding: {path}") from None
+        raise ImageError(
+            f"image too large: over OpenCV's pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS="
+            f"{os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS')}), refused without decoding: {path}"
+        ) from None
     if image is None:
         raise ImageError(f"not a readable image (corrupt or unsupported format): {path}")
     return image
@@ -262,12 +275,20 @@ def write_outputs(path: Path, image, boxes: list[list[int]], out_dir: Path | Non
 
 def new_record(image: str, scale_factor: float, error: str | None = None) -> dict:
     """A manifest record before detection: an error record when ``error`` is given."""
-    return {"image": image, "faces": None, "boxes": [], "seconds": 0.0, "status": "error" if error else "ok",
-            "error": error, "scale_factor": scale_factor}
+    return {
+        "image": image,
+        "faces": None,
+        "boxes": [],
+        "seconds": 0.0,
+        "status": "error" if error else "ok",
+        "error": error,
+        "scale_factor": scale_factor,
+    }
 
 
-def tag_image(detector: FaceDetector, path: Path, name: str | None = None,
-              out_dir: Path | None = None) -> tuple[dict, list[Path]]:
+def tag_image(
+    detector: FaceDetector, path: Path, name: str | None = None, out_dir: Path | None = None
+) -> tuple[dict, list[Path]]:
     """Detect faces in one file; return its result record and the output files written.
 
     A bad image gives a record with ``status: "error"`` instead of an exception, so
@@ -380,11 +401,14 @@ def s3_client(credentials: dict, region: str | None = None):
     from botocore.config import Config
 
     # From boto3's default session, so that the S3 model is parsed once, not once per client.
-    return boto3.client("s3", aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-                        aws_session_token=credentials.get("AWS_SESSION_TOKEN"), region_name=aws_region(region),
-                        config=Config(retries={"max_attempts": 6, "mode": "standard"},
-                                      max_pool_connections=2 * TRANSFER_THREADS))
+    return boto3.client(
+        "s3",
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
+        region_name=aws_region(region),
+        config=Config(retries={"max_attempts": 6, "mode": "standard"}, max_pool_connections=2 * TRANSFER_THREADS),
+    )
 
 
 def storage_token(http, url: str) -> dict:
@@ -436,7 +460,7 @@ class HtcStorage:
         self.shared, self.task = shared, task
 
     @classmethod
-    def from_api(cls, api_url: str, token: str, project_id: str, task_id: str, http=None) -> "HtcStorage":
+    def from_api(cls, api_url: str, token: str, project_id: str, task_id: str, http=None) -> HtcStorage:
         """Reach storage the way a job container can.
 
         The job's bearer token buys short-lived storage credentials from the HTC API;
@@ -447,8 +471,13 @@ class HtcStorage:
         from urllib3.util.retry import Retry
 
         http = http or requests.Session()
-        retry = Retry(total=5, backoff_factor=0.5, backoff_jitter=0.5,
-                      status_forcelist=(429, 500, 502, 503, 504), respect_retry_after_header=True)
+        retry = Retry(
+            total=5,
+            backoff_factor=0.5,
+            backoff_jitter=0.5,
+            status_forcelist=(429, 500, 502, 503, 504),
+            respect_retry_after_header=True,
+        )
         adapter = HTTPAdapter(max_retries=retry)
         http.mount("http://", adapter)
         http.mount("https://", adapter)
@@ -459,7 +488,8 @@ class HtcStorage:
             task = storage_token(http, f"{base}/tasks/{task_id}/storage/token")
             shared_path = shared["projectSharedStoragePath"]
             task_path = task.get("storagePath") or regional_task_path(
-                http, f"{base}/tasks/{task_id}/storage/regional-storage", task.get("region"), shared_path)
+                http, f"{base}/tasks/{task_id}/storage/regional-storage", task.get("region"), shared_path
+            )
             return cls(location(shared, shared_path), location(task, task_path))
 
     def read_shared_text(self, key: str) -> str:
@@ -469,8 +499,9 @@ class HtcStorage:
         except client.exceptions.NoSuchKey:
             raise UsageError(f"{key!r} not found in project shared storage") from None
 
-    def fetch_shared(self, keys: list[str], workdir: Path, pool: ThreadPoolExecutor,
-                     ahead: int = 2 * TRANSFER_THREADS) -> Iterator[tuple[str, Path | Exception]]:
+    def fetch_shared(
+        self, keys: list[str], workdir: Path, pool: ThreadPoolExecutor, ahead: int = 2 * TRANSFER_THREADS
+    ) -> Iterator[tuple[str, Path | Exception]]:
         """Yield each key, in order, with its local path or the error it met, downloading ``ahead`` keys ahead.
 
         The window bounds the disk a chunk uses; closing the generator cancels what has not started.
@@ -600,8 +631,11 @@ def run_htc(detector: FaceDetector, keys: list[str], manifest_key: str, storage:
 
     Whatever ends the loop (the last image, SIGTERM, an error), what was finished is saved first.
     """
-    with tempfile.TemporaryDirectory(prefix="face_tagger_") as tmp, \
-            ThreadPoolExecutor(TRANSFER_THREADS) as downloads, ThreadPoolExecutor(TRANSFER_THREADS) as uploads:
+    with (
+        tempfile.TemporaryDirectory(prefix="face_tagger_") as tmp,
+        ThreadPoolExecutor(TRANSFER_THREADS) as downloads,
+        ThreadPoolExecutor(TRANSFER_THREADS) as uploads,
+    ):
         workdir = Path(tmp)
         results = ChunkResults(storage, manifest_key, workdir, uploads)
         try:
@@ -611,7 +645,7 @@ def run_htc(detector: FaceDetector, keys: list[str], manifest_key: str, storage:
                         record, outputs = new_record(key, detector.scale_factor, error=str(local)), []
                     else:
                         record, written = tag_image(detector, local, key)
-                        outputs = [(out, key + out.name[len(local.name):]) for out in written]
+                        outputs = [(out, key + out.name[len(local.name) :]) for out in written]
                         local.unlink()
                     record["job"] = os.environ.get("AWS_BATCH_JOB_ID")
                     results.add(record, outputs)
@@ -634,8 +668,12 @@ def required_env(*names: str) -> dict[str, str]:
 
 def storage_from_env() -> HtcStorage:
     env = required_env("RESCALE_HTC_BEARER_TOKEN", "RESCALE_HTC_PROJECT_ID", "RESCALE_HTC_TASK_ID")
-    return HtcStorage.from_api(os.environ.get("RESCALE_HTC_API_URL") or DEFAULT_API_URL,
-                      env["RESCALE_HTC_BEARER_TOKEN"], env["RESCALE_HTC_PROJECT_ID"], env["RESCALE_HTC_TASK_ID"])
+    return HtcStorage.from_api(
+        os.environ.get("RESCALE_HTC_API_URL") or DEFAULT_API_URL,
+        env["RESCALE_HTC_BEARER_TOKEN"],
+        env["RESCALE_HTC_PROJECT_ID"],
+        env["RESCALE_HTC_TASK_ID"],
+    )
 
 
 def array_index(batch_size: int) -> int:
@@ -649,8 +687,9 @@ def array_index(batch_size: int) -> int:
 
 def run_batch(detector: FaceDetector) -> int:
     env = required_env("IMG_OBJKEY_LIST", "BATCH_JOB_ARRAY_SIZE")
-    batch_size = int(number_setting("BATCH_JOB_ARRAY_SIZE", env["BATCH_JOB_ARRAY_SIZE"], 1, 1, MAX_ARRAY_SIZE,
-                                    integer=True))
+    batch_size = int(
+        number_setting("BATCH_JOB_ARRAY_SIZE", env["BATCH_JOB_ARRAY_SIZE"], 1, 1, MAX_ARRAY_SIZE, integer=True)
+    )
     index = array_index(batch_size)
     apply_simulated_failure(index)
     storage = storage_from_env()
@@ -694,11 +733,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--output-dir", type=Path, help="write the tagged files here instead of beside each image")
     # A string default goes through the type too, so a bad SCALE_FACTOR gets argparse's clear error.
-    parser.add_argument("--scale-factor", type=scale_factor_setting,
-                        default=os.environ.get("SCALE_FACTOR", str(DEFAULT_SCALE_FACTOR)),
-                        help="detectMultiScale scaleFactor (env SCALE_FACTOR, default %(default)s)")
-    parser.add_argument("--cascade", default=os.environ.get("CASCADE_PATH"),
-                        help="Haar cascade XML (env CASCADE_PATH, default: OpenCV's frontal face cascade)")
+    parser.add_argument(
+        "--scale-factor",
+        type=scale_factor_setting,
+        default=os.environ.get("SCALE_FACTOR", str(DEFAULT_SCALE_FACTOR)),
+        help="detectMultiScale scaleFactor (env SCALE_FACTOR, default %(default)s)",
+    )
+    parser.add_argument(
+        "--cascade",
+        default=os.environ.get("CASCADE_PATH"),
+        help="Haar cascade XML (env CASCADE_PATH, default: OpenCV's frontal face cascade)",
+    )
     return parser.parse_args(argv)
 
 
@@ -706,8 +751,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         cv2.setNumThreads(opencv_threads(os.environ.get("OPENCV_THREADS")))
-        detector = FaceDetector.load(args.cascade, args.scale_factor,
-                                     max_image_pixels(os.environ.get("MAX_IMAGE_PIXELS")))
+        detector = FaceDetector.load(
+            args.cascade, args.scale_factor, max_image_pixels(os.environ.get("MAX_IMAGE_PIXELS"))
+        )
         if args.images and not os.environ.get("HTC_INPUT_IMAGE"):
             return run_local(detector, args.images, args.json, args.output_dir)
         SIGTERM_GUARD.install()
@@ -718,8 +764,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"face_tagger: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except JobStopped:
-        print("face_tagger: stopped by SIGTERM; the results of the images finished are in task storage",
-              file=sys.stderr, flush=True)
+        print(
+            "face_tagger: stopped by SIGTERM; the results of the images finished are in task storage",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_STOPPED
 
 

@@ -30,24 +30,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Serve a local emulator of the Rescale HTC API on 127.0.0.1 until interrupted.",
     )
     parser.add_argument("--port", type=int, default=0, help="API port (default 0: any free port)")
-    parser.add_argument("--api-key", help="API key to accept (default: $HTC_EMULATOR_API_KEY, else a random one); "
-                                          "the environment variable keeps it out of the process list")
+    parser.add_argument(
+        "--api-key",
+        help="API key to accept (default: $HTC_EMULATOR_API_KEY, else a random one); "
+        "the environment variable keeps it out of the process list",
+    )
     parser.add_argument("--token-lifetime", type=int, default=21600, help="bearer token lifetime, seconds")
     parser.add_argument("--concurrency", type=int, default=None, help="jobs run at once (default: CPU count)")
-    parser.add_argument("--image", type=_image, action="append", default=[], metavar="NAME:TAG=DOCKERFILE",
-                        help="register a local image (Dockerfile path relative to the project root); repeatable")
+    parser.add_argument(
+        "--image",
+        type=_image,
+        action="append",
+        default=[],
+        metavar="NAME:TAG=DOCKERFILE",
+        help="register a local image (Dockerfile path relative to the project root); repeatable",
+    )
     parser.add_argument("--docker", action="store_true", help="run jobs as real containers (needs a Docker engine)")
-    parser.add_argument("--time-scale", type=float, default=1.0,
-                        help="multiply every job's execTimeoutSeconds by this (e.g. 0.01: 60 s becomes 0.6 s)")
-    parser.add_argument("--refresh-delay", type=float, default=0.0,
-                        help="job statuses refresh only every this many seconds (the platform: 30)")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiply every job's execTimeoutSeconds by this (e.g. 0.01: 60 s becomes 0.6 s)",
+    )
+    parser.add_argument(
+        "--refresh-delay",
+        type=float,
+        default=0.0,
+        help="job statuses refresh only every this many seconds (the platform: 30)",
+    )
     parser.add_argument("--apiconfig", help="also write an apiconfig profile to this file (mode 0600)")
     parser.add_argument("--profile", default="default", help="apiconfig profile name (default: default)")
     faults = parser.add_argument_group("fault injection")
     faults.add_argument("--fault-target", choices=["api", "storage"], default="api")
     faults.add_argument("--fault-rate", type=float, help="fraction of requests that get a fault")
-    faults.add_argument("--fault-kinds", type=_kinds, default=["503"],
-                        help="kinds for --fault-rate: 429,500,503,slow (storage: 500,503,slow)")
+    faults.add_argument(
+        "--fault-kinds",
+        type=_kinds,
+        default=["503"],
+        help="kinds for --fault-rate: 429,500,503,slow (storage: 500,503,slow)",
+    )
     faults.add_argument("--fault-script", type=_kinds, help="exact sequence for the next requests, e.g. 429,500,ok")
     faults.add_argument("--fault-path", help="only requests whose path matches this regex")
     faults.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on 429/503")

@@ -32,8 +32,21 @@ ORGANIZATION_CODE = "emulator-org"
 # Claims the emulator sets itself; a job's user-defined ``claims`` may not
 # replace them, or a job could widen its own scope.
 RESERVED_CLAIMS = frozenset(
-    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "groups", "tokenType",
-     "workspaceId", "projectId", "taskId", "jobId"}
+    {
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "groups",
+        "tokenType",
+        "workspaceId",
+        "projectId",
+        "taskId",
+        "jobId",
+    }
 )
 
 
@@ -155,6 +168,11 @@ class TokenAuthority:
         """Verify ``Authorization: Bearer <jwt>`` and say who is calling."""
         claims = self.payload(authorization)
         if claims.get("tokenType") == "JOB":
-            return Principal(kind="job", project_id=claims.get("projectId"), task_id=claims.get("taskId"),
-                             job_id=claims.get("jobId"), expires_at=claims["exp"])
+            return Principal(
+                kind="job",
+                project_id=claims.get("projectId"),
+                task_id=claims.get("taskId"),
+                job_id=claims.get("jobId"),
+                expires_at=claims["exp"],
+            )
         return Principal(kind="user", expires_at=claims["exp"])

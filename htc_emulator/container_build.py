@@ -51,8 +51,9 @@ def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> tuple[str, str]:
                     entries.append((words[1], words[2]))
     for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
         for stanza in path.read_text(encoding="utf-8").split("\n\n"):
-            fields = dict(line.split(":", 1) for line in stanza.splitlines()
-                          if ":" in line and not line.startswith(("#", " ")))
+            fields = dict(
+                line.split(":", 1) for line in stanza.splitlines() if ":" in line and not line.startswith(("#", " "))
+            )
             fields = {k.strip().lower(): v.split() for k, v in fields.items()}
             if "deb" in fields.get("types", []) and fields.get("uris") and fields.get("suites"):
                 entries.append((fields["uris"][0], fields["suites"][0]))
@@ -78,8 +79,12 @@ def image_exists(docker: str, name: str) -> bool:
 
 
 def _python_version(root: Path) -> str:
-    out = _run(_as_root(["chroot", str(root), "python3", "-c",
-                         "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"]), "python3 in the base")
+    out = _run(
+        _as_root(
+            ["chroot", str(root), "python3", "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"]
+        ),
+        "python3 in the base",
+    )
     return out.stdout.strip()
 
 
@@ -94,26 +99,60 @@ def stand_in_base(docker: str, pins: list[str], log=print) -> str:
     with tempfile.TemporaryDirectory(prefix="htc-base-") as tmp:
         root = Path(tmp) / "root"
         try:
-            _run(_as_root(["debootstrap", "--variant=minbase", "--include=python3,python3-venv",
-                           suite, str(root), uri]), "debootstrap")
+            _run(
+                _as_root(["debootstrap", "--variant=minbase", "--include=python3,python3-venv", suite, str(root), uri]),
+                "debootstrap",
+            )
             version = _python_version(root)
             _run(_as_root(["chroot", str(root), "python3", "-m", "venv", VENV]), "python3 -m venv")
             wheels = Path(tmp) / "wheels"
             # The host's pip settings (index, certificates) fetch the wheels; the build then needs no network.
-            _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                  "--python-version", version, "--dest", str(wheels), *pins], "pip download of the pinned wheels")
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--python-version",
+                    version,
+                    "--dest",
+                    str(wheels),
+                    *pins,
+                ],
+                "pip download of the pinned wheels",
+            )
             _run(_as_root(["cp", "-r", str(wheels), str(root) + WHEELHOUSE]), "copying the wheelhouse")
             pip_conf = Path(tmp) / "pip.conf"
-            pip_conf.write_text(f"[global]\nno-index = true\nfind-links = {WHEELHOUSE}\n"
-                                "disable-pip-version-check = true\n")
+            pip_conf.write_text(
+                f"[global]\nno-index = true\nfind-links = {WHEELHOUSE}\ndisable-pip-version-check = true\n"
+            )
             _run(_as_root(["cp", str(pip_conf), str(root / "etc" / "pip.conf")]), "writing pip.conf")
-            _run(_as_root(["sh", "-c", f"rm -rf {root}/var/cache/apt/archives/*.deb {root}/var/lib/apt/lists/*"]),
-                 "cleaning the apt cache")
+            _run(
+                _as_root(["sh", "-c", f"rm -rf {root}/var/cache/apt/archives/*.deb {root}/var/lib/apt/lists/*"]),
+                "cleaning the apt cache",
+            )
             path = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
             tar = subprocess.Popen(_as_root(["tar", "-C", str(root), "-c", "."]), stdout=subprocess.PIPE)
             try:
-                _run([docker, "import", "--change", f"ENV PATH={path}", "--change", "ENV LANG=C.UTF-8",
-                      "--change", 'CMD ["python3"]', "-", tag], "docker import", stdin=tar.stdout)
+                _run(
+                    [
+                        docker,
+                        "import",
+                        "--change",
+                        f"ENV PATH={path}",
+                        "--change",
+                        "ENV LANG=C.UTF-8",
+                        "--change",
+                        'CMD ["python3"]',
+                        "-",
+                        tag,
+                    ],
+                    "docker import",
+                    stdin=tar.stdout,
+                )
             finally:
                 tar.stdout.close()
                 tar.wait()
@@ -124,8 +163,11 @@ def stand_in_base(docker: str, pins: list[str], log=print) -> str:
 
 def pullable(docker: str, name: str) -> bool:
     """True if ``name`` is here already or a registry gives it."""
-    return image_exists(docker, name) or subprocess.run(
-        [docker, "pull", "--quiet", name], capture_output=True, check=False, timeout=300).returncode == 0
+    return (
+        image_exists(docker, name)
+        or subprocess.run([docker, "pull", "--quiet", name], capture_output=True, check=False, timeout=300).returncode
+        == 0
+    )
 
 
 def choose_base(docker: str, dockerfile: Path, log=print) -> str:
@@ -140,12 +182,30 @@ def build_image(docker: str, name: str, dockerfile: Path, context: Path, base: s
     """``docker build`` of ``dockerfile`` with ``base`` as its ``BASE_IMAGE``."""
     if shutil.which(docker) is None and not Path(docker).is_file():
         raise BuildError(f"{docker}: no Docker client")
-    _run([docker, "build", "--quiet", "--build-arg", f"BASE_IMAGE={base}", "-t", name,
-          "-f", str(dockerfile), str(context)], f"docker build of {name}")
+    _run(
+        [
+            docker,
+            "build",
+            "--quiet",
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "-t",
+            name,
+            "-f",
+            str(dockerfile),
+            str(context),
+        ],
+        f"docker build of {name}",
+    )
 
 
-def ensure_image(name: str, dockerfile: Path = PROJECT_ROOT / "docker" / "Dockerfile",
-                 context: Path = PROJECT_ROOT, docker: str = "docker", log=print) -> str:
+def ensure_image(
+    name: str,
+    dockerfile: Path = PROJECT_ROOT / "docker" / "Dockerfile",
+    context: Path = PROJECT_ROOT,
+    docker: str = "docker",
+    log=print,
+) -> str:
     """Build ``name`` from ``dockerfile`` on the base this machine can have; returns ``name``."""
     build_image(docker, name, dockerfile, context, choose_base(docker, dockerfile, log=log))
     return name

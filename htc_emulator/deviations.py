@@ -14,34 +14,34 @@ import copy
 
 DEVIATIONS = {
     "GET /htc/regions": "200 is a list of HTCRegionAdminSettings; the spec's single HTCInfraResource is a "
-                        "documentation error (the summary says 'region settings for all regions'), and the "
-                        "original tutorial reads a list of {region, supportedArchitectures}",
+    "documentation error (the summary says 'region settings for all regions'), and the "
+    "original tutorial reads a list of {region, supportedArchitectures}",
     "StorageAccessToken.storagePath": "storage tokens carry storagePath (the task's folder for a task token, the "
-                                      "shared folder for a project token) beside projectSharedStoragePath, "
-                                      "because the original tutorial reads it",
+    "shared folder for a project token) beside projectSharedStoragePath, "
+    "because the original tutorial reads it",
     "PresignedPutUrlResponse.url": "a URI string; the spec describes a serialized java.net.URL object, "
-                                   "which no client can use",
+    "which no client can use",
     "400 everywhere": "bad input is a 400 HTCRequestError naming the field on every operation; the spec lists "
-                      "400 on three operations only",
+    "400 on three operations only",
     "AWS_ environment variables": "envs names beginning with AWS_ are refused (400 naming the variable), as the "
-                                  "original tutorial says the platform does; the spec's pattern reserves only a few",
+    "original tutorial says the platform does; the spec's pattern reserves only a few",
     "429/500/503": "injected faults answer with an HTCRequestError body on any operation",
     "nulls in production": "fields the emulator has no value for are sent as null, as the platform does "
-                           "(htc-cli patches its copy of the spec for the ones it met): the fields in "
-                           "NULL_WITHOUT_VALUE are read as nullable",
+    "(htc-cli patches its copy of the spec for the ones it met): the fields in "
+    "NULL_WITHOUT_VALUE are read as nullable",
     "DELETE task": "200 is an HTCTask, read through the HTCTask schema (so archivedAt is null as on every "
-                   "other task answer); the spec repeats the schema inline without the nullable marks",
+    "other task answer); the spec repeats the schema inline without the nullable marks",
     "last page without next": "a page's `next` is left out on the last page (clients stop when it is absent); "
-                              "null would break its `format: uri`",
+    "null would break its `format: uri`",
     "viewType=SIMPLE": "the spec does not say what SIMPLE leaves out; the emulator sends the status fields only",
     "HTCTokenPayload": "GET /auth/token/whoami returns the token's payload as a JSON object; the spec types it as "
-                       "a string (htc-cli's patch for a schema missing from the published document)",
+    "a string (htc-cli's patch for a schema missing from the published document)",
     "JsonWebKeySet.keys": "the JWKS is in RFC 7517 form (kty, n, e, kid, alg, use), which the spec's example "
-                          "shows and JWKS clients read; the schema's Java-bean properties are not sent",
+    "shows and JWKS clients read; the schema's Java-bean properties are not sent",
     "registry token */*": "checked as text/plain, which the emulator sends: openapi-core leaves a */* body as "
-                          "bytes, which no string schema accepts (a limitation of the checker, not the API)",
+    "bytes, which no string schema accepts (a limitation of the checker, not the API)",
     "empty content maps": "a response with `content: {}` (cancel's 404) means no body; openapi-core would demand "
-                          "a body of no media type, which nothing can satisfy",
+    "a body of no media type, which nothing can satisfy",
 }
 
 # Properties the emulator sends as null while they have no value, which the
@@ -53,8 +53,20 @@ NULL_WITHOUT_VALUE = {
     "HTCRegionStorageSettings": ["storageRegion"],
     "HTCJob": ["group", "failureCode", "providerJobId", "jobExecutionEnvironment"],
     "HTCJobSubmitRequest": ["group", "jobName", "experimental", "cloudProvider"],
-    "HTCJobDefinition": ["architecture", "claims", "commands", "envs", "execTimeoutSeconds", "maxDiskGiB",
-                         "maxMemory", "maxSwap", "maxVCpus", "priority", "tags", "workingDir"],
+    "HTCJobDefinition": [
+        "architecture",
+        "claims",
+        "commands",
+        "envs",
+        "execTimeoutSeconds",
+        "maxDiskGiB",
+        "maxMemory",
+        "maxSwap",
+        "maxVCpus",
+        "priority",
+        "tags",
+        "workingDir",
+    ],
 }
 # Properties a response may leave out, by the deviation above that allows it.
 MAY_BE_ABSENT = {"next": "last page without next"}
@@ -85,11 +97,16 @@ def apply(spec: dict) -> dict:
     schemas["StorageAccessToken"]["properties"]["storagePath"] = {"type": "string"}
     schemas["PresignedPutUrlResponse"]["properties"]["url"] = {"type": "string", "format": "uri"}
     schemas["HTCTokenPayload"] = {"type": "object", "additionalProperties": True}
-    schemas["JsonWebKey"] = {"type": "object", "required": ["kty", "kid", "alg", "use"],
-                             "properties": {name: {"type": "string"} for name in ("kty", "kid", "alg", "use", "n", "e")}}
-    schemas["JsonWebKeySet"] = {"type": "object", "required": ["keys"],
-                                "properties": {"keys": {"type": "array",
-                                                        "items": {"$ref": "#/components/schemas/JsonWebKey"}}}}
+    schemas["JsonWebKey"] = {
+        "type": "object",
+        "required": ["kty", "kid", "alg", "use"],
+        "properties": {name: {"type": "string"} for name in ("kty", "kid", "alg", "use", "n", "e")},
+    }
+    schemas["JsonWebKeySet"] = {
+        "type": "object",
+        "required": ["keys"],
+        "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/JsonWebKey"}}},
+    }
     deleted = paths["/htc/projects/{projectId}/tasks/{taskId}"]["delete"]["responses"]["200"]
     deleted["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/HTCTask"}
     for name, fields in NULL_WITHOUT_VALUE.items():

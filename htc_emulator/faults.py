@@ -78,7 +78,7 @@ class FaultInjector:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config: dict) -> "FaultInjector":
+    def from_config(cls, config: dict) -> FaultInjector:
         """Build from ``{"rate", "kinds", "script", "target", "path", "retry_after", "slow_seconds", "seed"}``."""
         config = dict(config)
         injector = cls(
@@ -106,7 +106,9 @@ class FaultInjector:
             raise ValueError(f"unknown {target} fault kinds {sorted(unknown)}; use {sorted(KINDS[target])}")
         return kinds
 
-    def set_rate(self, rate: float, kinds: Iterable[str] = ("503",), *, target: str = "api", path: str | None = None) -> None:
+    def set_rate(
+        self, rate: float, kinds: Iterable[str] = ("503",), *, target: str = "api", path: str | None = None
+    ) -> None:
         """Inject one of ``kinds`` (chosen at random) into a fraction ``rate`` of requests."""
         kinds = self._check(kinds, target)
         if not 0.0 <= rate <= 1.0 or (rate > 0 and not kinds):
@@ -152,9 +154,7 @@ class FaultInjector:
                 await asyncio.sleep(injector.slow_seconds)
             elif kind is not None:
                 error_type, description = _API_ERRORS[kind]
-                body = json.dumps(
-                    {"errorType": error_type, "errorDescription": description, "message": None}
-                ).encode()
+                body = json.dumps({"errorType": error_type, "errorDescription": description, "message": None}).encode()
                 headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
                 if kind in ("429", "503"):
                     headers.append((b"retry-after", str(injector.retry_after).encode()))

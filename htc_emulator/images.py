@@ -67,7 +67,7 @@ class LocalImage:
             if container_path == target:
                 return str(source)
             if container_path.startswith(target.rstrip("/") + "/") and source.is_dir():
-                return str(source / container_path[len(target.rstrip("/")) + 1:])
+                return str(source / container_path[len(target.rstrip("/")) + 1 :])
         return None
 
     def local_command(self, commands: list[str]) -> list[str]:
@@ -191,7 +191,9 @@ class ImageRegistry:
         self.project_root = project_root
         self._images: dict[str, LocalImage] = {}
 
-    def register(self, name: str, dockerfile: str | os.PathLike, context: str | os.PathLike | None = None) -> LocalImage:
+    def register(
+        self, name: str, dockerfile: str | os.PathLike, context: str | os.PathLike | None = None
+    ) -> LocalImage:
         """Register ``name`` (``repo:tag``) built from ``dockerfile``.
 
         Relative paths are taken from the project root, which is also the
@@ -233,8 +235,9 @@ class DockerEngine:
         self.instance = instance or secrets.token_hex(6)
 
     def _docker(self, *args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run([self.executable, *args], capture_output=True, text=True, timeout=timeout,
-                              check=False, **kwargs)
+        return subprocess.run(
+            [self.executable, *args], capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+        )
 
     def available(self) -> bool:
         try:
@@ -256,15 +259,31 @@ class DockerEngine:
             config.unlink()
         return None if result.returncode == 0 else (result.stderr or result.stdout).strip()
 
-    def run_argv(self, reference: str, commands: list[str], env_names: list[str], container_name: str,
-                 *, vcpus: float | None = None, memory_mib: int | None = None) -> list[str]:
+    def run_argv(
+        self,
+        reference: str,
+        commands: list[str],
+        env_names: list[str],
+        container_name: str,
+        *,
+        vcpus: float | None = None,
+        memory_mib: int | None = None,
+    ) -> list[str]:
         """``docker run`` for one job attempt; ``--network host`` reaches the emulator on loopback.
 
         ``memory_mib`` is a hard limit without swap, so a job that exceeds it is killed
         (OOM), as on the platform; ``vcpus`` is capped at this machine's CPUs.
         """
-        argv = [self.executable, "run", "--network", "host", "--name", container_name,
-                "--label", f"{self.LABEL}.{self.instance}"]
+        argv = [
+            self.executable,
+            "run",
+            "--network",
+            "host",
+            "--name",
+            container_name,
+            "--label",
+            f"{self.LABEL}.{self.instance}",
+        ]
         if vcpus:
             argv += ["--cpus", f"{min(float(vcpus), float(os.cpu_count() or 1)):g}"]
         if memory_mib:

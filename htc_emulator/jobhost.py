@@ -360,6 +360,7 @@ def warm_libraries() -> None:
         warm_boto3()
     if "numpy" in sys.modules:
         import numpy.random
+
         os.register_at_fork(after_in_child=numpy.random.seed)  # a fresh seed per job, as a new process gets
 
 

@@ -23,12 +23,22 @@ from pathlib import Path
 
 JOBHOST = Path(__file__).with_name("jobhost.py")
 # Imported once by the template; a job importing them again finds them loaded.
-DEFAULT_PRELOAD = ("cv2", "numpy", "boto3", "botocore.session", "botocore.client", "s3transfer.manager",
-                   "requests", "urllib3")
+DEFAULT_PRELOAD = (
+    "cv2",
+    "numpy",
+    "boto3",
+    "botocore.session",
+    "botocore.client",
+    "s3transfer.manager",
+    "requests",
+    "urllib3",
+)
 # Variables an interpreter, OpenCV or a BLAS read at start-up or import: a job whose values
 # differ from the template's runs as a fresh process instead of in a fork of the template.
-_STARTUP_VARIABLES = re.compile(r"PYTHON.*|LANG|LC_.*|LANGUAGE|OPENCV_.*|OPENBLAS_.*|OMP_.*|MKL_.*|GOTO_.*|"
-                                r"NUMPY_.*|LD_.*|MALLOC_.*|VIRTUAL_ENV|AWS_DATA_PATH")
+_STARTUP_VARIABLES = re.compile(
+    r"PYTHON.*|LANG|LC_.*|LANGUAGE|OPENCV_.*|OPENBLAS_.*|OMP_.*|MKL_.*|GOTO_.*|"
+    r"NUMPY_.*|LD_.*|MALLOC_.*|VIRTUAL_ENV|AWS_DATA_PATH"
+)
 
 
 class JobProcess:
@@ -81,14 +91,20 @@ class ProcessLauncher:
         self._channel: socket.socket | None = None
         self._lock = threading.Lock()
 
-    def start(self, argv: list[str], env: dict[str, str], cwd: str | os.PathLike,
-              memory_limit: int | None = None) -> JobProcess:
+    def start(
+        self, argv: list[str], env: dict[str, str], cwd: str | os.PathLike, memory_limit: int | None = None
+    ) -> JobProcess:
         """Start ``argv`` in ``cwd`` with exactly ``env``; ``OSError`` if it can't be started.
 
         ``memory_limit`` (bytes) caps the resident memory of all the job's processes together.
         """
-        request = {"argv": list(argv), "env": dict(env), "cwd": str(cwd), "memory_limit": memory_limit,
-                   "mode": "python" if self._runs_in_template(argv, env) else "exec"}
+        request = {
+            "argv": list(argv),
+            "env": dict(env),
+            "cwd": str(cwd),
+            "memory_limit": memory_limit,
+            "mode": "python" if self._runs_in_template(argv, env) else "exec",
+        }
         log_read, log_write = os.pipe()
         status_read, status_write = os.pipe()
         control_read, control_write = os.pipe()
@@ -161,7 +177,10 @@ class ProcessLauncher:
         with theirs:
             self._template = subprocess.Popen(
                 [sys.executable, str(JOBHOST), str(theirs.fileno()), *self.preload],
-                env=self.template_env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                env=self.template_env,
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 pass_fds=[theirs.fileno()],
             )
         self._channel = ours

@@ -78,15 +78,15 @@ def require_storable(field_name: str, value: object) -> None:
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Executor(Protocol):
     """What the backend needs from the scheduler."""
 
-    def enqueue(self, jobs: list["Job"]) -> None: ...
+    def enqueue(self, jobs: list[Job]) -> None: ...
 
-    def kill(self, job: "Job") -> None: ...
+    def kill(self, job: Job) -> None: ...
 
 
 @dataclass
@@ -189,7 +189,9 @@ class Job:
 class Backend:
     """All state, with the operations the API offers on it."""
 
-    def __init__(self, storage: Storage, refresh_delay: float = 0.0, max_jobs_per_task: int = MAX_JOBS_PER_TASK) -> None:
+    def __init__(
+        self, storage: Storage, refresh_delay: float = 0.0, max_jobs_per_task: int = MAX_JOBS_PER_TASK
+    ) -> None:
         if max_jobs_per_task < 1:
             raise ValueError("max_jobs_per_task must be at least 1")
         self.storage = storage
@@ -224,10 +226,16 @@ class Backend:
         require_storable("projectName", name)
         require_storable("projectDescription", description)
         require_storable("regionSettings", region_settings)
-        regions = list(dict.fromkeys(
-            regions + [s["computeSettings"]["computeRegion"] for s in region_settings
-                       if s["computeSettings"].get("computeRegion")]
-        )) or [DEFAULT_REGION]
+        regions = list(
+            dict.fromkeys(
+                regions
+                + [
+                    s["computeSettings"]["computeRegion"]
+                    for s in region_settings
+                    if s["computeSettings"].get("computeRegion")
+                ]
+            )
+        ) or [DEFAULT_REGION]
         project = Project(str(uuid.uuid4()), name, description, regions, region_settings, now())
         with self.lock:
             self.projects[project.project_id] = project
@@ -314,7 +322,9 @@ class Backend:
 
     # --- jobs ----------------------------------------------------------------
 
-    def submit(self, project_id: str, task_id: str, group: str | None, batches: list[dict]) -> list[tuple[str, dt.datetime]]:
+    def submit(
+        self, project_id: str, task_id: str, group: str | None, batches: list[dict]
+    ) -> list[tuple[str, dt.datetime]]:
         """Create the jobs of each batch; return (parentJobId, time received) per batch.
 
         All or nothing: a request that would take the task past
@@ -329,13 +339,18 @@ class Backend:
             project = self.project(project_id)
             task = self.live_task(project_id, task_id)
             if task.lifecycle_status != "ACTIVE":
-                raise InvalidRequest("taskId", f"jobs can only be submitted to an ACTIVE task, not {task.lifecycle_status}")
+                raise InvalidRequest(
+                    "taskId", f"jobs can only be submitted to an ACTIVE task, not {task.lifecycle_status}"
+                )
             held, adding = len(self._task_jobs[task_id]), sum(batch.get("batchSize", 1) for batch in batches)
             if held + adding > self.max_jobs_per_task:
-                raise InvalidRequest("batchSize", f"a task holds at most {self.max_jobs_per_task} jobs; "
-                                                  f"this one has {held} and the request adds {adding}")
+                raise InvalidRequest(
+                    "batchSize",
+                    f"a task holds at most {self.max_jobs_per_task} jobs; "
+                    f"this one has {held} and the request adds {adding}",
+                )
             placements = [self._placement(project, number, batch) for number, batch in enumerate(batches)]
-            for batch, region in zip(batches, placements):
+            for batch, region in zip(batches, placements, strict=True):
                 parent = str(uuid.uuid4())
                 size = batch.get("batchSize", 1)
                 for index in range(size):
@@ -380,13 +395,18 @@ class Backend:
         wanted = (region, definition.get("priority", "ON_DEMAND_PRIORITY"), definition.get("architecture", "X86"))
         for combination in combinations:
             derived = combination["derived"]
-            if ((combination["region"], combination["priority"], derived["architecture"]) == wanted
-                    and definition.get("maxVCpus", 1) <= derived["vCPUs"]
-                    and definition.get("maxMemory", 128) <= derived["memory"]):
+            if (
+                (combination["region"], combination["priority"], derived["architecture"]) == wanted
+                and definition.get("maxVCpus", 1) <= derived["vCPUs"]
+                and definition.get("maxMemory", 128) <= derived["memory"]
+            ):
                 return region
-        raise InvalidRequest(f"[{number}].htcJobDefinition",
-                             "no dimension combination of project {} allows region {}, priority {}, architecture {}"
-                             .format(project.project_id, *wanted))
+        raise InvalidRequest(
+            f"[{number}].htcJobDefinition",
+            "no dimension combination of project {} allows region {}, priority {}, architecture {}".format(
+                project.project_id, *wanted
+            ),
+        )
 
     def admit(self, waiting: list[Job]) -> tuple[list[Job], list[Job]]:
         """Move waiting jobs on to SUBMITTED_TO_PROVIDER as far as the vCPU limits allow.
@@ -416,8 +436,9 @@ class Backend:
         admitted, held = [], []
         for job in waiting:
             cap = self.policies.vcpu_cap(job.project_id)
-            fits = ((cap is None or usage[job.project_id] + job.vcpus <= cap)
-                    and (workspace_cap is None or total + job.vcpus <= workspace_cap))
+            fits = (cap is None or usage[job.project_id] + job.vcpus <= cap) and (
+                workspace_cap is None or total + job.vcpus <= workspace_cap
+            )
             if fits:
                 usage[job.project_id] += job.vcpus
                 total += job.vcpus
@@ -438,9 +459,16 @@ class Backend:
             self.task(project_id, task_id)
             return list(self._task_jobs[task_id])
 
-    def transition(self, job: Job, status: str, reason: str | None = None, *,
-                   failure_code: str | None = None, container: dict | None = None,
-                   user_cancelled: bool = False) -> JobEvent:
+    def transition(
+        self,
+        job: Job,
+        status: str,
+        reason: str | None = None,
+        *,
+        failure_code: str | None = None,
+        container: dict | None = None,
+        user_cancelled: bool = False,
+    ) -> JobEvent:
         """Append a status event (the only way a job's status changes)."""
         with self.lock:
             event = JobEvent(str(uuid.uuid4()), now(), status, reason, failure_code, container, user_cancelled)
@@ -470,19 +498,30 @@ class Backend:
             self.transition(job, "STARTING", f"Starting attempt {job.attempt}")
             return True
 
-    def finish_attempt(self, job: Job, status: str, reason: str, *, failure_code: str | None = None,
-                       exit_code: int | None = None) -> bool:
+    def finish_attempt(
+        self, job: Job, status: str, reason: str, *, failure_code: str | None = None, exit_code: int | None = None
+    ) -> bool:
         """Record how an attempt ended; True if the job goes back to the queue."""
         container = None if exit_code is None else {"exitCode": exit_code, "reason": reason}
         with self.lock:
             if job.cancel_requested and status != "SUCCEEDED":
-                self.transition(job, "FAILED", CANCELLED_REASON, failure_code=CANCELLED_FAILURE_CODE,
-                                container=container, user_cancelled=True)
+                self.transition(
+                    job,
+                    "FAILED",
+                    CANCELLED_REASON,
+                    failure_code=CANCELLED_FAILURE_CODE,
+                    container=container,
+                    user_cancelled=True,
+                )
                 return False
             if status == "FAILED" and job.attempt <= job.max_retries:
-                self.transition(job, "RUNNABLE",
-                                f"Retrying after attempt {job.attempt} failed: {reason}",
-                                failure_code=failure_code, container=container)
+                self.transition(
+                    job,
+                    "RUNNABLE",
+                    f"Retrying after attempt {job.attempt} failed: {reason}",
+                    failure_code=failure_code,
+                    container=container,
+                )
                 return True
             self.transition(job, status, reason, failure_code=failure_code, container=container)
             return False
@@ -502,8 +541,9 @@ class Backend:
                 job.cancel_requested = True
                 affected += 1
                 if job.status in PENDING:
-                    self.transition(job, "FAILED", CANCELLED_REASON,
-                                    failure_code=CANCELLED_FAILURE_CODE, user_cancelled=True)
+                    self.transition(
+                        job, "FAILED", CANCELLED_REASON, failure_code=CANCELLED_FAILURE_CODE, user_cancelled=True
+                    )
                 else:
                     to_kill.append(job)
         if self.executor is not None:

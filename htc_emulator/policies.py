@@ -57,12 +57,21 @@ def workspace_dimensions(regions: list[str]) -> list[dict]:
     for region, priority in itertools.product(regions, PRIORITIES):
         for architecture in PROVIDER_ARCHITECTURES.get(region.split("_", 1)[0], ["X86"]):
             machine = MACHINE_TYPES[architecture]
-            combinations.append({
-                "region": region, "priority": priority, "machineType": machine["machineType"],
-                "hyperthreading": True, "computeScalingPolicy": "BALANCED",
-                "derived": {"architecture": architecture, "vCPUs": machine["vCPUs"],
-                            "memory": machine["memory"], "swap": False},
-            })
+            combinations.append(
+                {
+                    "region": region,
+                    "priority": priority,
+                    "machineType": machine["machineType"],
+                    "hyperthreading": True,
+                    "computeScalingPolicy": "BALANCED",
+                    "derived": {
+                        "architecture": architecture,
+                        "vCPUs": machine["vCPUs"],
+                        "memory": machine["memory"],
+                        "swap": False,
+                    },
+                }
+            )
     return combinations
 
 

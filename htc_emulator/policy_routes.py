@@ -45,6 +45,7 @@ def _limit(backend, project_id: str, limit_id: int):
 
 # --- limits ---------------------------------------------------------------------
 
+
 @policy_routes.get("/htc/projects/{projectId}/limits")
 def list_limits(request: Request, projectId: str) -> list:
     backend = _backend(request)
@@ -106,6 +107,7 @@ def workspace_limit(request: Request, workspaceId: str) -> dict:
 
 # --- dimensions -------------------------------------------------------------------
 
+
 @policy_routes.get("/htc/projects/{projectId}/dimensions")
 def project_dimensions(request: Request, projectId: str) -> list:
     backend = _backend(request)
@@ -139,6 +141,7 @@ def workspace_dimensions_route(workspaceId: str) -> list:
 
 
 # --- task retention ------------------------------------------------------------------
+
 
 @policy_routes.get("/htc/projects/{projectId}/task-retention-policy")
 def project_retention(request: Request, projectId: str) -> dict:
@@ -190,6 +193,7 @@ def set_workspace_retention(request: Request, workspaceId: str, body: RetentionP
 
 
 # --- metrics and clusters ----------------------------------------------------------------
+
 
 @policy_routes.get("/htc/metrics")
 def metrics(request: Request) -> PlainTextResponse:

@@ -68,8 +68,15 @@ class ExchangeRecorder:
                 raw_path = scope.get("raw_path")
                 path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
                 url = f"http://{headers.get('host', 'localhost')}{path}" + (f"?{query}" if query else "")
-                exchange = Exchange(scope["method"], url, headers, bytes(request_body), response.get("status", 500),
-                                    response.get("headers", {}), bytes(response_body))
+                exchange = Exchange(
+                    scope["method"],
+                    url,
+                    headers,
+                    bytes(request_body),
+                    response.get("status", 500),
+                    response.get("headers", {}),
+                    bytes(response_body),
+                )
                 with recorder._lock:
                     recorder._exchanges.append(exchange)
 

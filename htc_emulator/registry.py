@@ -69,11 +69,15 @@ class _SigningKey:
     def __init__(self) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "htc-emulator registry token signer")])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         self.certificate = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(self.key, hashes.SHA256())
         )
@@ -103,8 +107,9 @@ class ContainerRegistry:
         self._dir = Path(tempfile.mkdtemp(prefix="htc-registry-"))
         self._process: subprocess.Popen | None = None
         self._token_server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._token_thread = threading.Thread(target=self._token_server.serve_forever, name="htc-registry-tokens",
-                                              daemon=True)
+        self._token_thread = threading.Thread(
+            target=self._token_server.serve_forever, name="htc-registry-tokens", daemon=True
+        )
         self.host = ""
 
     @staticmethod
@@ -123,18 +128,23 @@ class ContainerRegistry:
             "log": {"level": "error", "accesslog": {"disabled": True}},
             "storage": {"filesystem": {"rootdirectory": str(self._dir / "data")}},
             "http": {"addr": self.host, "secret": secrets.token_hex(16)},
-            "auth": {"token": {
-                "realm": f"http://127.0.0.1:{self._token_server.server_address[1]}/token",
-                "service": SERVICE, "issuer": ISSUER, "rootcertbundle": str(self._dir / "signer.pem"),
-            }},
+            "auth": {
+                "token": {
+                    "realm": f"http://127.0.0.1:{self._token_server.server_address[1]}/token",
+                    "service": SERVICE,
+                    "issuer": ISSUER,
+                    "rootcertbundle": str(self._dir / "signer.pem"),
+                }
+            },
         }
         # JSON is YAML: the registry reads this file as its configuration.
         (self._dir / "config.yml").write_text(json.dumps(config))
         # Its log goes to a file: a pipe nobody reads would fill up and stall the registry.
         log = self._dir / "registry.log"
         with log.open("wb") as log_file:
-            self._process = subprocess.Popen([self.executable, "serve", str(self._dir / "config.yml")],
-                                             stdout=log_file, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                [self.executable, "serve", str(self._dir / "config.yml")], stdout=log_file, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + timeout
         while True:
             if self._process.poll() is not None:
@@ -194,7 +204,7 @@ class ContainerRegistry:
             namespace = project_namespace(project_id)
             if kind != "repository" or not name.startswith(namespace):
                 continue
-            if not self.may_use(project_id, name[len(namespace):]):
+            if not self.may_use(project_id, name[len(namespace) :]):
                 continue
             allowed = [a for a in actions.split(",") if a in ("pull", "push")]
             if allowed:
@@ -203,8 +213,18 @@ class ContainerRegistry:
 
     def _bearer(self, subject: str, access: list[dict]) -> str:
         now = int(time.time())
-        return self._key.sign({"iss": ISSUER, "sub": subject, "aud": SERVICE, "iat": now, "nbf": now - 5,
-                               "exp": now + BEARER_LIFETIME, "jti": str(uuid.uuid4()), "access": access})
+        return self._key.sign(
+            {
+                "iss": ISSUER,
+                "sub": subject,
+                "aud": SERVICE,
+                "iat": now,
+                "nbf": now - 5,
+                "exp": now + BEARER_LIFETIME,
+                "jti": str(uuid.uuid4()),
+                "access": access,
+            }
+        )
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         registry = self
@@ -217,8 +237,9 @@ class ContainerRegistry:
                 if url.path != "/token" or query.get("service") != [SERVICE]:
                     return self._answer(404, {"errors": [{"code": "NOT_FOUND", "message": "no such token service"}]})
                 if project_id is None:
-                    return self._answer(401, {"errors": [{"code": "UNAUTHORIZED",
-                                                          "message": "bad registry credentials"}]})
+                    return self._answer(
+                        401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad registry credentials"}]}
+                    )
                 token = registry._bearer(USERNAME, registry._granted(project_id, query.get("scope", [])))
                 self._answer(200, {"token": token, "access_token": token, "expires_in": BEARER_LIFETIME})
 
@@ -238,8 +259,11 @@ class ContainerRegistry:
     # --- what is stored -----------------------------------------------------------
 
     def _get(self, path: str, access: list[dict]) -> dict:
-        response = requests.get(f"http://{self.host}/v2/{path}", timeout=30,
-                                headers={"Authorization": f"Bearer {self._bearer(ISSUER, access)}"})
+        response = requests.get(
+            f"http://{self.host}/v2/{path}",
+            timeout=30,
+            headers={"Authorization": f"Bearer {self._bearer(ISSUER, access)}"},
+        )
         if response.status_code == 404:
             return {}
         response.raise_for_status()

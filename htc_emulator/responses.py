@@ -28,9 +28,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import auth, job_rights, views
 from .auth import AuthenticationError, PermissionDenied, TokenAuthority
 from .images import ImageRegistry, normalize_image_name
-from .registry import ContainerRegistry
 from .models import SUMMARY_STATUSES, Backend, InvalidRequest, NotFound, Project, Task
 from .policy_routes import policy_routes
+from .registry import ContainerRegistry
 from .schemas import (
     CloudProvider,
     JobStatus,
@@ -72,6 +72,7 @@ class Services:
 
 
 # --- errors -------------------------------------------------------------------
+
 
 def _request_error(status: int, error_type: str, description: str, message: str | None = None) -> JSONResponse:
     """An ``HTCRequestError`` body."""
@@ -160,6 +161,7 @@ def auth_middleware(app, tokens: TokenAuthority):
 
 # --- helpers ------------------------------------------------------------------
 
+
 def _services(request: Request) -> Services:
     return request.app.state.services
 
@@ -168,7 +170,7 @@ def _page(request: Request, items: list, page_index: str | None, page_size: str,
     """One page ``{items, next}``; ``next`` (absolute, same host) only when more remain."""
     page_size = query_integer("pageSize", page_size, 1, MAX_PAGE_SIZE)
     offset = page_offset(page_index)
-    chunk = items[offset:offset + page_size]
+    chunk = items[offset : offset + page_size]
     body = {"items": [render(item) for item in chunk] if render else chunk}
     if offset + page_size < len(items):
         body["next"] = str(request.url.include_query_params(pageIndex=str(offset + page_size)))
@@ -232,8 +234,12 @@ def _presigned_url(svc: Services, project: Project, prefix: str, file_path: str)
     url, expiration = svc.storage.presigned_put_url(key)
     # The spec types `url` as an object (a serialized java.net.URL); the
     # value is sent as the URL string, which is what a client can use.
-    return {"url": url, "storageName": svc.storage.bucket, "region": project.default_region,
-            "expiration": views.isotime(expiration)}
+    return {
+        "url": url,
+        "storageName": svc.storage.bucket,
+        "region": project.default_region,
+        "expiration": views.isotime(expiration),
+    }
 
 
 def _registry_token(svc: Services, project_id: str) -> PlainTextResponse:
@@ -338,9 +344,12 @@ def list_regions(cloudProvider: CloudProvider | None = None, enabled: bool | Non
     # Spec defect: documented as one HTCInfraResource object. Clients (the
     # tutorial) read a list of region settings, which is what this returns.
     regions = [views.region_view(r) for r in SupportedRescaleRegion.__args__]
-    return [r for r in regions
-            if (cloudProvider is None or r["cloudProvider"] == cloudProvider)
-            and (enabled is None or r["enabled"] == enabled)]
+    return [
+        r
+        for r in regions
+        if (cloudProvider is None or r["cloudProvider"] == cloudProvider)
+        and (enabled is None or r["enabled"] == enabled)
+    ]
 
 
 @htc.get("/htc/regions/{region}")
@@ -363,18 +372,22 @@ def get_storage(request: Request, region: SupportedRescaleRegion) -> dict:
 
 # --- routes: projects and container registry -----------------------------------------
 
+
 @htc.post("/htc/projects")
 def create_project(request: Request, body: ProjectCreate) -> dict:
     project = _services(request).backend.create_project(
-        body.projectName, body.projectDescription, list(body.regions),
+        body.projectName,
+        body.projectDescription,
+        list(body.regions),
         [s.model_dump(exclude_unset=True) for s in body.regionSettings],
     )
     return _services(request).project_view(project)
 
 
 @htc.get("/htc/projects")
-def list_projects(request: Request, onlyMyProjects: bool | None = None, pageIndex: str | None = None,
-                  pageSize: str = "100") -> dict:
+def list_projects(
+    request: Request, onlyMyProjects: bool | None = None, pageIndex: str | None = None, pageSize: str = "100"
+) -> dict:
     # Every project here belongs to the one emulated user, so onlyMyProjects changes nothing.
     projects = _services(request).backend.list_projects()
     return _page(request, projects, pageIndex, pageSize, _services(request).project_view)
@@ -419,7 +432,10 @@ def _project_images(svc: Services, project: Project) -> list[str]:
 def list_images(request: Request, projectId: str) -> dict:
     svc = _services(request)
     project = svc.backend.project(projectId)
-    return {"containerRegistry": views.registry_uri(project, svc.registry_host), "images": _project_images(svc, project)}
+    return {
+        "containerRegistry": views.registry_uri(project, svc.registry_host),
+        "images": _project_images(svc, project),
+    }
 
 
 @htc.get("/htc/projects/{projectId}/container-registry/images/{imageName:path}")
@@ -427,13 +443,18 @@ def get_image_status(request: Request, projectId: str, imageName: str) -> Respon
     svc = _services(request)
     project = svc.backend.project(projectId)
     if normalize_image_name(imageName) not in _project_images(svc, project):
-        return JSONResponse({"errorType": "IMAGE_UNAVAILABLE",
-                             "errorDescription": f"Image {imageName} is unavailable. Please check the image name."},
-                            404)
+        return JSONResponse(
+            {
+                "errorType": "IMAGE_UNAVAILABLE",
+                "errorDescription": f"Image {imageName} is unavailable. Please check the image name.",
+            },
+            404,
+        )
     return JSONResponse({"status": "READY"})
 
 
 # --- routes: project storage ----------------------------------------------------------
+
 
 @htc.get("/htc/projects/{projectId}/storage/token")
 def project_storage_token(request: Request, projectId: str) -> dict:
@@ -462,6 +483,7 @@ def project_presigned_url(request: Request, projectId: str, filePath: str = Quer
 
 # --- routes: tasks --------------------------------------------------------------------
 
+
 @htc.post("/htc/projects/{projectId}/tasks")
 def create_task(request: Request, projectId: str, body: TaskCreate) -> dict:
     return views.task_view(_services(request).backend.create_task(projectId, body.taskName, body.taskDescription))
@@ -489,25 +511,39 @@ def delete_task(request: Request, projectId: str, taskId: str) -> dict:
 
 # --- routes: jobs ---------------------------------------------------------------------
 
+
 @htc.post("/htc/projects/{projectId}/tasks/{taskId}/jobs/batch")
-def submit_jobs(request: Request, projectId: str, taskId: str,
-                body: Annotated[list[JobSubmitRequest], Body(max_length=MAX_BATCHES_PER_REQUEST)],
-                group: str | None = None) -> list:
+def submit_jobs(
+    request: Request,
+    projectId: str,
+    taskId: str,
+    body: Annotated[list[JobSubmitRequest], Body(max_length=MAX_BATCHES_PER_REQUEST)],
+    group: str | None = None,
+) -> list:
     group = group_name(group)
     batches = [b.model_dump(exclude_unset=True) for b in body]
     backend = _services(request).backend
     submitted = backend.submit(projectId, taskId, group, batches)
     return [
-        views.submit_view(batch, project_id=projectId, task_id=taskId, parent_job_id=parent,
-                          group=group, received=received)
-        for batch, (parent, received) in zip(batches, submitted)
+        views.submit_view(
+            batch, project_id=projectId, task_id=taskId, parent_job_id=parent, group=group, received=received
+        )
+        for batch, (parent, received) in zip(batches, submitted, strict=True)
     ]
 
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/jobs")
-def list_jobs(request: Request, projectId: str, taskId: str, group: str | None = None,
-              jobId: list[str] | None = Query(None), status: JobStatus | None = None,
-              viewType: ViewType = "FULL", pageIndex: str | None = None, pageSize: str = "100") -> dict:
+def list_jobs(
+    request: Request,
+    projectId: str,
+    taskId: str,
+    group: str | None = None,
+    jobId: list[str] | None = Query(None),
+    status: JobStatus | None = None,
+    viewType: ViewType = "FULL",
+    pageIndex: str | None = None,
+    pageSize: str = "100",
+) -> dict:
     group = group_name(group)
     backend = _services(request).backend
     as_of = backend.visible_time()
@@ -530,8 +566,9 @@ def get_job(request: Request, projectId: str, taskId: str, jobId: str) -> dict:
 
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/jobs/{jobId}/events")
-def get_job_events(request: Request, projectId: str, taskId: str, jobId: str,
-                   pageIndex: str | None = None, pageSize: str = "100") -> dict:
+def get_job_events(
+    request: Request, projectId: str, taskId: str, jobId: str, pageIndex: str | None = None, pageSize: str = "100"
+) -> dict:
     backend = _services(request).backend
     job = backend.job(projectId, taskId, jobId)
     events = job.visible_events(backend.visible_time())
@@ -539,14 +576,22 @@ def get_job_events(request: Request, projectId: str, taskId: str, jobId: str,
 
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/jobs/{jobId}/logs")
-def get_job_logs(request: Request, projectId: str, taskId: str, jobId: str, pageIndex: str | None = None,
-                 pageSize: str = "100", sort: str = Query("desc", pattern="^(asc|desc)$")) -> dict:
+def get_job_logs(
+    request: Request,
+    projectId: str,
+    taskId: str,
+    jobId: str,
+    pageIndex: str | None = None,
+    pageSize: str = "100",
+    sort: str = Query("desc", pattern="^(asc|desc)$"),
+) -> dict:
     job = _services(request).backend.job(projectId, taskId, jobId)
     lines = job.logs[:]
     if sort == "desc":
         lines.reverse()
-    return _page(request, lines, pageIndex, pageSize,
-                 lambda line: {"timestamp": views.isotime(line.at), "message": line.message})
+    return _page(
+        request, lines, pageIndex, pageSize, lambda line: {"timestamp": views.isotime(line.at), "message": line.message}
+    )
 
 
 @htc.post("/htc/projects/{projectId}/tasks/{taskId}/jobs/cancel")
@@ -561,9 +606,16 @@ def cancel_jobs(request: Request, projectId: str, taskId: str, group: str | None
 
 # --- routes: statistics -------------------------------------------------------------------
 
+
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/group-summary-statistics")
-def group_statistics(request: Request, projectId: str, taskId: str, group: list[str] | None = Query(None),
-                     pageIndex: str | None = None, pageSize: str = "100") -> dict:
+def group_statistics(
+    request: Request,
+    projectId: str,
+    taskId: str,
+    group: list[str] | None = Query(None),
+    pageIndex: str | None = None,
+    pageSize: str = "100",
+) -> dict:
     group = group_names(group)
     backend = _services(request).backend
     as_of = backend.visible_time()
@@ -586,13 +638,15 @@ def task_statistics(request: Request, projectId: str, taskId: str) -> dict:
 
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/groups")
-def list_groups(request: Request, projectId: str, taskId: str, pageIndex: str | None = None,
-                pageSize: str = "100") -> list:
+def list_groups(
+    request: Request, projectId: str, taskId: str, pageIndex: str | None = None, pageSize: str = "100"
+) -> list:
     # The spec documents a bare list of names (no `next`), paged by the query.
     return _page(request, _services(request).backend.groups(projectId, taskId), pageIndex, pageSize)["items"]
 
 
 # --- routes: task storage -------------------------------------------------------------------
+
 
 @htc.get("/htc/projects/{projectId}/tasks/{taskId}/storage/token")
 def task_storage_token(request: Request, projectId: str, taskId: str) -> dict:
@@ -623,8 +677,15 @@ def task_regional_storage(request: Request, projectId: str, taskId: str) -> dict
     stores = []
     for region in (r for r in project.regions if r in STORAGE_REGIONS):
         token = _storage_token(svc, request, project, region, task)
-        stores.append({"region": region, "projectPath": token["projectSharedStoragePath"],
-                       "taskPath": token["storagePath"], "credentials": token["credentials"], "provider": "AWS"})
+        stores.append(
+            {
+                "region": region,
+                "projectPath": token["projectSharedStoragePath"],
+                "taskPath": token["storagePath"],
+                "credentials": token["credentials"],
+                "provider": "AWS",
+            }
+        )
     return {"rescaleRegion": project.default_region, "regionalStores": stores}
 
 

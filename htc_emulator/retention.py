@@ -24,12 +24,18 @@ def sweep(backend: Backend, at: dt.datetime, hour: dt.timedelta) -> None:
             policy = backend.policies.retention_for(task.project_id)
             if policy is None or task.lifecycle_status == "DELETED":
                 continue
-            if (task.lifecycle_status == "ACTIVE" and policy.archive_after
-                    and task.last_active_at + policy.archive_after * hour <= at
-                    and all(job.status in TERMINAL for job in backend.task_jobs(task.project_id, task.task_id))):
+            if (
+                task.lifecycle_status == "ACTIVE"
+                and policy.archive_after
+                and task.last_active_at + policy.archive_after * hour <= at
+                and all(job.status in TERMINAL for job in backend.task_jobs(task.project_id, task.task_id))
+            ):
                 backend.update_task(task.project_id, task.task_id, "ARCHIVED")
-            elif (task.lifecycle_status == "ARCHIVED" and policy.delete_after
-                  and task.archived_at + policy.delete_after * hour <= at):
+            elif (
+                task.lifecycle_status == "ARCHIVED"
+                and policy.delete_after
+                and task.archived_at + policy.delete_after * hour <= at
+            ):
                 to_delete.append(task)
     for task in to_delete:
         # Storage first, so that a task seen DELETED has none left (an archived task runs no jobs).

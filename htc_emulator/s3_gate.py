@@ -99,9 +99,12 @@ class CredentialTable:
         with self._lock:
             self._forget_long_expired()
             self._grants[access_key] = Grant(secret_key, session_token, expires_at, tuple(read), tuple(write))
-        credentials = {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
-                       "AWS_SESSION_TOKEN": session_token}
-        return credentials, dt.datetime.fromtimestamp(expires_at, dt.timezone.utc)
+        credentials = {
+            "AWS_ACCESS_KEY_ID": access_key,
+            "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_SESSION_TOKEN": session_token,
+        }
+        return credentials, dt.datetime.fromtimestamp(expires_at, dt.UTC)
 
     def revoke(self, prefix: str) -> int:
         """Expire now every scoped credential that may write under ``prefix``; return how many."""
@@ -109,8 +112,9 @@ class CredentialTable:
         with self._lock:
             for access_key, grant in list(self._grants.items()):
                 if not grant.admin and any(p.startswith(prefix) for p in grant.write):
-                    self._grants[access_key] = Grant(grant.secret_key, grant.session_token, time.time(),
-                                                     grant.read, grant.write)
+                    self._grants[access_key] = Grant(
+                        grant.secret_key, grant.session_token, time.time(), grant.read, grant.write
+                    )
                     revoked += 1
         return revoked
 
@@ -132,7 +136,7 @@ class _Request:
     headers: dict[str, str]  # lower-case names
 
     @classmethod
-    def from_environ(cls, environ: dict) -> "_Request":
+    def from_environ(cls, environ: dict) -> _Request:
         headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
         for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             if environ.get(name):
@@ -152,9 +156,13 @@ def _signature_parts(request: _Request) -> tuple[str, dict[str, str], bool]:
     query = parse_qs(request.query, keep_blank_values=True)
     if "X-Amz-Signature" in query:
         fields = {name: values[0] for name, values in query.items()}
-        fields.update(Credential=fields.get("X-Amz-Credential", ""), SignedHeaders=fields.get("X-Amz-SignedHeaders", ""),
-                      Signature=fields["X-Amz-Signature"], date=fields.get("X-Amz-Date", ""),
-                      token=fields.get("X-Amz-Security-Token"))
+        fields.update(
+            Credential=fields.get("X-Amz-Credential", ""),
+            SignedHeaders=fields.get("X-Amz-SignedHeaders", ""),
+            Signature=fields["X-Amz-Signature"],
+            date=fields.get("X-Amz-Date", ""),
+            token=fields.get("X-Amz-Security-Token"),
+        )
         return fields["Credential"].split("/")[0], fields, True
     if authorization:
         raise S3Denied(400, "InvalidRequest", "Only AWS4-HMAC-SHA256 signatures are accepted.")
@@ -168,7 +176,7 @@ def _verify_signature(request: _Request, grant: Grant, access_key: str, fields: 
         raise S3Denied(400, "AuthorizationHeaderMalformed", "The credential scope is malformed.")
     _, _, region, service, _ = scope
     try:
-        signed_at = dt.datetime.strptime(fields["date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+        signed_at = dt.datetime.strptime(fields["date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
     except ValueError:
         raise S3Denied(403, "AccessDenied", "X-Amz-Date is missing or malformed.") from None
     age = time.time() - signed_at.timestamp()
@@ -177,8 +185,9 @@ def _verify_signature(request: _Request, grant: Grant, access_key: str, fields: 
         if not expires.isascii() or not expires.isdigit() or age > int(expires):
             raise S3Denied(403, "AccessDenied", "Request has expired")
     elif abs(age) > MAX_CLOCK_SKEW_SECONDS:
-        raise S3Denied(403, "RequestTimeTooSkewed", "The difference between the request time and the current "
-                                                    "time is too large.")
+        raise S3Denied(
+            403, "RequestTimeTooSkewed", "The difference between the request time and the current time is too large."
+        )
     if grant.session_token is not None and fields.get("token") != grant.session_token:
         raise S3Denied(400, "InvalidToken", "The provided token is malformed or otherwise invalid.")
     signed_names = [name for name in fields.get("SignedHeaders", "").split(";") if name]
@@ -190,16 +199,21 @@ def _verify_signature(request: _Request, grant: Grant, access_key: str, fields: 
         query = "&".join(p for p in query.split("&") if not p.startswith("X-Amz-Signature="))
     elif "x-amz-content-sha256" not in headers:
         raise S3Denied(400, "InvalidRequest", "Missing required header for this request: x-amz-content-sha256")
-    aws_request = AWSRequest(method=request.method, url=request.raw_path + (f"?{query}" if query else ""),
-                             headers={("X-Amz-Content-SHA256" if k == "x-amz-content-sha256" else k): v
-                                      for k, v in headers.items()})
+    aws_request = AWSRequest(
+        method=request.method,
+        url=request.raw_path + (f"?{query}" if query else ""),
+        headers={("X-Amz-Content-SHA256" if k == "x-amz-content-sha256" else k): v for k, v in headers.items()},
+    )
     aws_request.context["timestamp"] = fields["date"]
     credentials = Credentials(access_key, grant.secret_key, grant.session_token)
     signer = (S3SigV4QueryAuth if in_query else S3SigV4Auth)(credentials, service, region)
     expected = signer.signature(signer.string_to_sign(aws_request, signer.canonical_request(aws_request)), aws_request)
     if not secrets.compare_digest(expected.encode(), fields.get("Signature", "").encode("utf-8", "surrogateescape")):
-        raise S3Denied(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the "
-                                                     "signature you provided.")
+        raise S3Denied(
+            403,
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match the signature you provided.",
+        )
     return service
 
 
@@ -214,8 +228,11 @@ def _verify_payload(request: _Request, environ: dict) -> None:
     body = environ["wsgi.input"].read(int(length))
     environ["wsgi.input"] = io.BytesIO(body)
     if hashlib.sha256(body).hexdigest() != declared:
-        raise S3Denied(400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not "
-                                                         "match what was computed.")
+        raise S3Denied(
+            400,
+            "XAmzContentSHA256Mismatch",
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        )
 
 
 def _key_of(raw: str) -> str:
@@ -254,8 +271,9 @@ class S3Gate:
         access_key, fields, in_query = _signature_parts(request)
         grant = self.credentials.get(access_key)
         if grant is None:
-            raise S3Denied(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our "
-                                                      "records.")
+            raise S3Denied(
+                403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."
+            )
         service = _verify_signature(request, grant, access_key, fields, in_query)
         if not in_query:
             _verify_payload(request, environ)
@@ -288,10 +306,25 @@ class S3Gate:
         query = parse_qs(request.query, keep_blank_values=True)
         if request.method == "HEAD" and not query:
             return
-        if request.method == "GET" and (set(query) <= {"list-type", "prefix", "delimiter", "max-keys", "marker",
-                                                         "continuation-token", "start-after", "encoding-type",
-                                                         "fetch-owner", "key-marker", "upload-id-marker",
-                                                         "version-id-marker", "max-uploads"} | _LIST_SUBRESOURCES):
+        if request.method == "GET" and (
+            set(query)
+            <= {
+                "list-type",
+                "prefix",
+                "delimiter",
+                "max-keys",
+                "marker",
+                "continuation-token",
+                "start-after",
+                "encoding-type",
+                "fetch-owner",
+                "key-marker",
+                "upload-id-marker",
+                "version-id-marker",
+                "max-uploads",
+            }
+            | _LIST_SUBRESOURCES
+        ):
             prefix = query.get("prefix", [""])[0]
             if prefix and grant.may_read(prefix):
                 return
@@ -320,12 +353,17 @@ class S3Gate:
 
     @staticmethod
     def _refuse(denied: S3Denied, request: _Request, start_response):
-        body = b"" if request.method == "HEAD" else (
-            '<?xml version="1.0" encoding="UTF-8"?>'
-            f"<Error><Code>{denied.code}</Code><Message>{denied.message}</Message>"
-            f"<RequestId>{uuid.uuid4().hex}</RequestId></Error>"
-        ).encode()
+        body = (
+            b""
+            if request.method == "HEAD"
+            else (
+                '<?xml version="1.0" encoding="UTF-8"?>'
+                f"<Error><Code>{denied.code}</Code><Message>{denied.message}</Message>"
+                f"<RequestId>{uuid.uuid4().hex}</RequestId></Error>"
+            ).encode()
+        )
         reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 411: "Length Required"}[denied.status]
-        start_response(f"{denied.status} {reason}", [("Content-Type", "application/xml"),
-                                                     ("Content-Length", str(len(body)))])
+        start_response(
+            f"{denied.status} {reason}", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+        )
         return [body]

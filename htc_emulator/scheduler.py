@@ -152,8 +152,9 @@ class Scheduler:
         try:
             reference = self._pushed_reference(job, image_name, project.repositories)
         except requests.RequestException as exc:
-            return self.backend.finish_attempt(job, "FAILED", f"CannotPullContainerError: registry: {exc}",
-                                               failure_code="ErrorStartingContainer")
+            return self.backend.finish_attempt(
+                job, "FAILED", f"CannotPullContainerError: registry: {exc}", failure_code="ErrorStartingContainer"
+            )
         if reference is not None:
             workdir = Path(tempfile.mkdtemp(prefix="attempt-", dir=self._scratch))
             try:
@@ -163,7 +164,8 @@ class Scheduler:
         image = self.images.get(image_name)
         if image is None or image.repository not in project.repositories:
             return self.backend.finish_attempt(
-                job, "FAILED",
+                job,
+                "FAILED",
                 f"CannotPullContainerError: {image_name} is not in the project's container registry",
                 failure_code="ErrorStartingContainer",
             )
@@ -189,26 +191,45 @@ class Scheduler:
         commands = list(job.definition.get("commands") or [])
         try:
             if reference is not None:
-                problem = self.docker.pull(reference, *self.registry.pull_credentials(job.project_id),
-                                           workdir / "docker-config")
+                problem = self.docker.pull(
+                    reference, *self.registry.pull_credentials(job.project_id), workdir / "docker-config"
+                )
                 if problem:
-                    return self.backend.finish_attempt(job, "FAILED", f"CannotPullContainerError: {problem}",
-                                                       failure_code="ErrorStartingContainer")
-                argv = self.docker.run_argv(reference, commands, sorted(env), self._container_name(job),
-                                            vcpus=job.definition.get("maxVCpus"),
-                                            memory_mib=job.definition.get("maxMemory"))
-                process = ContainerProcess(self.docker, self._container_name(job), subprocess.Popen(
-                    argv, cwd=workdir, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                ))
+                    return self.backend.finish_attempt(
+                        job, "FAILED", f"CannotPullContainerError: {problem}", failure_code="ErrorStartingContainer"
+                    )
+                argv = self.docker.run_argv(
+                    reference,
+                    commands,
+                    sorted(env),
+                    self._container_name(job),
+                    vcpus=job.definition.get("maxVCpus"),
+                    memory_mib=job.definition.get("maxMemory"),
+                )
+                process = ContainerProcess(
+                    self.docker,
+                    self._container_name(job),
+                    subprocess.Popen(
+                        argv,
+                        cwd=workdir,
+                        env={**os.environ, **env},
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    ),
+                )
                 self.container_jobs[job.job_id] = reference
             else:
                 memory = job.definition.get("maxMemory")
-                process = self.launcher.start(image.local_command(commands), env, workdir,
-                                              memory_limit=memory * MIB if memory else None)
+                process = self.launcher.start(
+                    image.local_command(commands), env, workdir, memory_limit=memory * MIB if memory else None
+                )
         except (OSError, DockerfileError) as exc:
             return self.backend.finish_attempt(
-                job, "FAILED", f"CannotStartContainerError: {getattr(exc, 'strerror', None) or exc}",
+                job,
+                "FAILED",
+                f"CannotStartContainerError: {getattr(exc, 'strerror', None) or exc}",
                 failure_code="ErrorStartingContainer",
             )
         with self._lock:
@@ -234,19 +255,28 @@ class Scheduler:
         exit_code = returncode if returncode >= 0 else 128 - returncode
         if process.out_of_memory:
             return self.backend.finish_attempt(
-                job, "FAILED", "OutOfMemoryError: Container killed due to memory usage",
-                failure_code="ErrorNotEnoughMemory", exit_code=exit_code,
+                job,
+                "FAILED",
+                "OutOfMemoryError: Container killed due to memory usage",
+                failure_code="ErrorNotEnoughMemory",
+                exit_code=exit_code,
             )
         if timed_out:
             return self.backend.finish_attempt(
-                job, "FAILED", "Job attempt duration exceeded timeout",
-                failure_code="ErrorTimeout", exit_code=exit_code,
+                job,
+                "FAILED",
+                "Job attempt duration exceeded timeout",
+                failure_code="ErrorTimeout",
+                exit_code=exit_code,
             )
         if exit_code == 0:
             return self.backend.finish_attempt(job, "SUCCEEDED", "Completed", exit_code=0)
         return self.backend.finish_attempt(
-            job, "FAILED", "Essential container in task exited",
-            failure_code="ErrorNonZeroContainerExitCode", exit_code=exit_code,
+            job,
+            "FAILED",
+            "Essential container in task exited",
+            failure_code="ErrorNonZeroContainerExitCode",
+            exit_code=exit_code,
         )
 
     @staticmethod
@@ -272,21 +302,25 @@ class Scheduler:
             env = {**self._base_environment(workdir), **image.env}
         env.update({pair["name"]: pair["value"] for pair in job.definition.get("envs", [])})
         token = self.tokens.job_token(
-            project_id=job.project_id, task_id=job.task_id, job_id=job.job_id,
+            project_id=job.project_id,
+            task_id=job.task_id,
+            job_id=job.job_id,
             lifetime=int(job.timeout_seconds * self.time_scale) + JOB_TOKEN_GRACE_SECONDS,
             extra_claims=job.claims,
         )
-        env.update({
-            "AWS_BATCH_JOB_ARRAY_INDEX": str(job.index),
-            "AWS_BATCH_JOB_ID": job.job_id,
-            "AWS_BATCH_JOB_ATTEMPT": str(job.attempt),
-            "RESCALE_HTC_PROJECT_ID": job.project_id,
-            "RESCALE_HTC_TASK_ID": job.task_id,
-            "RESCALE_HTC_REGION": job.region,
-            "RESCALE_HTC_BEARER_TOKEN": token,
-            "RESCALE_HTC_API_URL": self.api_url,
-            "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
-        })
+        env.update(
+            {
+                "AWS_BATCH_JOB_ARRAY_INDEX": str(job.index),
+                "AWS_BATCH_JOB_ID": job.job_id,
+                "AWS_BATCH_JOB_ATTEMPT": str(job.attempt),
+                "RESCALE_HTC_PROJECT_ID": job.project_id,
+                "RESCALE_HTC_TASK_ID": job.task_id,
+                "RESCALE_HTC_REGION": job.region,
+                "RESCALE_HTC_BEARER_TOKEN": token,
+                "RESCALE_HTC_API_URL": self.api_url,
+                "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
+            }
+        )
         return env
 
     def _pump_logs(self, job: Job, process: JobProcess | ContainerProcess) -> None:
@@ -322,8 +356,7 @@ class ContainerProcess:
             self.docker.stop(self.container_name, 0)
             self._kill_client_group()
             return
-        threading.Thread(target=self.docker.stop, args=(self.container_name, math.ceil(grace)),
-                         daemon=True).start()
+        threading.Thread(target=self.docker.stop, args=(self.container_name, math.ceil(grace)), daemon=True).start()
 
     def _kill_client_group(self) -> None:
         try:

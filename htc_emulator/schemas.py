@@ -22,26 +22,78 @@ from .images import IMAGE_NAME_RE
 from .validation import MAX_JOBS_PER_BATCH
 
 RescaleRegion = Literal[
-    "AWS_AP_SOUTHEAST_1", "AWS_CA_CENTRAL_1", "AWS_EU_NORTH_1", "AWS_EU_CENTRAL_1", "AWS_EU_WEST_1",
-    "AWS_EU_WEST_2", "AWS_EU_WEST_3", "AWS_SA_EAST_1", "AWS_US_EAST_2", "AWS_US_WEST_2", "AWS_US_EAST_1",
-    "GCP_ASIA_SOUTHEAST_1", "GCP_US_CENTRAL_1", "GCP_US_EAST_1", "GCP_US_EAST_2", "GCP_US_EAST_4",
-    "GCP_US_WEST_1", "GCP_US_WEST_4", "GCP_EU_WEST_1", "GCP_EU_WEST_2", "GCP_EU_WEST_3", "GCP_EU_WEST_4",
-    "GCP_CA_CENTRAL_1", "NGC_ENOCH_1", "AZURE_US_WEST_2", "AZURE_US_EAST_2", "AZURE_US_SOUTHCENTRAL",
-    "AZURE_EU_NORTH", "RC_ICELAND_1", "COREWEAVE_US_EAST_4", "UNASSIGNED",
+    "AWS_AP_SOUTHEAST_1",
+    "AWS_CA_CENTRAL_1",
+    "AWS_EU_NORTH_1",
+    "AWS_EU_CENTRAL_1",
+    "AWS_EU_WEST_1",
+    "AWS_EU_WEST_2",
+    "AWS_EU_WEST_3",
+    "AWS_SA_EAST_1",
+    "AWS_US_EAST_2",
+    "AWS_US_WEST_2",
+    "AWS_US_EAST_1",
+    "GCP_ASIA_SOUTHEAST_1",
+    "GCP_US_CENTRAL_1",
+    "GCP_US_EAST_1",
+    "GCP_US_EAST_2",
+    "GCP_US_EAST_4",
+    "GCP_US_WEST_1",
+    "GCP_US_WEST_4",
+    "GCP_EU_WEST_1",
+    "GCP_EU_WEST_2",
+    "GCP_EU_WEST_3",
+    "GCP_EU_WEST_4",
+    "GCP_CA_CENTRAL_1",
+    "NGC_ENOCH_1",
+    "AZURE_US_WEST_2",
+    "AZURE_US_EAST_2",
+    "AZURE_US_SOUTHCENTRAL",
+    "AZURE_EU_NORTH",
+    "RC_ICELAND_1",
+    "COREWEAVE_US_EAST_4",
+    "UNASSIGNED",
 ]
 SupportedRescaleRegion = Literal[
-    "AWS_AP_SOUTHEAST_1", "AWS_CA_CENTRAL_1", "AWS_EU_NORTH_1", "AWS_EU_CENTRAL_1", "AWS_EU_WEST_1",
-    "AWS_EU_WEST_2", "AWS_EU_WEST_3", "AWS_SA_EAST_1", "AWS_US_EAST_2", "AWS_US_WEST_2", "AWS_US_EAST_1",
-    "GCP_ASIA_SOUTHEAST_1", "GCP_US_CENTRAL_1", "GCP_US_EAST_1", "GCP_US_EAST_2", "GCP_US_EAST_4",
-    "GCP_US_WEST_1", "GCP_US_WEST_4", "GCP_EU_WEST_1", "GCP_EU_WEST_2", "GCP_EU_WEST_3", "GCP_EU_WEST_4",
-    "GCP_CA_CENTRAL_1", "AZURE_US_WEST_2", "AZURE_US_SOUTHCENTRAL",
+    "AWS_AP_SOUTHEAST_1",
+    "AWS_CA_CENTRAL_1",
+    "AWS_EU_NORTH_1",
+    "AWS_EU_CENTRAL_1",
+    "AWS_EU_WEST_1",
+    "AWS_EU_WEST_2",
+    "AWS_EU_WEST_3",
+    "AWS_SA_EAST_1",
+    "AWS_US_EAST_2",
+    "AWS_US_WEST_2",
+    "AWS_US_EAST_1",
+    "GCP_ASIA_SOUTHEAST_1",
+    "GCP_US_CENTRAL_1",
+    "GCP_US_EAST_1",
+    "GCP_US_EAST_2",
+    "GCP_US_EAST_4",
+    "GCP_US_WEST_1",
+    "GCP_US_WEST_4",
+    "GCP_EU_WEST_1",
+    "GCP_EU_WEST_2",
+    "GCP_EU_WEST_3",
+    "GCP_EU_WEST_4",
+    "GCP_CA_CENTRAL_1",
+    "AZURE_US_WEST_2",
+    "AZURE_US_SOUTHCENTRAL",
 ]
 CloudProvider = Literal["AWS", "GCP", "NGC", "AZURE", "RC", "COREWEAVE", "UNASSIGNED"]
 Architecture = Literal["AARCH64", "X86", "A100"]
 JobPriority = Literal["ON_DEMAND_PRIORITY", "ON_DEMAND_ECONOMY"]
 JobStatus = Literal[
-    "SUBMITTED_TO_RESCALE", "SUBMITTED_TO_PROVIDER", "RUNNABLE", "STARTING", "RUNNING",
-    "SUCCEEDED", "FAILED", "POD_SUCCEEDED", "POD_FAILED",
+    "SUBMITTED_TO_RESCALE",
+    "SUBMITTED_TO_PROVIDER",
+    "RUNNABLE",
+    "STARTING",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "POD_SUCCEEDED",
+    "POD_FAILED",
 ]
 LifecycleStatus = Literal["DELETED", "ACTIVE", "ARCHIVED"]
 ViewType = Literal["FULL", "SIMPLE"]
@@ -53,9 +105,14 @@ _ENV_NAME_PATTERN = re.compile(
 )
 # ... does not cover the RESCALE_HTC_* names the envs description also
 # reserves; the platform checks those separately (changelog 2022-08-01).
-_RESERVED_ENV_NAMES = frozenset({
-    "RESCALE_HTC_REGION", "RESCALE_HTC_TASK_ID", "RESCALE_HTC_PROJECT_ID", "RESCALE_HTC_BEARER_TOKEN",
-})
+_RESERVED_ENV_NAMES = frozenset(
+    {
+        "RESCALE_HTC_REGION",
+        "RESCALE_HTC_TASK_ID",
+        "RESCALE_HTC_PROJECT_ID",
+        "RESCALE_HTC_BEARER_TOKEN",
+    }
+)
 
 
 def _require_servable_text(value: object) -> None:

@@ -35,9 +35,18 @@ ImageSource = str | os.PathLike | tuple[str | os.PathLike, str | os.PathLike]
 class Emulator:
     """A running emulator: where it is and how to reach it."""
 
-    def __init__(self, *, root_url: str, api_key: str, storage: Storage, backend: Backend,
-                 images: ImageRegistry, faults: FaultInjector, scheduler: Scheduler,
-                 recorder: ExchangeRecorder | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        root_url: str,
+        api_key: str,
+        storage: Storage,
+        backend: Backend,
+        images: ImageRegistry,
+        faults: FaultInjector,
+        scheduler: Scheduler,
+        recorder: ExchangeRecorder | None = None,
+    ) -> None:
         self.root_url = root_url
         self.api_url = root_url + API_PREFIX
         self.api_key = api_key
@@ -75,8 +84,9 @@ class Emulator:
             parser.write(handle)
         return path
 
-    def register_image(self, name: str, dockerfile: str | os.PathLike,
-                       context: str | os.PathLike | None = None) -> LocalImage:
+    def register_image(
+        self, name: str, dockerfile: str | os.PathLike, context: str | os.PathLike | None = None
+    ) -> LocalImage:
         """Register another ``name:tag`` while running (paths relative to the project root)."""
         return self.images.register(name, dockerfile, context)
 
@@ -146,14 +156,20 @@ def running(
         backend = Backend(storage, refresh_delay=refresh_delay, max_jobs_per_task=max_jobs_per_task)
         if engine is not None:
             container_registry = ContainerRegistry(
-                lambda project_id, repository: _has_repository(backend, project_id, repository))
+                lambda project_id, repository: _has_repository(backend, project_id, repository)
+            )
             container_registry.start()
-        app = create_app(Services(backend=backend, tokens=tokens, storage=storage, images=registry,
-                                  registry=container_registry))
+        app = create_app(
+            Services(backend=backend, tokens=tokens, storage=storage, images=registry, registry=container_registry)
+        )
         served = injector.asgi(auth_middleware(app, tokens))
         config = uvicorn.Config(
             recorder.asgi(served) if recorder is not None else served,
-            host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False,
+            host="127.0.0.1",
+            port=port,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="htc-api", daemon=True)
@@ -166,12 +182,27 @@ def running(
         root_url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
         # Jobs need the API URL, known only now; nobody can know the port to submit a job before this.
         scheduler = Scheduler(
-            backend, registry, tokens, api_url=root_url + API_PREFIX, s3_endpoint=storage.endpoint,
-            concurrency=concurrency, time_scale=time_scale, docker=engine, registry=container_registry,
+            backend,
+            registry,
+            tokens,
+            api_url=root_url + API_PREFIX,
+            s3_endpoint=storage.endpoint,
+            concurrency=concurrency,
+            time_scale=time_scale,
+            docker=engine,
+            registry=container_registry,
         )
         sweeper = RetentionSweeper(backend, time_scale)
-        yield Emulator(root_url=root_url, api_key=api_key, storage=storage, backend=backend,
-                       images=registry, faults=injector, scheduler=scheduler, recorder=recorder)
+        yield Emulator(
+            root_url=root_url,
+            api_key=api_key,
+            storage=storage,
+            backend=backend,
+            images=registry,
+            faults=injector,
+            scheduler=scheduler,
+            recorder=recorder,
+        )
     finally:
         if server is not None:
             server.should_exit = True

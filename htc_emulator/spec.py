@@ -17,7 +17,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from . import deviations
 
-
 DEFAULT_SPEC_PATH = Path(__file__).resolve().parent / "openapi" / "htc-openapi.json"
 
 # The deliberate departures the checks allow, all documented in one place.
@@ -91,10 +90,15 @@ class ContractValidator:
 
     def _template(self, request) -> str | None:
         """The spec path whose operation this request is, if any."""
-        path = request.path[len(urlsplit(self.api_url).path):]
-        return next((t for regex, t in self._routes if regex.fullmatch(path)
-                     and request.method.lower() in self._spec["paths"][t]), None)
-
+        path = request.path[len(urlsplit(self.api_url).path) :]
+        return next(
+            (
+                t
+                for regex, t in self._routes
+                if regex.fullmatch(path) and request.method.lower() in self._spec["paths"][t]
+            ),
+            None,
+        )
 
     def shape_errors(self, response) -> list[str]:
         """Documented properties a successful JSON response leaves out.

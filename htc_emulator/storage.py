@@ -20,12 +20,12 @@ from collections.abc import Callable
 
 import boto3
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
 from .s3_gate import CredentialTable, S3Gate
@@ -117,8 +117,7 @@ class Storage:
         admin_secret = secrets.token_hex(20)
         self.credentials.add_admin(ADMIN_ACCESS_KEY, admin_secret)
         # The gate comes first: a refused request reaches neither the faults nor moto.
-        self._server = _MotoServer(
-            lambda app: S3Gate(wrap(app) if wrap else app, self.credentials, self.bucket))
+        self._server = _MotoServer(lambda app: S3Gate(wrap(app) if wrap else app, self.credentials, self.bucket))
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
@@ -131,8 +130,9 @@ class Storage:
         self._s3 = session.client("s3", endpoint_url=self.endpoint, config=config)
         self._s3.create_bucket(Bucket=self.bucket)
 
-    def temporary_credentials(self, *, read: list[str], write: list[str],
-                              lifetime: float = CREDENTIAL_LIFETIME) -> tuple[dict[str, str], dt.datetime]:
+    def temporary_credentials(
+        self, *, read: list[str], write: list[str], lifetime: float = CREDENTIAL_LIFETIME
+    ) -> tuple[dict[str, str], dt.datetime]:
         """Session credentials that read under ``read`` and read-write under ``write``, and their expiry."""
         return self.credentials.issue(read=read, write=write, lifetime=lifetime)
 
@@ -144,7 +144,7 @@ class Storage:
         url = self._s3.generate_presigned_url(
             "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=lifetime
         )
-        return url, dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=lifetime)
+        return url, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lifetime)
 
     def uri(self, key_prefix: str) -> str:
         return f"s3://{self.bucket}/{key_prefix}"

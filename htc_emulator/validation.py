@@ -22,7 +22,7 @@ MAX_JOBS_PER_BATCH = 1000
 
 # An int32 in decimal ASCII digits, with an optional minus sign.
 _SPEC_INTEGER = re.compile(r"-?[0-9]{1,10}")
-_INT32 = range(-2**31, 2**31)
+_INT32 = range(-(2**31), 2**31)
 
 
 def query_integer(name: str, raw: str, minimum: int, maximum: int) -> int:
@@ -56,4 +56,3 @@ def group_name(raw: str | None) -> str | None:
 def group_names(raw: list[str] | None) -> list[str] | None:
     """A repeated ``group`` query parameter, each one checked by :func:`group_name`."""
     return None if raw is None else [group_name(name) for name in raw]
-

@@ -22,7 +22,7 @@ REGISTRY_HOST = "registry.htc-emulator.invalid"
 def isotime(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def provider_of(region: str) -> str:
@@ -41,8 +41,10 @@ def project_view(project: Project, registry_host: str = REGISTRY_HOST) -> dict:
         "projectDescription": project.description,
         "regions": project.regions,
         "regionSettings": [
-            {"computeSettings": {"computeRegion": setting["computeSettings"].get("computeRegion")},
-             "storageSettings": {"storageRegion": setting["storageSettings"].get("storageRegion")}}
+            {
+                "computeSettings": {"computeRegion": setting["computeSettings"].get("computeRegion")},
+                "storageSettings": {"storageRegion": setting["storageSettings"].get("storageRegion")},
+            }
             for setting in project.region_settings
         ],
         "createdBy": auth.USER_ID,
@@ -92,36 +94,63 @@ def region_view(region: str) -> dict:
         "supportedArchitectures": PROVIDER_ARCHITECTURES.get(provider, ["X86"]),
         "cloudProvider": provider,
         "updatedBy": auth.USER_ID,
-        "updatedAt": isotime(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)),
+        "updatedAt": isotime(dt.datetime(2024, 1, 1, tzinfo=dt.UTC)),
     }
 
 
 # HTCJobSubmitRequest and HTCJobDefinition properties echoed back
 # (regions is writeOnly and never echoed).
-SUBMIT_FIELDS = ("jobName", "batchSize", "htcJobDefinition", "tags", "retryStrategy", "experimental",
-                 "rescaleProjectId", "cloudProvider")
-DEFINITION_FIELDS = ("imageName", "maxVCpus", "maxMemory", "maxDiskGiB", "maxSwap", "tags", "commands", "envs",
-                     "claims", "execTimeoutSeconds", "architecture", "priority", "workingDir")
+SUBMIT_FIELDS = (
+    "jobName",
+    "batchSize",
+    "htcJobDefinition",
+    "tags",
+    "retryStrategy",
+    "experimental",
+    "rescaleProjectId",
+    "cloudProvider",
+)
+DEFINITION_FIELDS = (
+    "imageName",
+    "maxVCpus",
+    "maxMemory",
+    "maxDiskGiB",
+    "maxSwap",
+    "tags",
+    "commands",
+    "envs",
+    "claims",
+    "execTimeoutSeconds",
+    "architecture",
+    "priority",
+    "workingDir",
+)
 
 
-def submit_view(batch: dict, *, project_id: str, task_id: str, parent_job_id: str,
-                group: str | None, received: dt.datetime) -> dict:
+def submit_view(
+    batch: dict, *, project_id: str, task_id: str, parent_job_id: str, group: str | None, received: dt.datetime
+) -> dict:
     """The submitted batch echoed back with its read-only fields filled in."""
     # The defaults the emulator applies are echoed as values, the rest as null.
     echo = {name: batch.get(name) for name in SUBMIT_FIELDS}
-    echo.update(batchSize=batch.get("batchSize", 1), tags=batch.get("tags", []),
-                retryStrategy=batch.get("retryStrategy", {"maxRetries": 0}))
+    echo.update(
+        batchSize=batch.get("batchSize", 1),
+        tags=batch.get("tags", []),
+        retryStrategy=batch.get("retryStrategy", {"maxRetries": 0}),
+    )
     echo["htcJobDefinition"] = {name: batch["htcJobDefinition"].get(name) for name in DEFINITION_FIELDS}
-    echo.update({
-        "parentJobId": parent_job_id,
-        "projectId": project_id,
-        "taskId": task_id,
-        "createdBy": auth.USER_ID,
-        "workspaceId": auth.WORKSPACE_ID,
-        "rescaleTimeReceived": isotime(received),
-        "jobDefinitionName": f"htc-emulator-{parent_job_id}",
-        "group": group,
-    })
+    echo.update(
+        {
+            "parentJobId": parent_job_id,
+            "projectId": project_id,
+            "taskId": task_id,
+            "createdBy": auth.USER_ID,
+            "workspaceId": auth.WORKSPACE_ID,
+            "rescaleTimeReceived": isotime(received),
+            "jobDefinitionName": f"htc-emulator-{parent_job_id}",
+            "group": group,
+        }
+    )
     return echo
 
 
@@ -160,28 +189,31 @@ def job_view(job: Job, as_of: dt.datetime | None, view_type: str = "FULL") -> di
         return view
     definition = job.definition
     instance_id = f"local-{job.job_id}" if started else None
-    view.update({
-        "region": job.region,
-        "workspaceId": auth.WORKSPACE_ID,
-        "createdBy": auth.USER_ID,
-        "imageName": definition["imageName"],
-        "commands": definition.get("commands", []),
-        "envs": definition.get("envs", []),
-        "tags": job.tags,
-        "architecture": definition.get("architecture", "X86"),
-        "maxVCpus": definition.get("maxVCpus", 1),
-        "minVCpus": definition.get("maxVCpus", 1),
-        "maxMemory": definition.get("maxMemory", 128),
-        "maxDiskGiB": definition.get("maxDiskGiB", 0),
-        "maxSwap": definition.get("maxSwap"),
-        "maxGpus": None,
-        "execTimeoutSeconds": job.timeout_seconds,
-        "instanceId": instance_id,
-        "instanceLabels": _instance_labels(job) if started else None,
-        "providerJobId": f"local-{job.job_id}" if started else None,
-        "jobExecutionEnvironment":
-            {"instanceId": instance_id, "instanceType": "local-process", "architecture": 1} if started else None,
-    })
+    view.update(
+        {
+            "region": job.region,
+            "workspaceId": auth.WORKSPACE_ID,
+            "createdBy": auth.USER_ID,
+            "imageName": definition["imageName"],
+            "commands": definition.get("commands", []),
+            "envs": definition.get("envs", []),
+            "tags": job.tags,
+            "architecture": definition.get("architecture", "X86"),
+            "maxVCpus": definition.get("maxVCpus", 1),
+            "minVCpus": definition.get("maxVCpus", 1),
+            "maxMemory": definition.get("maxMemory", 128),
+            "maxDiskGiB": definition.get("maxDiskGiB", 0),
+            "maxSwap": definition.get("maxSwap"),
+            "maxGpus": None,
+            "execTimeoutSeconds": job.timeout_seconds,
+            "instanceId": instance_id,
+            "instanceLabels": _instance_labels(job) if started else None,
+            "providerJobId": f"local-{job.job_id}" if started else None,
+            "jobExecutionEnvironment": {"instanceId": instance_id, "instanceType": "local-process", "architecture": 1}
+            if started
+            else None,
+        }
+    )
     return view
 
 
@@ -214,7 +246,9 @@ def whoami_view() -> dict:
     """WhoAmI: the one emulated user, a workspace admin (RescaleUser sends each role under two names)."""
     roles = {"RescaleAdmin": False, "OrganizationAdmin": False, "WorkspaceAdmin": True, "Superuser": False}
     user = {
-        "userId": auth.USER_ID, "email": auth.USER_EMAIL, "fullName": "HTC Emulator User",
+        "userId": auth.USER_ID,
+        "email": auth.USER_EMAIL,
+        "fullName": "HTC Emulator User",
         "workspace": {"id": auth.WORKSPACE_ID, "name": auth.WORKSPACE_NAME},
         "organization": {"code": auth.ORGANIZATION_CODE, "canViewOrganizationJobs": False},
     }
@@ -250,30 +284,44 @@ def workspace_limit_view(limit: WorkspaceLimit) -> dict:
 
 
 def retention_view(policy: RetentionPolicy, owner: dict) -> dict:
-    """A TaskRetentionPolicy (owner ``{"projectId": ...}``) or WorkspaceTaskRetentionPolicy (``{"workspaceId": ...}``)."""
-    return {**owner, "archiveAfter": policy.archive_after, "deleteAfter": policy.delete_after,
-            "createdAt": isotime(policy.created_at)}
+    """A TaskRetentionPolicy (owner ``{"projectId": ...}``).
+
+    Or a WorkspaceTaskRetentionPolicy (owner ``{"workspaceId": ...}``).
+    """
+    return {
+        **owner,
+        "archiveAfter": policy.archive_after,
+        "deleteAfter": policy.delete_after,
+        "createdAt": isotime(policy.created_at),
+    }
 
 
 def gcp_clusters_view(regions: list[str], node_count: int) -> dict:
     """HTCClusterStatusResponse: one cluster per GCP region the emulator offers, sized like its scheduler."""
     return {
         "gcpProjectId": "htc-emulator",
-        "clusters": [{
-            "name": f"htc-{region.lower().replace('_', '-')}",
-            "region": region,
-            "status": "RUNNING",
-            "version": "local",
-            "subnetwork": "127.0.0.1/32",
-            "autoscaling": "BALANCED",
-            "nodePools": [{
-                "name": f"{architecture.lower()}-pool",
-                "instanceType": MACHINE_TYPES[architecture]["machineType"],
+        "clusters": [
+            {
+                "name": f"htc-{region.lower().replace('_', '-')}",
+                "region": region,
                 "status": "RUNNING",
                 "version": "local",
-                "autoscaling": {"enabled": True, "minNodeCount": 0, "maxNodeCount": node_count},
-            } for architecture in PROVIDER_ARCHITECTURES["GCP"]],
-        } for region in regions if provider_of(region) == "GCP"],
+                "subnetwork": "127.0.0.1/32",
+                "autoscaling": "BALANCED",
+                "nodePools": [
+                    {
+                        "name": f"{architecture.lower()}-pool",
+                        "instanceType": MACHINE_TYPES[architecture]["machineType"],
+                        "status": "RUNNING",
+                        "version": "local",
+                        "autoscaling": {"enabled": True, "minNodeCount": 0, "maxNodeCount": node_count},
+                    }
+                    for architecture in PROVIDER_ARCHITECTURES["GCP"]
+                ],
+            }
+            for region in regions
+            if provider_of(region) == "GCP"
+        ],
     }
 
 
@@ -289,14 +337,22 @@ def metrics_text(backend: Backend) -> str:
     for job in jobs:
         if job.status in ACTIVE:
             active_vcpus[job.project_id] += job.vcpus
-    lines = ["# HELP htc_projects Projects in the workspace.", "# TYPE htc_projects gauge",
-             f'htc_projects{{workspace="{auth.WORKSPACE_ID}"}} {projects}',
-             "# HELP htc_tasks Tasks by lifecycle status.", "# TYPE htc_tasks gauge"]
+    lines = [
+        "# HELP htc_projects Projects in the workspace.",
+        "# TYPE htc_projects gauge",
+        f'htc_projects{{workspace="{auth.WORKSPACE_ID}"}} {projects}',
+        "# HELP htc_tasks Tasks by lifecycle status.",
+        "# TYPE htc_tasks gauge",
+    ]
     lines += [f'htc_tasks{{lifecycle_status="{status}"}} {count}' for status, count in sorted(task_counts.items())]
     lines += ["# HELP htc_jobs Jobs by project and status.", "# TYPE htc_jobs gauge"]
-    lines += [f'htc_jobs{{project="{project}",status="{status}"}} {count}'
-              for (project, status), count in sorted(job_counts.items())]
-    lines += ["# HELP htc_active_vcpus vCPUs held by active jobs (what the limits count).",
-              "# TYPE htc_active_vcpus gauge"]
+    lines += [
+        f'htc_jobs{{project="{project}",status="{status}"}} {count}'
+        for (project, status), count in sorted(job_counts.items())
+    ]
+    lines += [
+        "# HELP htc_active_vcpus vCPUs held by active jobs (what the limits count).",
+        "# TYPE htc_active_vcpus gauge",
+    ]
     lines += [f'htc_active_vcpus{{project="{project}"}} {count}' for project, count in sorted(active_vcpus.items())]
     return "\n".join(lines) + "\n"

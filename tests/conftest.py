@@ -38,14 +38,19 @@ class ContractClient:
     @property
     def token(self) -> str:
         if self._token is None:
-            response = self.request("GET", self.emu.root_url + "/auth/token", auth=None,
-                                    headers={"Authorization": f"Token {self.emu.api_key}"})
+            response = self.request(
+                "GET",
+                self.emu.root_url + "/auth/token",
+                auth=None,
+                headers={"Authorization": f"Token {self.emu.api_key}"},
+            )
             assert response.status_code == 200, response.text
             self._token = response.json()["tokenValue"]
         return self._token
 
-    def request(self, method: str, path: str, *, auth: str | None = "user", request_valid: bool | None = True,
-                **kwargs) -> requests.Response:
+    def request(
+        self, method: str, path: str, *, auth: str | None = "user", request_valid: bool | None = True, **kwargs
+    ) -> requests.Response:
         url = path if path.startswith("http") else self.emu.api_url + path
         headers = kwargs.pop("headers", {})
         if auth == "user":
@@ -61,7 +66,8 @@ class ContractClient:
         if request_valid is not None:
             refused = self.validator.request_errors(response.request)
             assert bool(refused) != request_valid, (
-                f"spec {'refuses' if refused else 'accepts'} {method} {url}: {refused or kwargs}")
+                f"spec {'refuses' if refused else 'accepts'} {method} {url}: {refused or kwargs}"
+            )
         return response
 
     def get(self, path, **kwargs):
@@ -84,8 +90,11 @@ class ContractClient:
         return response.json() if response.content else None
 
     def new_project(self, regions=("AWS_EU_WEST_1",), repositories=()) -> str:
-        project = self.ok("POST", "/htc/projects",
-                          json={"projectName": "test", "projectDescription": "pytest", "regions": list(regions)})
+        project = self.ok(
+            "POST",
+            "/htc/projects",
+            json={"projectName": "test", "projectDescription": "pytest", "regions": list(regions)},
+        )
         for repository in repositories:
             self.ok("POST", f"/htc/projects/{project['projectId']}/container-registry/repo/{repository}")
         return project["projectId"]
@@ -94,8 +103,9 @@ class ContractClient:
         task = self.ok("POST", f"/htc/projects/{project_id}/tasks", json={"taskName": "t", "taskDescription": "d"})
         return task["taskId"]
 
-    def submit(self, project_id: str, task_id: str, definition: dict, *, batch_size: int = 1,
-               group: str | None = None, **extra) -> str:
+    def submit(
+        self, project_id: str, task_id: str, definition: dict, *, batch_size: int = 1, group: str | None = None, **extra
+    ) -> str:
         body = [{"jobName": "test", "batchSize": batch_size, "htcJobDefinition": definition, **extra}]
         params = {"group": group} if group else None
         submitted = self.ok("POST", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body, params=params)
@@ -120,8 +130,11 @@ class ContractClient:
         return self.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}")
 
     def logs(self, project_id: str, task_id: str, job_id: str) -> list[str]:
-        body = self.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs",
-                       params={"sort": "asc", "pageSize": 10000})
+        body = self.ok(
+            "GET",
+            f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs",
+            params={"sort": "asc", "pageSize": 10000},
+        )
         return [line["message"] for line in body["items"]]
 
 

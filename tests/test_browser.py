@@ -32,8 +32,15 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = ROOT / "build" / "browser-tutorial.png"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -51,8 +58,10 @@ def lab_settings(folder: Path) -> Path:
     settings = {
         "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
         "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
-        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
-                                                                             "checkForUpdates": False},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+        },
     }
     for name, values in settings.items():
         path = folder / name
@@ -67,15 +76,33 @@ def jupyterlab(emulator, tmp_path):
     port = free_port()
     # A token in the environment, not on the command line: other local users can't read it or use the server.
     token = secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
-           "JUPYTERLAB_SETTINGS_DIR": str(lab_settings(tmp_path / "settings")), "JUPYTER_TOKEN": token}
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+        "JUPYTERLAB_SETTINGS_DIR": str(lab_settings(tmp_path / "settings")),
+        "JUPYTER_TOKEN": token,
+    }
     env.pop("PLOTLY_RENDERER", None)
     log = open(tmp_path / "jupyterlab.log", "w")
     lab = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--ServerApp.root_dir={ROOT}", "--LabApp.news_url=", "--LabApp.expose_app_in_browser=True",
-         "--allow-root"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--ServerApp.root_dir={ROOT}",
+            "--LabApp.news_url=",
+            "--LabApp.expose_app_in_browser=True",
+            "--allow-root",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -156,12 +183,18 @@ def describe(state: dict) -> str:
     """Which cells ran and which did not, the kernel's state and any dialog: what a failure report needs."""
     ran = [c for c in state["cells"] if c["count"] is not None]
     pending = [c for c in state["cells"] if c["count"] is None]
-    errors = [f"cell {c['index']}: {o['ename'] or 'a traceback on stderr'}: {o['evalue'] or ''}"
-              for c in state["cells"] for o in c["outputs"] if o["traceback"]]
-    lines = [f"kernel: {state['kernel']}, session ready: {state['ready']}",
-             f"ran {len(ran)} of {len(state['cells'])} code cells",
-             *(f"  not run: cell {c['index']}: {c['source']}" for c in pending),
-             *(f"  error in {e}" for e in errors)]
+    errors = [
+        f"cell {c['index']}: {o['ename'] or 'a traceback on stderr'}: {o['evalue'] or ''}"
+        for c in state["cells"]
+        for o in c["outputs"]
+        if o["traceback"]
+    ]
+    lines = [
+        f"kernel: {state['kernel']}, session ready: {state['ready']}",
+        f"ran {len(ran)} of {len(state['cells'])} code cells",
+        *(f"  not run: cell {c['index']}: {c['source']}" for c in pending),
+        *(f"  error in {e}" for e in errors),
+    ]
     if state.get("dialog"):
         lines.append(f"dialog on the page: {state['dialog']}")
     return "\n".join(lines)
@@ -169,7 +202,8 @@ def describe(state: dict) -> str:
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
 def test_run_all_cells_in_jupyterlab(jupyterlab):
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
 
     committed = hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest()
     code_cells = sum(cell["cell_type"] == "code" for cell in json.loads((ROOT / "tutorial.ipynb").read_text())["cells"])
@@ -185,8 +219,11 @@ def test_run_all_cells_in_jupyterlab(jupyterlab):
             page.screenshot(path=str(SCREENSHOT), full_page=False)
             state = page.evaluate(NOTEBOOK_STATE_JS)
             log_tail = "".join(lab_log.read_text().splitlines(keepends=True)[-15:])
-            pytest.fail(f"{stage}\n{describe(state)}\npage errors: {page_errors}\n"
-                        f"screenshot: {SCREENSHOT}\nJupyterLab log (last lines):\n{log_tail}", pytrace=False)
+            pytest.fail(
+                f"{stage}\n{describe(state)}\npage errors: {page_errors}\n"
+                f"screenshot: {SCREENSHOT}\nJupyterLab log (last lines):\n{log_tail}",
+                pytrace=False,
+            )
 
         def wait_until(finished, timeout_ms: int, stage: str) -> dict:
             deadline = time.monotonic() + timeout_ms / 1000
@@ -198,8 +235,11 @@ def test_run_all_cells_in_jupyterlab(jupyterlab):
 
         page.goto(f"{base}/lab/tree/tutorial.ipynb?token={token}")
         # Run All before the whole file has loaded, or before the kernel is up, would run nothing.
-        wait_until(lambda s: s["ready"] and s["kernel"] == "idle" and len(s["cells"]) == code_cells,
-                   KERNEL_READY_TIMEOUT_MS, f"the notebook ({code_cells} code cells) and its kernel were not ready")
+        wait_until(
+            lambda s: s["ready"] and s["kernel"] == "idle" and len(s["cells"]) == code_cells,
+            KERNEL_READY_TIMEOUT_MS,
+            f"the notebook ({code_cells} code cells) and its kernel were not ready",
+        )
         # Cleared first, so an execution count can only come from this run, not from the committed file.
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
         page.click("text=Run", timeout=10_000)
@@ -220,8 +260,9 @@ def test_run_all_cells_in_jupyterlab(jupyterlab):
         plot_count = plots.count()
         browser.close()
 
-    assert hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest() == committed, \
+    assert hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest() == committed, (
         "the browser run saved over tutorial.ipynb"
+    )
     assert not any(o["traceback"] for c in state["cells"] for o in c["outputs"]), describe(state)
     assert all(c["count"] is not None for c in state["cells"]), describe(state)
     assert not page_errors, page_errors

@@ -16,8 +16,7 @@ OTHER_KEY = "fedcba9876543210fedcba9876543210fedcba98"
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     # The session's emulator exports these; each test here sets only what it needs.
-    for name in ("RESCALE_APICONFIG", "RESCALE_PROFILE", "RESCALE_API_KEY", "RESCALE_API_TOKEN",
-                 "RESCALE_HTC_API_URL"):
+    for name in ("RESCALE_APICONFIG", "RESCALE_PROFILE", "RESCALE_API_KEY", "RESCALE_API_TOKEN", "RESCALE_HTC_API_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
@@ -31,7 +30,9 @@ def write(path: Path, text: str, mode: int = 0o600) -> Path:
 
 @pytest.fixture
 def apiconfig(tmp_path):
-    return write(tmp_path / "apiconfig", f"""\
+    return write(
+        tmp_path / "apiconfig",
+        f"""\
 [default]
 apibaseurl = https://platform.rescale.com/
 apikey = {KEY}
@@ -40,7 +41,8 @@ apikey = {KEY}
 apibaseurl = https://eu.rescale.com
 apikey = {OTHER_KEY}
 htcapibaseurl = http://127.0.0.1:8123/api/v1/
-""")
+""",
+    )
 
 
 def test_default_location_is_under_home(tmp_path):
@@ -144,8 +146,7 @@ def test_not_ini_and_key_not_echoed(tmp_path):
 
 def test_key_never_in_error_messages(tmp_path):
     good = write(tmp_path / "apiconfig", f"[default]\napikey = {KEY}\n")
-    for call in (lambda: config.get_profile("other", path=good),
-                 lambda: config.htc_api_url("other", path=good)):
+    for call in (lambda: config.get_profile("other", path=good), lambda: config.htc_api_url("other", path=good)):
         with pytest.raises(config.ConfigError) as err:
             call()
         assert KEY not in str(err.value)
@@ -220,8 +221,15 @@ def test_key_not_printed(apiconfig, capsys):
     assert KEY not in out.out + out.err
 
 
-@pytest.mark.parametrize("url", ["http://htc.rescale.com/api/v1", "http://10.0.0.5:8000/api/v1",
-                                 "http://localhost.example.com/api/v1", "http://[::2]/api/v1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://htc.rescale.com/api/v1",
+        "http://10.0.0.5:8000/api/v1",
+        "http://localhost.example.com/api/v1",
+        "http://[::2]/api/v1",
+    ],
+)
 def test_htc_api_url_refuses_plain_http_beyond_loopback(url, monkeypatch):
     monkeypatch.setenv("RESCALE_HTC_API_URL", url)
     with pytest.raises(config.ConfigError, match=r"must start with https://.*only for localhost"):
@@ -234,8 +242,16 @@ def test_htc_api_url_from_profile_refuses_plain_http(tmp_path):
         config.htc_api_url(path=file)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8/api/v1", "http://127.8.9.10/api/v1", "http://localhost/api/v1",
-                                 "http://[::1]:8/api/v1", "https://htc.example.com/api/v1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8/api/v1",
+        "http://127.8.9.10/api/v1",
+        "http://localhost/api/v1",
+        "http://[::1]:8/api/v1",
+        "https://htc.example.com/api/v1",
+    ],
+)
 def test_htc_api_url_allows_https_and_loopback_http(url, monkeypatch):
     monkeypatch.setenv("RESCALE_HTC_API_URL", url)
     assert config.htc_api_url() == url

@@ -19,11 +19,17 @@ def test_the_notebooks_batch_ran_as_containers_of_the_pushed_image(emulator, req
     if emulator.scheduler.docker is None:
         containers_or_skip("the session emulator runs jobs as processes (no Docker engine answered, or HTC_DOCKER=0)")
     backend, ran_as = emulator.backend, emulator.scheduler.container_jobs
-    main_jobs = [job for job in list(backend.jobs.values())
-                 if backend.tasks[job.task_id].name == MAIN_TASK and (job.group or "").startswith(MAIN_GROUP)]
+    main_jobs = [
+        job
+        for job in list(backend.jobs.values())
+        if backend.tasks[job.task_id].name == MAIN_TASK and (job.group or "").startswith(MAIN_GROUP)
+    ]
     assert main_jobs, f"no job of the notebook's main batch (task {MAIN_TASK!r}, group {MAIN_GROUP}...)"
     assert [job.job_id for job in main_jobs if job.job_id not in ran_as] == []
     assert {job.status for job in main_jobs} == {"SUCCEEDED"}
     # Each run of the notebook (nbval's, the browser test's) pushed to its own project's repository.
-    assert [ran_as[job.job_id] for job in main_jobs
-            if not ran_as[job.job_id].endswith(f"/projects/{job.project_id}/{IMAGE}")] == []
+    assert [
+        ran_as[job.job_id]
+        for job in main_jobs
+        if not ran_as[job.job_id].endswith(f"/projects/{job.project_id}/{IMAGE}")
+    ] == []

@@ -18,8 +18,9 @@ from htc_emulator.spec import ContractValidator
 
 def as_requests(exchange) -> requests.Response:
     """The recorded exchange as the ``requests`` objects the validator reads."""
-    prepared = requests.Request(exchange.method, exchange.url, headers=exchange.request_headers,
-                                data=exchange.request_body or None).prepare()
+    prepared = requests.Request(
+        exchange.method, exchange.url, headers=exchange.request_headers, data=exchange.request_body or None
+    ).prepare()
     response = requests.Response()
     response.status_code = exchange.status
     response.headers = CaseInsensitiveDict(exchange.response_headers)
@@ -44,7 +45,9 @@ def test_every_response_of_the_session_follows_the_spec(emulator, openapi_spec, 
     broken, accepted_but_invalid = Counter(), Counter()
     for exchange in exchanges:
         response = as_requests(exchange)
-        where = f"{exchange.method} {exchange.url.split('?')[0].split(':', 2)[-1].split('/', 1)[-1]} -> {exchange.status}"
+        where = (
+            f"{exchange.method} {exchange.url.split('?')[0].split(':', 2)[-1].split('/', 1)[-1]} -> {exchange.status}"
+        )
         for problem in validator.response_errors(response) + validator.shape_errors(response):
             broken[f"{where}: {problem}"] += 1
         # A request the spec refuses must not succeed: that would be bad input let through.

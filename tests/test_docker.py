@@ -13,7 +13,9 @@ DOCKERFILE = (ROOT / "docker" / "Dockerfile").read_text()
 
 
 def pins(text: str) -> dict[str, str]:
-    return {name.lower(): version for name, version in re.findall(r"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s\\]+)", text)}
+    return {
+        name.lower(): version for name, version in re.findall(r"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s\\]+)", text)
+    }
 
 
 def test_every_docker_pin_matches_requirements():
@@ -54,6 +56,7 @@ def test_image_is_slim_by_default_runs_as_non_root_and_uses_no_plain_http_index(
 
 # --- the built image (needs a Docker engine: skipped without one, a failure under HTC_REQUIRE_DOCKER=1) ---
 
+
 def docker(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=600, **kwargs)
 
@@ -87,12 +90,34 @@ def test_worker_in_the_image_counts_the_same_faces_as_on_the_host(worker_image, 
     labelled = sorted(name for name, entry in truth.items() if entry.get("boxes"))
     assert len(labelled) == 9
     images = ROOT / "data" / "images"
-    host = subprocess.run([sys.executable, str(ROOT / "face_tagger" / "face_tagger.py"), "--json",
-                           "--output-dir", str(tmp_path), *(str(images / n) for n in labelled)],
-                          capture_output=True, text=True, timeout=600)
-    inside = docker("run", "--rm", "--network", "none", "-v", f"{images}:/data:ro", worker_image,
-                    "python", "/opt/face_tagger.py", "--json", "--output-dir", "/tmp",
-                    *(f"/data/{n}" for n in labelled))
+    host = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "face_tagger" / "face_tagger.py"),
+            "--json",
+            "--output-dir",
+            str(tmp_path),
+            *(str(images / n) for n in labelled),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    inside = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{images}:/data:ro",
+        worker_image,
+        "python",
+        "/opt/face_tagger.py",
+        "--json",
+        "--output-dir",
+        "/tmp",
+        *(f"/data/{n}" for n in labelled),
+    )
     assert host.returncode == 0 and inside.returncode == 0, (host.stderr, inside.stderr)
 
     def counts(stdout):
@@ -103,6 +128,7 @@ def test_worker_in_the_image_counts_the_same_faces_as_on_the_host(worker_image, 
 
 
 # --- the emulator's real registry and jobs as containers -------------------------------
+
 
 @pytest.fixture(scope="module")
 def docker_emu(worker_image, client_for):
@@ -152,8 +178,7 @@ def test_registry_token_logs_in_and_nothing_else_does(docker_emu, docker_config)
     assert refused.returncode != 0 and "unauthorized" in refused.stderr.lower()
 
 
-def test_a_push_makes_the_image_ready_and_another_projects_token_may_not_push(docker_emu, worker_image,
-                                                                            docker_config):
+def test_a_push_makes_the_image_ready_and_another_projects_token_may_not_push(docker_emu, worker_image, docker_config):
     emu, api = docker_emu
     project_id = api.new_project(repositories=["opencv-htc-tutorial"])
     status = f"/htc/projects/{project_id}/container-registry/images/opencv-htc-tutorial:v1"
@@ -176,22 +201,31 @@ def test_a_push_makes_the_image_ready_and_another_projects_token_may_not_push(do
 
 
 def container_job(commands, *, memory=512, timeout=600, envs=()):
-    return {"imageName": "opencv-htc-tutorial:v1", "maxVCpus": 1, "maxMemory": memory, "commands": commands,
-            "execTimeoutSeconds": timeout, "envs": [{"name": k, "value": v} for k, v in envs]}
+    return {
+        "imageName": "opencv-htc-tutorial:v1",
+        "maxVCpus": 1,
+        "maxMemory": memory,
+        "commands": commands,
+        "execTimeoutSeconds": timeout,
+        "envs": [{"name": k, "value": v} for k, v in envs],
+    }
 
 
 def containers_of(emu) -> list[str]:
-    return docker("ps", "--all", "--quiet", "--filter", f"label=htc-emulator.{emu.scheduler.docker.instance}"
-                  ).stdout.split()
+    return docker(
+        "ps", "--all", "--quiet", "--filter", f"label=htc-emulator.{emu.scheduler.docker.instance}"
+    ).stdout.split()
 
 
 def test_jobs_run_as_containers_with_limits_and_leave_none_behind(docker_emu, worker_image, docker_config):
     emu, api = docker_emu
     project_id, _ = pushed_project(emu, api, worker_image, docker_config)
     task_id = api.new_task(project_id)
-    probe = ("import os; print('user', os.getuid(), 'index', os.environ['AWS_BATCH_JOB_ARRAY_INDEX'], "
-             "'memory', open('/sys/fs/cgroup/memory.max').read().strip() if os.path.exists('/sys/fs/cgroup/memory.max')"
-             " else open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read().strip())")
+    probe = (
+        "import os; print('user', os.getuid(), 'index', os.environ['AWS_BATCH_JOB_ARRAY_INDEX'], "
+        "'memory', open('/sys/fs/cgroup/memory.max').read().strip() if os.path.exists('/sys/fs/cgroup/memory.max')"
+        " else open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read().strip())"
+    )
     parent = api.submit(project_id, task_id, container_job(["python", "-c", probe], memory=256))
     api.wait_terminal(project_id, task_id, 1, timeout=300)
     job = api.job(project_id, task_id, f"{parent}:0")
@@ -218,9 +252,11 @@ def test_a_timeout_stops_the_container_with_sigterm_first(docker_emu, worker_ima
     emu, api = docker_emu
     project_id, _ = pushed_project(emu, api, worker_image, docker_config)
     task_id = api.new_task(project_id)
-    trap = ("import signal, sys, time\n"
-            "signal.signal(signal.SIGTERM, lambda *_: (print('SIGTERM received', flush=True), sys.exit(3)))\n"
-            "print('waiting', flush=True)\ntime.sleep(600)\n")
+    trap = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (print('SIGTERM received', flush=True), sys.exit(3)))\n"
+        "print('waiting', flush=True)\ntime.sleep(600)\n"
+    )
     parent = api.submit(project_id, task_id, container_job(["python", "-c", trap], timeout=60))
     api.wait_terminal(project_id, task_id, 1, timeout=300)
     job = api.job(project_id, task_id, f"{parent}:0")

@@ -16,9 +16,15 @@ from htc_emulator.images import PROJECT_ROOT
 
 
 def start(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "htc_emulator", *args], cwd=PROJECT_ROOT,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "htc_emulator", *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def stop(process: subprocess.Popen, signum: int) -> tuple[str, str]:
@@ -47,12 +53,22 @@ def read_banner(process: subprocess.Popen, timeout: float = 60) -> str:
 
 def test_cli_serves_until_interrupted(tmp_path):
     dockerfile = tmp_path / "Dockerfile"
-    dockerfile.write_text("FROM python:3.12-slim\nCMD [\"python\", \"-c\", \"pass\"]\n")
+    dockerfile.write_text('FROM python:3.12-slim\nCMD ["python", "-c", "pass"]\n')
     apiconfig = tmp_path / "config" / "apiconfig"
     key = "cli-test-key-0123456789"
-    process = start("--port", "0", "--concurrency", "1", "--image", f"noop:v1={dockerfile}",
-                    "--apiconfig", str(apiconfig), "--profile", "emulator",
-                    env={"HTC_EMULATOR_API_KEY": key})
+    process = start(
+        "--port",
+        "0",
+        "--concurrency",
+        "1",
+        "--image",
+        f"noop:v1={dockerfile}",
+        "--apiconfig",
+        str(apiconfig),
+        "--profile",
+        "emulator",
+        env={"HTC_EMULATOR_API_KEY": key},
+    )
     try:
         banner = read_banner(process)
         exports = dict(re.findall(r"^export (\w+)=(\S+)$", banner, re.MULTILINE))
@@ -96,6 +112,7 @@ def test_cli_stops_on_ctrl_c_when_started_in_the_background():
 
 def test_cli_refuses_bad_arguments():
     for args in (["--image", "no-equals-sign"], ["--fault-script", "418"], ["--image", "x:v1=/no/such/Dockerfile"]):
-        result = subprocess.run([sys.executable, "-m", "htc_emulator", *args], cwd=PROJECT_ROOT,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "htc_emulator", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode in (1, 2) and "error" in result.stderr, (args, result.stderr)

@@ -25,7 +25,7 @@ NOOP = {"imageName": "noop:v1", "commands": ["python", "-c", "pass"], "execTimeo
 @pytest.fixture(scope="module")
 def noop_image(emulator, tmp_path_factory):
     dockerfile = tmp_path_factory.mktemp("noop") / "Dockerfile"
-    dockerfile.write_text("FROM python:3.12-slim\nCMD [\"python\", \"-c\", \"pass\"]\n")
+    dockerfile.write_text('FROM python:3.12-slim\nCMD ["python", "-c", "pass"]\n')
     emulator.register_image("noop:v1", dockerfile)
     return "noop:v1"
 
@@ -58,8 +58,11 @@ def test_storage_options(api, emulator):
 
 
 def test_project_create_get_list(api):
-    created = api.ok("POST", "/htc/projects", json={
-        "projectName": "htc-tutorial", "projectDescription": "Tutorial project", "regions": ["AWS_EU_WEST_1"]})
+    created = api.ok(
+        "POST",
+        "/htc/projects",
+        json={"projectName": "htc-tutorial", "projectDescription": "Tutorial project", "regions": ["AWS_EU_WEST_1"]},
+    )
     project_id = created["projectId"]
     assert created["projectFolderPath"] == f"projects/{project_id}/"
     assert created["containerRegistry"].endswith("/")
@@ -113,10 +116,17 @@ def test_task_create_get_list_patch_delete(api):
 def test_job_submit_list_get_events_logs_statistics(api, noop_image):
     project_id = api.new_project(repositories=["noop"])
     task_id = api.new_task(project_id)
-    body = [{"jobName": "j", "batchSize": 3, "htcJobDefinition": {**NOOP, "tags": {"k": "v"}},
-             "regions": ["AWS_EU_WEST_1"], "tags": [{"key": "a", "value": "b"}], "retryStrategy": {"maxRetries": 0}}]
-    echo = api.ok("POST", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body,
-                  params={"group": "g1"})
+    body = [
+        {
+            "jobName": "j",
+            "batchSize": 3,
+            "htcJobDefinition": {**NOOP, "tags": {"k": "v"}},
+            "regions": ["AWS_EU_WEST_1"],
+            "tags": [{"key": "a", "value": "b"}],
+            "retryStrategy": {"maxRetries": 0},
+        }
+    ]
+    echo = api.ok("POST", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body, params={"group": "g1"})
     assert len(echo) == 1
     parent = echo[0]["parentJobId"]
     assert echo[0]["group"] == "g1" and echo[0]["batchSize"] == 3 and "regions" not in echo[0]
@@ -132,12 +142,26 @@ def test_job_submit_list_get_events_logs_statistics(api, noop_image):
     events = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{parent}:1/events")["items"]
     assert events[-1]["status"] == "SUCCEEDED"
     api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{parent}:1/logs")
-    groups = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/group-summary-statistics",
-                    params={"group": ["g1"]})
-    assert groups["items"] == [{"group": "g1", "jobStatuses": {
-        "SUBMITTED_TO_RESCALE": 0, "SUBMITTED_TO_PROVIDER": 0, "RUNNABLE": 0, "STARTING": 0, "RUNNING": 0,
-        "SUCCEEDED": 3, "FAILED": 0}}]
-    assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")["jobStatuses"]["SUCCEEDED"] == 3
+    groups = api.ok(
+        "GET", f"/htc/projects/{project_id}/tasks/{task_id}/group-summary-statistics", params={"group": ["g1"]}
+    )
+    assert groups["items"] == [
+        {
+            "group": "g1",
+            "jobStatuses": {
+                "SUBMITTED_TO_RESCALE": 0,
+                "SUBMITTED_TO_PROVIDER": 0,
+                "RUNNABLE": 0,
+                "STARTING": 0,
+                "RUNNING": 0,
+                "SUCCEEDED": 3,
+                "FAILED": 0,
+            },
+        }
+    ]
+    assert (
+        api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")["jobStatuses"]["SUCCEEDED"] == 3
+    )
     assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/groups") == ["g1"]
     cancel = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/cancel", params={"group": "g1"})
     assert cancel.status_code == 200 and cancel.content == b""
@@ -171,8 +195,9 @@ def test_job_list_filters(api, noop_image):
     project_id = api.new_project(repositories=["noop"])
     task_id = api.new_task(project_id)
     ok_parent = api.submit(project_id, task_id, NOOP, batch_size=2, group="ok")
-    bad_parent = api.submit(project_id, task_id, {**NOOP, "commands": ["python", "-c", "raise SystemExit(4)"]},
-                            batch_size=2, group="bad")
+    bad_parent = api.submit(
+        project_id, task_id, {**NOOP, "commands": ["python", "-c", "raise SystemExit(4)"]}, batch_size=2, group="bad"
+    )
     api.wait_terminal(project_id, task_id, 4)
     path = f"/htc/projects/{project_id}/tasks/{task_id}/jobs"
 
@@ -209,8 +234,10 @@ def test_storage_tokens_and_paths(api, emulator):
     stores = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/regional-storage")
     assert stores["regionalStores"][0]["taskPath"] == task_path
     assert api.get(f"/htc/projects/{project_id}/storage/token/AWS_EU_WEST_2").status_code == 404
-    for url in (f"/htc/projects/{project_id}/storage/presigned-url",
-                f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url"):
+    for url in (
+        f"/htc/projects/{project_id}/storage/presigned-url",
+        f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url",
+    ):
         presigned = api.ok("GET", url, params={"filePath": "dir/file.txt"})
         assert presigned["url"].startswith(emulator.s3_endpoint + "/")
 
@@ -227,8 +254,9 @@ def test_response_checker_catches_a_broken_response(openapi_spec, emulator):
         response.status_code = 200
         response.headers["Content-Type"] = "application/json"
         response._content = body
-        response.request = requests.Request("GET", emulator.api_url + path,
-                                            headers={"Authorization": "Bearer x"}).prepare()
+        response.request = requests.Request(
+            "GET", emulator.api_url + path, headers={"Authorization": "Bearer x"}
+        ).prepare()
         return response
 
     assert validator.response_errors(fake("/htc/regions", b'{"name": "x"}'))
@@ -268,8 +296,13 @@ def test_an_app_that_dies_before_answering_is_recorded_as_500():
         raise AssertionError("nothing should be sent")
 
     recorder = ExchangeRecorder()
-    scope = {"type": "http", "method": "POST", "path": "/htc/projects", "query_string": b"",
-             "headers": [(b"host", b"h")]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/htc/projects",
+        "query_string": b"",
+        "headers": [(b"host", b"h")],
+    }
     with pytest.raises(RuntimeError):
         asyncio.run(recorder.asgi(dies)(scope, receive, send))
     [exchange] = recorder.exchanges

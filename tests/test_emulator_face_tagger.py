@@ -37,8 +37,7 @@ def s3_client(token: dict, endpoint: str):
 
 def test_face_tagger_batch_tags_every_listed_image(api, emulator):
     project_id = api.new_project(regions=["AWS_EU_WEST_1"], repositories=["opencv-htc-tutorial"])
-    assert "opencv-htc-tutorial:v1" in api.ok(
-        "GET", f"/htc/projects/{project_id}/container-registry/images")["images"]
+    assert "opencv-htc-tutorial:v1" in api.ok("GET", f"/htc/projects/{project_id}/container-registry/images")["images"]
     task_id = api.new_task(project_id)
 
     shared_token = api.ok("GET", f"/htc/projects/{project_id}/storage/token/AWS_EU_WEST_1")
@@ -50,15 +49,23 @@ def test_face_tagger_batch_tags_every_listed_image(api, emulator):
     names = [image.name for image in images]
     s3.put_object(Bucket=bucket, Key=shared + "image_list.dat", Body="\n".join(names).encode() + b"\n")
 
-    parent = api.submit(project_id, task_id, {
-        "imageName": "opencv-htc-tutorial:v1",
-        "maxVCpus": 1,
-        "maxMemory": 512,
-        "commands": ["python", "/opt/face_tagger.py"],
-        "envs": [{"name": "IMG_OBJKEY_LIST", "value": "image_list.dat"},
-                 {"name": "BATCH_JOB_ARRAY_SIZE", "value": str(BATCH_SIZE)}],
-        "execTimeoutSeconds": 3600,
-    }, batch_size=BATCH_SIZE, group="faces")
+    parent = api.submit(
+        project_id,
+        task_id,
+        {
+            "imageName": "opencv-htc-tutorial:v1",
+            "maxVCpus": 1,
+            "maxMemory": 512,
+            "commands": ["python", "/opt/face_tagger.py"],
+            "envs": [
+                {"name": "IMG_OBJKEY_LIST", "value": "image_list.dat"},
+                {"name": "BATCH_JOB_ARRAY_SIZE", "value": str(BATCH_SIZE)},
+            ],
+            "execTimeoutSeconds": 3600,
+        },
+        batch_size=BATCH_SIZE,
+        group="faces",
+    )
     api.wait_terminal(project_id, task_id, BATCH_SIZE, timeout=240)
 
     for index in range(BATCH_SIZE):

@@ -31,7 +31,7 @@ def project_count(client) -> int:
 
 
 def test_scripted_api_faults_come_in_order_and_change_nothing(faulty):
-    faulty.token  # fetch the token before faults start
+    assert faulty.token  # fetch the token before faults start
     before = project_count(faulty)
     faulty.emu.faults.script(["429", "500", "503", "ok", "slow"], path=r"/htc/projects$")
     body = {"projectName": "p", "projectDescription": "d"}
@@ -50,7 +50,7 @@ def test_scripted_api_faults_come_in_order_and_change_nothing(faulty):
 
 
 def test_fault_rate_is_seeded_and_can_be_cleared(faulty):
-    faulty.token
+    assert faulty.token
     faulty.emu.faults.set_rate(0.5, kinds=["503"], path=r"/htc/regions")
     codes = [faulty.get("/htc/regions").status_code for _ in range(40)]
     assert set(codes) == {200, 503} and 8 < codes.count(503) < 32
@@ -72,8 +72,12 @@ def test_storage_faults_hit_s3_clients_but_not_the_api(faulty):
             aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
             aws_session_token=credentials["AWS_SESSION_TOKEN"],
-        ).client("s3", endpoint_url=emu.s3_endpoint, region_name="eu-west-1",
-                 config=Config(retries={"total_max_attempts": attempts, "mode": "standard"}))
+        ).client(
+            "s3",
+            endpoint_url=emu.s3_endpoint,
+            region_name="eu-west-1",
+            config=Config(retries={"total_max_attempts": attempts, "mode": "standard"}),
+        )
 
     bucket, _, prefix = token["storagePath"].removeprefix("s3://").partition("/")
     single = client(1)
@@ -91,9 +95,13 @@ def test_storage_faults_hit_s3_clients_but_not_the_api(faulty):
 
 def test_fault_settings_are_checked():
     injector = FaultInjector()
-    for bad in (lambda: injector.set_rate(1.5), lambda: injector.script(["418"]),
-                lambda: injector.script(["429"], target="storage"), lambda: injector.script([], target="disk"),
-                lambda: FaultInjector.from_config({"rate": 0.1, "colour": "red"})):
+    for bad in (
+        lambda: injector.set_rate(1.5),
+        lambda: injector.script(["418"]),
+        lambda: injector.script(["429"], target="storage"),
+        lambda: injector.script([], target="disk"),
+        lambda: FaultInjector.from_config({"rate": 0.1, "colour": "red"}),
+    ):
         with pytest.raises(ValueError):
             bad()
 

@@ -46,12 +46,14 @@ def test_shape_check_names_a_left_out_property(api, emulator):
     response.status_code = 200
     response.headers["Content-Type"] = "application/json"
     response._content = body
-    response.request = requests.Request("GET", emulator.api_url + "/htc/projects/p/tasks/t",
-                                        headers={"Authorization": "Bearer x"}).prepare()
+    response.request = requests.Request(
+        "GET", emulator.api_url + "/htc/projects/p/tasks/t", headers={"Authorization": "Bearer x"}
+    ).prepare()
     assert "body.archivedAt is missing" in api.validator.shape_errors(response)
 
 
 # --- tokens: JWKS, payload, OAuth 2.0 ---------------------------------------------
+
 
 def test_tokens_verify_with_a_jwks_client(api, emulator):
     """RS256 tokens whose key is published at /.well-known/jwks.json, as a JWKS client reads it."""
@@ -102,9 +104,11 @@ def test_oauth2_client_credentials(api, emulator):
         body = response.json()
         assert response.status_code == 200 and body["token_type"] == "Bearer" and body["expires_in"] == 21600
         assert api.ok("GET", "/htc/regions", auth=body["access_token"])
-    refusals = [({"grant_type": "client_credentials"}, ("c", "wrong"), "invalid_client"),
-                ({"grant_type": "password"}, ("c", emulator.api_key), "unsupported_grant_type"),
-                ({}, ("c", emulator.api_key), "invalid_request")]
+    refusals = [
+        ({"grant_type": "client_credentials"}, ("c", "wrong"), "invalid_client"),
+        ({"grant_type": "password"}, ("c", emulator.api_key), "unsupported_grant_type"),
+        ({}, ("c", emulator.api_key), "invalid_request"),
+    ]
     for form, auth, error in refusals:
         response = requests.post(url, data=form, auth=auth, timeout=30)
         assert response.status_code == 400 and response.json()["error"] == error
@@ -112,8 +116,12 @@ def test_oauth2_client_credentials(api, emulator):
 
 # --- limits, obeyed by the scheduler's intake ---------------------------------------------
 
-SLEEPER = {"imageName": "opencv-htc-tutorial:v1", "maxVCpus": 1, "execTimeoutSeconds": 600,
-           "commands": ["python", "-c", "import time; time.sleep(0.3)"]}
+SLEEPER = {
+    "imageName": "opencv-htc-tutorial:v1",
+    "maxVCpus": 1,
+    "execTimeoutSeconds": 600,
+    "commands": ["python", "-c", "import time; time.sleep(0.3)"],
+}
 
 
 def events_of(api, project_id, task_id, job_id) -> list[dict]:
@@ -132,8 +140,10 @@ def test_project_limits_create_overwrite_patch_delete(api):
     assert sorted(lim["modifierRole"] for lim in api.ok("GET", base)) == ["PROJECT_ADMIN", "WORKSPACE_ADMIN"]
     assert api.ok("PATCH", f"{base}/{limit_id}", json={"vCPUs": 1})["vCPUs"] == 1
     assert api.ok("GET", f"{base}/{limit_id}")["vCPUs"] == 1
-    for body, field in (({"vCPUs": -1, "modifierRole": "PROJECT_ADMIN"}, "vCPUs"),
-                        ({"vCPUs": 1, "modifierRole": "OWNER"}, "modifierRole")):
+    for body, field in (
+        ({"vCPUs": -1, "modifierRole": "PROJECT_ADMIN"}, "vCPUs"),
+        ({"vCPUs": 1, "modifierRole": "OWNER"}, "modifierRole"),
+    ):
         refused = api.post(base, json=body, request_valid=None)
         assert refused.status_code == 400 and field in refused.json()["message"]
     assert api.delete(f"{base}/{limit_id}").status_code == 204
@@ -157,7 +167,7 @@ def test_jobs_wait_for_capacity_under_a_limit(api):
     spans.sort()
     assert all(status == "SUCCEEDED" for _, _, status in spans)
     # One vCPU: each job was admitted only once the one before it had finished.
-    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)), spans
 
 
 def test_jobs_held_by_a_limit_move_on_when_it_is_lifted(api):
@@ -180,6 +190,7 @@ def test_workspace_limit_is_read_only_and_absent_by_default(api):
 
 # --- dimensions --------------------------------------------------------------------
 
+
 def test_dimensions_constrain_where_jobs_may_run(api):
     offered = api.ok("GET", "/htc/workspaces/emulator-workspace/dimensions")
     assert {"AWS_EU_WEST_1", "GCP_US_CENTRAL_1"} <= {c["region"] for c in offered}
@@ -194,8 +205,10 @@ def test_dimensions_constrain_where_jobs_may_run(api):
     body = [{"htcJobDefinition": {**SLEEPER, "architecture": "AARCH64"}}]
     refused = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body)
     assert refused.status_code == 400 and "AARCH64" in refused.json()["message"]
-    assert sum(api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")
-               ["jobStatuses"].values()) == 0
+    assert (
+        sum(api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")["jobStatuses"].values())
+        == 0
+    )
     api.submit(project_id, task_id, {**SLEEPER, "architecture": "X86"})
     unknown = api.request("PUT", path, json=[{"machineType": "quantum-1"}])
     assert unknown.status_code == 400 and "quantum-1" in unknown.json()["message"]
@@ -207,19 +220,26 @@ def test_dimensions_constrain_where_jobs_may_run(api):
 
 # --- task retention ----------------------------------------------------------------
 
+
 def test_retention_archives_then_deletes_idle_tasks_with_their_storage(client_for):
     with running(time_scale=0.0005) as emu:  # an hour lasts 1.8 s
         api = client_for(emu)
         project_id = api.new_project()
         kept, idle = api.new_task(project_id), api.new_task(project_id)
-        url = api.ok("GET", f"/htc/projects/{project_id}/tasks/{idle}/storage/presigned-url",
-                      params={"filePath": "out/result.txt"})["url"]
+        url = api.ok(
+            "GET",
+            f"/htc/projects/{project_id}/tasks/{idle}/storage/presigned-url",
+            params={"filePath": "out/result.txt"},
+        )["url"]
         assert requests.put(url, data=b"result", timeout=30).status_code == 200
         policy_path = f"/htc/projects/{project_id}/task-retention-policy"
         assert api.get(policy_path).status_code == 404
         # The workspace policy would never delete; the project's own one takes precedence.
-        api.request("PUT", "/htc/workspaces/emulator-workspace/task-retention-policy",
-                    json={"archiveAfter": 0, "deleteAfter": 0})
+        api.request(
+            "PUT",
+            "/htc/workspaces/emulator-workspace/task-retention-policy",
+            json={"archiveAfter": 0, "deleteAfter": 0},
+        )
         set_policy = api.request("PUT", policy_path, json={"archiveAfter": 1, "deleteAfter": 1})
         assert set_policy.status_code == 201 and api.ok("GET", policy_path)["archiveAfter"] == 1
         seen = []
@@ -244,6 +264,7 @@ def test_workspace_retention_policy(api):
 
 
 # --- metrics and GCP clusters -------------------------------------------------------
+
 
 def test_metrics_count_the_real_state(api):
     project_id = api.new_project()

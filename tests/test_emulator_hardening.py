@@ -29,8 +29,9 @@ def assert_bad_request(response, *named: str) -> None:
 
 def raw_json(api, method: str, path: str, body, **kwargs):
     # json.dumps writes a lone surrogate as the escape "\ud800", which JSON allows.
-    return api.request(method, path, data=json.dumps(body), headers={"Content-Type": "application/json"},
-                       request_valid=None, **kwargs)
+    return api.request(
+        method, path, data=json.dumps(body), headers={"Content-Type": "application/json"}, request_valid=None, **kwargs
+    )
 
 
 def counts(api, project_id: str, task_id: str) -> tuple[int, int, int]:
@@ -42,8 +43,12 @@ def counts(api, project_id: str, task_id: str) -> tuple[int, int, int]:
 
 
 def job_batch(**changes) -> dict:
-    return {"jobName": "j", "batchSize": 1, "htcJobDefinition": {**DEFINITION, **changes.pop("definition", {})},
-            **changes}
+    return {
+        "jobName": "j",
+        "batchSize": 1,
+        "htcJobDefinition": {**DEFINITION, **changes.pop("definition", {})},
+        **changes,
+    }
 
 
 # --- text that could not be served back --------------------------------------------------
@@ -64,8 +69,10 @@ SURROGATE_BODIES = [
 @pytest.mark.parametrize("where,body,field", SURROGATE_BODIES)
 def test_text_that_cannot_be_served_is_refused_and_stores_nothing(api, place, where, body, field):
     project_id, task_id = place
-    path = {"tasks": f"/htc/projects/{project_id}/tasks",
-            "jobs/batch": f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch"}.get(where, where)
+    path = {
+        "tasks": f"/htc/projects/{project_id}/tasks",
+        "jobs/batch": f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+    }.get(where, where)
     before = counts(api, project_id, task_id)
     assert_bad_request(raw_json(api, "POST", path, body), field, "surrogate")
     assert counts(api, project_id, task_id) == before
@@ -89,22 +96,29 @@ def test_the_model_refuses_to_store_what_it_could_not_serve(emulator, place):
 
 # --- query integers ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,value", [
-    ("pageIndex", "\u00b2"),        # superscript two: str.isdigit() says yes, int() says no
-    ("pageIndex", "\u0663"),        # Arabic-Indic three: int() reads it as 3
-    ("pageIndex", "1" * 5000),      # beyond int()'s digit limit
-    ("pageIndex", "-1"),
-    ("pageSize", "\u0663"),
-    ("pageSize", "5_0"),
-    ("pageSize", "+5"),
-    ("pageSize", " 5"),
-    ("pageSize", "5.0"),
-    ("pageSize", "1" * 5000),
-])
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("pageIndex", "\u00b2"),  # superscript two: str.isdigit() says yes, int() says no
+        ("pageIndex", "\u0663"),  # Arabic-Indic three: int() reads it as 3
+        ("pageIndex", "1" * 5000),  # beyond int()'s digit limit
+        ("pageIndex", "-1"),
+        ("pageSize", "\u0663"),
+        ("pageSize", "5_0"),
+        ("pageSize", "+5"),
+        ("pageSize", " 5"),
+        ("pageSize", "5.0"),
+        ("pageSize", "1" * 5000),
+    ],
+)
 def test_query_integers_are_ascii_digits_of_sensible_length(api, place, name, value):
     project_id, task_id = place
-    for path in ("/htc/projects", f"/htc/projects/{project_id}/tasks/{task_id}/jobs",
-                 f"/htc/projects/{project_id}/tasks/{task_id}/group-summary-statistics"):
+    for path in (
+        "/htc/projects",
+        f"/htc/projects/{project_id}/tasks/{task_id}/jobs",
+        f"/htc/projects/{project_id}/tasks/{task_id}/group-summary-statistics",
+    ):
         assert_bad_request(api.get(path, params={name: value}, request_valid=None), name)
 
 
@@ -119,6 +133,7 @@ def test_issued_page_indexes_still_work(api, place):
 
 # --- empty group ---------------------------------------------------------------------------
 
+
 def test_an_empty_group_is_refused_everywhere_and_cancels_nothing(api, place):
     project_id, task_id = place
     base = f"/htc/projects/{project_id}/tasks/{task_id}"
@@ -126,11 +141,13 @@ def test_an_empty_group_is_refused_everywhere_and_cancels_nothing(api, place):
     parent = api.submit(project_id, task_id, sleeper, group="keep")
     before = counts(api, project_id, task_id)
     try:
-        assert_bad_request(api.post(f"{base}/jobs/batch", params={"group": ""}, json=[job_batch()],
-                                    request_valid=None), "group")
+        assert_bad_request(
+            api.post(f"{base}/jobs/batch", params={"group": ""}, json=[job_batch()], request_valid=None), "group"
+        )
         assert_bad_request(api.get(f"{base}/jobs", params={"group": ""}, request_valid=None), "group")
-        assert_bad_request(api.get(f"{base}/group-summary-statistics", params={"group": ["keep", ""]},
-                                   request_valid=None), "group")
+        assert_bad_request(
+            api.get(f"{base}/group-summary-statistics", params={"group": ["keep", ""]}, request_valid=None), "group"
+        )
         assert_bad_request(api.post(f"{base}/jobs/cancel", params={"group": ""}, request_valid=None), "group")
         assert counts(api, project_id, task_id) == before
         assert not api.emu.backend.jobs[f"{parent}:0"].cancel_requested
@@ -140,11 +157,15 @@ def test_an_empty_group_is_refused_everywhere_and_cancels_nothing(api, place):
 
 # --- bounded requests ----------------------------------------------------------------------
 
+
 def test_more_than_100_batch_definitions_are_refused(api, place):
     project_id, task_id = place
     before = counts(api, project_id, task_id)
-    response = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
-                        json=[job_batch() for _ in range(101)], request_valid=None)
+    response = api.post(
+        f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+        json=[job_batch() for _ in range(101)],
+        request_valid=None,
+    )
     assert_bad_request(response, "body", "100")
     assert counts(api, project_id, task_id) == before
 
@@ -164,11 +185,13 @@ def test_a_task_holds_a_bounded_number_of_jobs(client_for):
 
 # --- job tokens live as long as their job ---------------------------------------------------
 
+
 def job_token_for(api, project_id: str, task_id: str, definition: dict) -> tuple[str, str]:
     """A job in the task, and the token the scheduler would give it."""
     job_id = api.submit(project_id, task_id, definition) + ":0"
-    return job_id, api.emu.scheduler.tokens.job_token(project_id=project_id, task_id=task_id, job_id=job_id,
-                                                       lifetime=600)
+    return job_id, api.emu.scheduler.tokens.job_token(
+        project_id=project_id, task_id=task_id, job_id=job_id, lifetime=600
+    )
 
 
 def test_a_job_token_stops_working_when_its_task_is_deleted(api):
@@ -202,7 +225,6 @@ def test_a_job_token_stops_working_soon_after_its_job_ends(api, monkeypatch):
 
 def test_a_job_token_for_a_job_that_never_ran_is_refused(api, place):
     project_id, task_id = place
-    token = api.emu.scheduler.tokens.job_token(project_id=project_id, task_id=task_id, job_id="made-up:0",
-                                               lifetime=600)
+    token = api.emu.scheduler.tokens.job_token(project_id=project_id, task_id=task_id, job_id="made-up:0", lifetime=600)
     refused = api.get(f"/htc/projects/{project_id}/tasks/{task_id}", auth=token, request_valid=None)
     assert refused.status_code == 401

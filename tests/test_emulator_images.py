@@ -34,7 +34,9 @@ def write(context: Path, text: str) -> Path:
 
 
 def test_copy_lines_map_container_paths_to_project_files(context):
-    dockerfile = write(context, """
+    dockerfile = write(
+        context,
+        """
 # build stage: its files never reach the final image
 FROM python:3.12 AS build
 COPY extra.cfg /build/extra.cfg
@@ -50,7 +52,8 @@ COPY tool.py \\
 COPY ["tool.py", "/usr/local/bin/tool"]
 COPY --from=build /build/extra.cfg /etc/extra.cfg
 CMD python /srv/app/main.py
-""")
+""",
+    )
     image = parse_dockerfile("demo:v1", dockerfile, context)
     assert image.host_path("/srv/app/main.py") == str(context / "app" / "main.py")
     assert image.host_path("/srv/app") == str(context / "app")
@@ -63,10 +66,17 @@ CMD python /srv/app/main.py
 
 
 def test_commands_run_with_this_interpreter_and_project_files(context):
-    image = parse_dockerfile("demo:v1", write(context, "FROM x\nCOPY app/main.py /opt/main.py\n"
-                                                      'ENTRYPOINT ["python3"]\nCMD ["/opt/main.py"]\n'), context)
+    image = parse_dockerfile(
+        "demo:v1",
+        write(context, 'FROM x\nCOPY app/main.py /opt/main.py\nENTRYPOINT ["python3"]\nCMD ["/opt/main.py"]\n'),
+        context,
+    )
     assert image.local_command(["python", "/opt/main.py", "--flag", "/opt/other"]) == [
-        sys.executable, str(context / "app" / "main.py"), "--flag", "/opt/other"]
+        sys.executable,
+        str(context / "app" / "main.py"),
+        "--flag",
+        "/opt/other",
+    ]
     assert image.local_command(["/usr/local/bin/python3.12", "-c", "pass"]) == [sys.executable, "-c", "pass"]
     assert image.local_command(["sh", "-c", "python /opt/main.py"]) == ["sh", "-c", "python /opt/main.py"]
     assert image.local_command([]) == [sys.executable, str(context / "app" / "main.py")]
@@ -75,8 +85,9 @@ def test_commands_run_with_this_interpreter_and_project_files(context):
         bare.local_command([])
 
 
-@pytest.mark.parametrize("line", ["COPY missing.py /opt/", "COPY ../outside.py /opt/", "COPY /etc/passwd /opt/",
-                                  "COPY onlyone"])
+@pytest.mark.parametrize(
+    "line", ["COPY missing.py /opt/", "COPY ../outside.py /opt/", "COPY /etc/passwd /opt/", "COPY onlyone"]
+)
 def test_copies_that_cannot_be_mapped_are_errors(context, line):
     with pytest.raises(DockerfileError):
         parse_dockerfile("demo:v1", write(context, f"FROM x\n{line}\n"), context)
@@ -96,14 +107,17 @@ def test_registry_names_and_paths(context):
 
 
 def test_docker_run_keeps_secret_values_out_of_the_arguments(context):
-    argv = DockerEngine().run_argv("demo:v1", ["python", "/opt/x.py"], ["RESCALE_HTC_BEARER_TOKEN", "A"], "job-1",
-                                   vcpus=1, memory_mib=512)
-    assert argv[argv.index("demo:v1"):] == ["demo:v1", "python", "/opt/x.py"]
-    assert ["-e", "RESCALE_HTC_BEARER_TOKEN"] == argv[argv.index("RESCALE_HTC_BEARER_TOKEN") - 1:][:2]
+    argv = DockerEngine().run_argv(
+        "demo:v1", ["python", "/opt/x.py"], ["RESCALE_HTC_BEARER_TOKEN", "A"], "job-1", vcpus=1, memory_mib=512
+    )
+    assert argv[argv.index("demo:v1") :] == ["demo:v1", "python", "/opt/x.py"]
+    assert ["-e", "RESCALE_HTC_BEARER_TOKEN"] == argv[argv.index("RESCALE_HTC_BEARER_TOKEN") - 1 :][:2]
     assert not any("=" in arg for arg in argv)
 
 
 def test_the_tutorial_dockerfile_maps_the_worker():
     image = ImageRegistry().register("opencv-htc-tutorial:v1", "docker/Dockerfile")
     assert image.host_path("/opt/face_tagger.py") == str(PROJECT_ROOT / "face_tagger" / "face_tagger.py")
-    assert image.local_command(["python", "/opt/face_tagger.py"])[1] == str(PROJECT_ROOT / "face_tagger" / "face_tagger.py")
+    assert image.local_command(["python", "/opt/face_tagger.py"])[1] == str(
+        PROJECT_ROOT / "face_tagger" / "face_tagger.py"
+    )

@@ -12,8 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-GOOD_DEFINITION = {"imageName": "opencv-htc-tutorial:v1", "commands": ["python", "-c", "pass"],
-                   "execTimeoutSeconds": 60}
+GOOD_DEFINITION = {
+    "imageName": "opencv-htc-tutorial:v1",
+    "commands": ["python", "-c", "pass"],
+    "execTimeoutSeconds": 60,
+}
 
 
 def assert_bad_request(response, field: str) -> None:
@@ -66,32 +69,42 @@ BAD_BATCHES = [
 def test_bad_batches_are_refused_and_create_nothing(api, place, body, field, spec_verdict):
     project_id, task_id = place
     before = api.job_count(project_id, task_id)
-    response = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body,
-                        request_valid=spec_verdict)
+    response = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body, request_valid=spec_verdict)
     assert_bad_request(response, field)
     assert api.job_count(project_id, task_id) == before
 
 
 def test_malformed_json_is_a_400_and_creates_nothing(api, place):
     project_id, task_id = place
-    before = (len(api.ok("GET", "/htc/projects", params={"pageSize": 10000})["items"]),
-              api.job_count(project_id, task_id))
+    before = (
+        len(api.ok("GET", "/htc/projects", params={"pageSize": 10000})["items"]),
+        api.job_count(project_id, task_id),
+    )
     for path in ("/htc/projects", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch"):
-        response = api.post(path, data=b'[{"htcJobDefinition": ', headers={"Content-Type": "application/json"},
-                            request_valid=None)
+        response = api.post(
+            path, data=b'[{"htcJobDefinition": ', headers={"Content-Type": "application/json"}, request_valid=None
+        )
         assert_bad_request(response, "body")
         assert "JSON" in response.json()["errorDescription"]
-    after = (len(api.ok("GET", "/htc/projects", params={"pageSize": 10000})["items"]),
-             api.job_count(project_id, task_id))
+    after = (
+        len(api.ok("GET", "/htc/projects", params={"pageSize": 10000})["items"]),
+        api.job_count(project_id, task_id),
+    )
     assert after == before
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"projectName": "x"}, "projectDescription"),
-    ({"projectName": 5, "projectDescription": "x"}, "projectName"),
-    ({"projectName": "x", "projectDescription": "y", "regions": ["NOWHERE"]}, "regions"),
-    ({"projectName": "x", "projectDescription": "y", "regionSettings": [{"computeSettings": {}}]}, "storageSettings"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"projectName": "x"}, "projectDescription"),
+        ({"projectName": 5, "projectDescription": "x"}, "projectName"),
+        ({"projectName": "x", "projectDescription": "y", "regions": ["NOWHERE"]}, "regions"),
+        (
+            {"projectName": "x", "projectDescription": "y", "regionSettings": [{"computeSettings": {}}]},
+            "storageSettings",
+        ),
+    ],
+)
 def test_bad_projects_are_refused(api, body, field):
     before = len(api.ok("GET", "/htc/projects", params={"pageSize": 10000})["items"])
     assert_bad_request(api.post("/htc/projects", json=body, request_valid=False), field)
@@ -100,23 +113,30 @@ def test_bad_projects_are_refused(api, body, field):
 
 def test_bad_tasks_and_task_updates_are_refused(api, place):
     project_id, task_id = place
-    assert_bad_request(api.post(f"/htc/projects/{project_id}/tasks", json={"taskDescription": "d"},
-                                request_valid=False), "taskName")
+    assert_bad_request(
+        api.post(f"/htc/projects/{project_id}/tasks", json={"taskDescription": "d"}, request_valid=False), "taskName"
+    )
     assert len(api.ok("GET", f"/htc/projects/{project_id}/tasks")["items"]) == 1
-    assert_bad_request(api.patch(f"/htc/projects/{project_id}/tasks/{task_id}", json={"lifecycleStatus": "GONE"},
-                                 request_valid=False), "lifecycleStatus")
-    assert_bad_request(api.patch(f"/htc/projects/{project_id}/tasks/{task_id}", json={"lifecycleStatus": "DELETED"}),
-                       "lifecycleStatus")
+    assert_bad_request(
+        api.patch(f"/htc/projects/{project_id}/tasks/{task_id}", json={"lifecycleStatus": "GONE"}, request_valid=False),
+        "lifecycleStatus",
+    )
+    assert_bad_request(
+        api.patch(f"/htc/projects/{project_id}/tasks/{task_id}", json={"lifecycleStatus": "DELETED"}), "lifecycleStatus"
+    )
     assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}")["lifecycleStatus"] == "ACTIVE"
 
 
-@pytest.mark.parametrize("params,field,spec_verdict", [
-    ({"status": "FINISHED"}, "status", False),
-    ({"viewType": "EVERYTHING"}, "viewType", False),
-    ({"pageSize": "many"}, "pageSize", False),
-    ({"pageSize": 0}, "pageSize", True),  # the spec sets no minimum
-    ({"pageIndex": "not-a-page"}, "pageIndex", True),  # opaque to the spec; this server never issued it
-])
+@pytest.mark.parametrize(
+    "params,field,spec_verdict",
+    [
+        ({"status": "FINISHED"}, "status", False),
+        ({"viewType": "EVERYTHING"}, "viewType", False),
+        ({"pageSize": "many"}, "pageSize", False),
+        ({"pageSize": 0}, "pageSize", True),  # the spec sets no minimum
+        ({"pageIndex": "not-a-page"}, "pageIndex", True),  # opaque to the spec; this server never issued it
+    ],
+)
 def test_bad_list_parameters_are_refused(api, place, params, field, spec_verdict):
     project_id, task_id = place
     response = api.get(f"/htc/projects/{project_id}/tasks/{task_id}/jobs", params=params, request_valid=spec_verdict)
@@ -126,8 +146,10 @@ def test_bad_list_parameters_are_refused(api, place, params, field, spec_verdict
 @pytest.mark.parametrize("file_path", ["../escape.txt", "/etc/passwd", "a/../../b", "a/./b", "a\\b"])
 def test_presigned_urls_refuse_paths_outside_their_prefix(api, place, file_path):
     project_id, task_id = place
-    for path in (f"/htc/projects/{project_id}/storage/presigned-url",
-                 f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url"):
+    for path in (
+        f"/htc/projects/{project_id}/storage/presigned-url",
+        f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url",
+    ):
         assert_bad_request(api.get(path, params={"filePath": file_path}), "filePath")
     assert_bad_request(api.get(f"/htc/projects/{project_id}/storage/presigned-url", request_valid=False), "filePath")
 
@@ -135,8 +157,9 @@ def test_presigned_urls_refuse_paths_outside_their_prefix(api, place, file_path)
 def test_bad_path_values_are_refused(api, place):
     project_id, task_id = place
     assert_bad_request(api.get(f"/htc/projects/{project_id}/storage/token/MARS_1", request_valid=False), "region")
-    assert_bad_request(api.post(f"/htc/projects/{project_id}/container-registry/repo/Bad_Name", request_valid=None),
-                       "repoName")
+    assert_bad_request(
+        api.post(f"/htc/projects/{project_id}/container-registry/repo/Bad_Name", request_valid=None), "repoName"
+    )
     assert api.ok("GET", f"/htc/projects/{project_id}")["repositories"] == []
 
 
@@ -167,17 +190,28 @@ def test_unknown_ids_are_404(api, place):
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=12,
 )
-_fields = st.fixed_dictionaries({}, optional={
-    "batchSize": _json | st.integers(-5, 12) | st.sampled_from([1000, 1001]),
-    "jobName": _json,
-    "retryStrategy": _json | st.fixed_dictionaries({"maxRetries": st.integers(-2, 12)}),
-    "htcJobDefinition": _json | st.fixed_dictionaries({"imageName": st.text(max_size=20)}, optional={
-        "execTimeoutSeconds": st.integers(0, 2_000_000), "envs": _json, "commands": _json, "maxVCpus": _json}),
-})
+_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "batchSize": _json | st.integers(-5, 12) | st.sampled_from([1000, 1001]),
+        "jobName": _json,
+        "retryStrategy": _json | st.fixed_dictionaries({"maxRetries": st.integers(-2, 12)}),
+        "htcJobDefinition": _json
+        | st.fixed_dictionaries(
+            {"imageName": st.text(max_size=20)},
+            optional={
+                "execTimeoutSeconds": st.integers(0, 2_000_000),
+                "envs": _json,
+                "commands": _json,
+                "maxVCpus": _json,
+            },
+        ),
+    },
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -185,8 +219,12 @@ _fields = st.fixed_dictionaries({}, optional={
 def test_arbitrary_batch_bodies_never_crash_or_half_apply(api, place, body):
     project_id, task_id = place
     before = api.job_count(project_id, task_id)
-    response = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
-                        data=json.dumps(body), headers={"Content-Type": "application/json"}, request_valid=None)
+    response = api.post(
+        f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+        data=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+        request_valid=None,
+    )
     assert response.status_code in (200, 400), response.text
     created = api.job_count(project_id, task_id) - before
     if response.status_code == 400:

@@ -19,7 +19,7 @@ import requests
 
 from htc_emulator import running
 
-JOB_SCRIPT = r'''
+JOB_SCRIPT = r"""
 import json, os, sys, time
 mode = os.environ.get("MODE", "ok")
 print(f"attempt {os.environ['AWS_BATCH_JOB_ATTEMPT']} pid {os.getpid()}", flush=True)
@@ -63,7 +63,7 @@ elif mode == "api":
     codes["submit"] = requests.post(base + f"{project}/tasks/{task}/jobs/batch", headers=headers, timeout=30,
                                     json=[{"htcJobDefinition": {"imageName": "jobs:v1"}}]).status_code
     print(json.dumps(codes), flush=True)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +92,18 @@ def task(fast):
 
 def definition(mode: str, *, timeout: int = 60, **envs) -> dict:
     pairs = [{"name": "MODE", "value": mode}] + [{"name": k, "value": str(v)} for k, v in envs.items()]
-    return {"imageName": "jobs:v1", "commands": ["python", "/opt/app/job.py"], "envs": pairs,
-            "execTimeoutSeconds": timeout}
+    return {
+        "imageName": "jobs:v1",
+        "commands": ["python", "/opt/app/job.py"],
+        "envs": pairs,
+        "execTimeoutSeconds": timeout,
+    }
 
 
 def events(client, project_id, task_id, job_id) -> list[dict]:
-    return client.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/events",
-                     params={"pageSize": 1000})["items"]
+    return client.ok(
+        "GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/events", params={"pageSize": 1000}
+    )["items"]
 
 
 def pid_alive(pid: int) -> bool:
@@ -123,7 +128,13 @@ def test_statuses_move_through_the_lifecycle_with_timed_events(fast, task):
     fast.wait_terminal(project_id, task_id, 1)
     history = events(fast, project_id, task_id, f"{parent}:0")
     assert [e["status"] for e in history] == [
-        "SUBMITTED_TO_RESCALE", "SUBMITTED_TO_PROVIDER", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"]
+        "SUBMITTED_TO_RESCALE",
+        "SUBMITTED_TO_PROVIDER",
+        "RUNNABLE",
+        "STARTING",
+        "RUNNING",
+        "SUCCEEDED",
+    ]
     times = [e["dateTime"] for e in history]
     assert times == sorted(times)
     assert all(e["jobId"] == f"{parent}:0" and e["userCancelledEvent"] is False for e in history)
@@ -155,7 +166,11 @@ def test_job_environment_and_command_mapping(fast, task, monkeypatch):
         assert report["token_in_argv"] is False
         claims = json.loads(jwt.utils.base64url_decode(report["token_claims"]))
         assert (claims["tokenType"], claims["projectId"], claims["taskId"], claims["jobId"]) == (
-            "JOB", project_id, task_id, job_id)
+            "JOB",
+            project_id,
+            task_id,
+            job_id,
+        )
         assert report["HOME"] == report["cwd"] and not Path(report["cwd"]).exists()
         seen[index] = report["cwd"]
     assert seen[0] != seen[1]
@@ -258,8 +273,11 @@ def test_unknown_image_missing_repository_or_executable_fail_to_start(fast, task
     no_repo = fast.submit(other_project, other_task, definition("ok"))
     fast.wait_terminal(project_id, task_id, 2)
     fast.wait_terminal(other_project, other_task, 1)
-    for project, task_, parent in ((project_id, task_id, unknown), (project_id, task_id, no_binary),
-                                   (other_project, other_task, no_repo)):
+    for project, task_, parent in (
+        (project_id, task_id, unknown),
+        (project_id, task_id, no_binary),
+        (other_project, other_task, no_repo),
+    ):
         job = fast.job(project, task_, f"{parent}:0")
         assert job["status"] == "FAILED" and job["failureCode"] == "ErrorStartingContainer", job
 
@@ -306,16 +324,27 @@ def test_job_token_reaches_only_its_own_project_and_task(fast, task):
     other_task = fast.new_task(project_id)
     other_project = fast.new_project()
     # 60 s: nine requests do not fit in the module's usual 0.6 s on a loaded machine.
-    parent = fast.submit(project_id, task_id, definition("api", timeout=6000, OTHER_PROJECT=other_project,
-                                                         OTHER_TASK=other_task))
+    parent = fast.submit(
+        project_id, task_id, definition("api", timeout=6000, OTHER_PROJECT=other_project, OTHER_TASK=other_task)
+    )
     fast.wait_terminal(project_id, task_id, 1)
     assert fast.job(project_id, task_id, f"{parent}:0")["status"] == "SUCCEEDED"
     codes = json.loads(fast.logs(project_id, task_id, f"{parent}:0")[-1])
-    assert codes == {"own_project_token": 200, "own_task_token": 200, "own_jobs": 200, "other_task_token": 403,
-                     "other_project": 403, "other_project_token": 403, "project_list": 403, "regions": 403,
-                     "submit": 403}
-    assert fast.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")["jobStatuses"][
-        "SUCCEEDED"] == 1
+    assert codes == {
+        "own_project_token": 200,
+        "own_task_token": 200,
+        "own_jobs": 200,
+        "other_task_token": 403,
+        "other_project": 403,
+        "other_project_token": 403,
+        "project_list": 403,
+        "regions": 403,
+        "submit": 403,
+    }
+    assert (
+        fast.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")["jobStatuses"]["SUCCEEDED"]
+        == 1
+    )
 
 
 def test_deleting_a_task_kills_its_jobs(fast, task):
@@ -326,8 +355,9 @@ def test_deleting_a_task_kills_its_jobs(fast, task):
     fast.ok("DELETE", f"/htc/projects/{project_id}/tasks/{task_id}")
     wait_for(lambda: fast.job(project_id, task_id, f"{parent}:0")["status"] == "FAILED")
     assert not pid_alive(pid)
-    refused = fast.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=[{"htcJobDefinition": {
-        "imageName": "jobs:v1"}}])
+    refused = fast.post(
+        f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=[{"htcJobDefinition": {"imageName": "jobs:v1"}}]
+    )
     assert refused.status_code == 404
 
 
@@ -345,5 +375,6 @@ def test_status_refresh_delay_holds_statuses_until_the_next_tick(job_image, clie
         assert emu.backend.visible_time() == emu.backend.started_at, "too slow: the first tick has passed"
         assert job["status"] == "SUBMITTED_TO_RESCALE" and history == ["SUBMITTED_TO_RESCALE"]
         assert stats["jobStatuses"]["SUBMITTED_TO_RESCALE"] == 1
-        wait_for(lambda: client.job(project_id, task_id, f"{parent}:0")["status"] == "SUCCEEDED",
-                 timeout=8, interval=0.2)
+        wait_for(
+            lambda: client.job(project_id, task_id, f"{parent}:0")["status"] == "SUCCEEDED", timeout=8, interval=0.2
+        )

@@ -21,14 +21,15 @@ import pytest
 from htc_emulator import running
 from htc_emulator.launcher import ProcessLauncher
 
-PROBE = r'''
+PROBE = r"""
 import json, os, signal, sys
 import cv2  # preloaded by the template
 report = {
     "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "path0": sys.path[0],
     "path": sys.path[1:], "name": __name__, "file": __file__, "main": {k: repr(type(globals().get(k, "unset")))
         for k in ("__loader__", "__spec__", "__package__", "__cached__", "__builtins__", "__doc__")},
-    "handlers": {s: str(signal.getsignal(getattr(signal, s))) for s in ("SIGTERM", "SIGINT", "SIGPIPE", "SIGCHLD", "SIGHUP")},
+    "handlers": {s: str(signal.getsignal(getattr(signal, s)))
+                 for s in ("SIGTERM", "SIGINT", "SIGPIPE", "SIGCHLD", "SIGHUP")},
     "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
     "stdin": sys.stdin.read(), "leak": getattr(json, "LEAKED", None), "flags": str(sys.flags),
     "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
@@ -47,7 +48,7 @@ if mode == "raise":
 if mode == "signal":
     sys.stdout.flush()
     os.kill(os.getpid(), signal.SIGTERM)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,17 @@ def default_signals() -> None:
 
 
 def direct(argv, env, cwd) -> tuple[int, str]:
-    result = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, check=False, preexec_fn=default_signals)
+    result = subprocess.run(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+        preexec_fn=default_signals,
+    )
     return result.returncode, result.stdout
 
 
@@ -94,9 +104,16 @@ def comparable(output: str) -> tuple:
     return report, [line for line in output.splitlines() if not line.startswith("{")]
 
 
-@pytest.mark.parametrize("args, returncode", [
-    (["ok"], 0), (["exit", "7"], 7), (["message"], 1), (["raise"], 1), (["signal"], -signal.SIGTERM),
-])
+@pytest.mark.parametrize(
+    "args, returncode",
+    [
+        (["ok"], 0),
+        (["exit", "7"], 7),
+        (["message"], 1),
+        (["raise"], 1),
+        (["signal"], -signal.SIGTERM),
+    ],
+)
 def test_a_python_job_in_the_template_is_the_same_as_a_fresh_process(launcher, tmp_path, args, returncode):
     launcher, base = launcher
     script = tmp_path / "probe.py"
@@ -139,8 +156,11 @@ def test_python_c_and_other_commands_keep_argv_env_and_cwd(launcher, tmp_path):
 
 def test_a_job_process_does_not_outlive_its_supervisor(launcher, tmp_path):
     launcher, env = launcher
-    process = launcher.start([sys.executable, "-c", "import os, time; print(os.getpid(), os.getppid(), flush=True); "
-                              "time.sleep(600)"], env, tmp_path)
+    process = launcher.start(
+        [sys.executable, "-c", "import os, time; print(os.getpid(), os.getppid(), flush=True); time.sleep(600)"],
+        env,
+        tmp_path,
+    )
     with process.stdout:
         job, supervisor = map(int, process.stdout.readline().split())
         os.kill(supervisor, signal.SIGKILL)
@@ -218,18 +238,22 @@ def task(emu):
 
 def submit(emu, task, tmp_path, mode: str, timeout: int = 600, **definition) -> tuple[str, Path]:
     term_file = tmp_path / f"term-{mode}"
-    envs = [{"name": "MODE", "value": mode}, {"name": "TERM_FILE", "value": str(term_file)},
-            {"name": "HOG_MIB", "value": "400"}]
-    parent = emu.submit(*task, {"imageName": "launch:v1", "envs": envs, "execTimeoutSeconds": timeout,
-                                **definition})
+    envs = [
+        {"name": "MODE", "value": mode},
+        {"name": "TERM_FILE", "value": str(term_file)},
+        {"name": "HOG_MIB", "value": "400"},
+    ]
+    parent = emu.submit(*task, {"imageName": "launch:v1", "envs": envs, "execTimeoutSeconds": timeout, **definition})
     return f"{parent}:0", term_file
 
 
 def escapees(client, task, job_id) -> list[int]:
     """The pids of the two processes the job left in sessions of their own, from its log."""
+
     def logged():
         pids = [int(line.split()[1]) for line in client.logs(*task, job_id) if line.startswith("escapee")]
         return pids if len(pids) == 2 else None
+
     pids = wait_for(logged)
     assert all(pid_alive(pid) for pid in pids) or client.job(*task, job_id)["status"] in ("SUCCEEDED", "FAILED")
     return pids

@@ -27,8 +27,13 @@ from schemathesis.specs.openapi.checks import (
 
 from htc_emulator.spec import corrected_spec, load_spec
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          negative_data_rejection]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
 EXAMPLES_PER_OPERATION = 4
 SEQUENCES = 60
 
@@ -81,11 +86,16 @@ def load_schema(emulator, openapi_spec, modes: list[GenerationMode]):
     # Sequences follow the workflow's links only; links Schemathesis would infer
     # (from every projectId to every operation taking one) drown them out.
     schema.config.phases.stateful.inference.algorithms = []
-    schema.config.generation.update(modes=modes,
-                                    max_examples=EXAMPLES_PER_OPERATION, deterministic=True, database="none",
-                                    # Every call carries the bearer token, and unknown query parameters are
-                                    # ignored, as HTTP APIs (the platform's too) do: neither is invalid data.
-                                    with_security_parameters=False, allow_extra_parameters=False)
+    schema.config.generation.update(
+        modes=modes,
+        max_examples=EXAMPLES_PER_OPERATION,
+        deterministic=True,
+        database="none",
+        # Every call carries the bearer token, and unknown query parameters are
+        # ignored, as HTTP APIs (the platform's too) do: neither is invalid data.
+        with_security_parameters=False,
+        allow_extra_parameters=False,
+    )
     return schema
 
 
@@ -100,10 +110,19 @@ def bearer(api) -> dict:
 
 
 # Every operation of the spec, one test each (read from the project's own copy).
-OPERATIONS = [(method.upper(), path) for path, item in load_spec()["paths"].items()
-              for method in ("get", "put", "post", "patch", "delete") if method in item]
-SETTINGS = settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
+OPERATIONS = [
+    (method.upper(), path)
+    for path, item in load_spec()["paths"].items()
+    for method in ("get", "put", "post", "patch", "delete")
+    if method in item
+]
+SETTINGS = settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def test_the_spec_has_57_operations():
@@ -135,8 +154,11 @@ def small_runnable_batches(ctx, body):
     if ctx.operation.label != BATCH or not isinstance(body, list):
         return body
     definition = {"imageName": "opencv-htc-tutorial:v1", "commands": ["python", "-c", "pass"]}
-    return [{"batchSize": min(batch.get("batchSize", 1), 3), "htcJobDefinition": definition}
-            for batch in body[:2] if isinstance(batch, dict)] or [{"htcJobDefinition": definition}]
+    return [
+        {"batchSize": min(batch.get("batchSize", 1), 3), "htcJobDefinition": definition}
+        for batch in body[:2]
+        if isinstance(batch, dict)
+    ] or [{"htcJobDefinition": definition}]
 
 
 def test_sequences_through_the_links(emulator, openapi_spec, bearer, monkeypatch):
@@ -148,9 +170,11 @@ def test_sequences_through_the_links(emulator, openapi_spec, bearer, monkeypatch
     schema.hook("map_body")(small_runnable_batches)
     schema.hook("map_query")(lambda ctx, query: {"group": "sequence"} if ctx.operation.label == BATCH else query)
     likely_root = schemathesis_stateful.is_likely_root_transition
-    monkeypatch.setattr(schemathesis_stateful, "is_likely_root_transition",
-                        lambda operation, *rest: operation.label == "POST /htc/projects"
-                        or likely_root(operation, *rest))
+    monkeypatch.setattr(
+        schemathesis_stateful,
+        "is_likely_root_transition",
+        lambda operation, *rest: operation.label == "POST /htc/projects" or likely_root(operation, *rest),
+    )
 
     class Sequences(schema.as_state_machine()):
         def get_call_kwargs(self, case):
@@ -164,6 +188,12 @@ def test_sequences_through_the_links(emulator, openapi_spec, bearer, monkeypatch
 
     run_state_machine_as_test(Sequences, settings=settings(SETTINGS, max_examples=SEQUENCES, stateful_step_count=10))
     # The sequences went through the workflow, not only into 404s and 400s.
-    for step in [("POST", "/htc/projects", 200), ("POST", PROJECT + "/tasks", 200), ("GET", TASK, 200),
-                 ("POST", TASK + "/jobs/batch", 200), ("POST", TASK + "/jobs/cancel", 200), ("DELETE", TASK, 200)]:
+    for step in [
+        ("POST", "/htc/projects", 200),
+        ("POST", PROJECT + "/tasks", 200),
+        ("GET", TASK, 200),
+        ("POST", TASK + "/jobs/batch", 200),
+        ("POST", TASK + "/jobs/cancel", 200),
+        ("DELETE", TASK, 200),
+    ]:
         assert step in reached, "\n".join(map(str, sorted(reached)))

@@ -16,8 +16,11 @@ def s3_for(token: dict):
         aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
         aws_session_token=credentials["AWS_SESSION_TOKEN"],
-    ).client("s3", region_name=token["region"][4:].lower().replace("_", "-"),
-             config=Config(retries={"total_max_attempts": 1}))
+    ).client(
+        "s3",
+        region_name=token["region"][4:].lower().replace("_", "-"),
+        config=Config(retries={"total_max_attempts": 1}),
+    )
 
 
 def split(storage_path: str) -> tuple[str, str]:
@@ -34,7 +37,7 @@ def layout(api):
 
 def keys(client, bucket: str, prefix: str) -> list[str]:
     listing = client.list_objects_v2(Bucket=bucket, Prefix=prefix)
-    return sorted(obj["Key"][len(prefix):] for obj in listing.get("Contents", []))
+    return sorted(obj["Key"][len(prefix) :] for obj in listing.get("Contents", []))
 
 
 def test_upload_with_project_token_download_with_task_token(api, layout, emulator, monkeypatch):
@@ -56,8 +59,11 @@ def test_upload_with_project_token_download_with_task_token(api, layout, emulato
 def test_presigned_put_url_uploads_into_its_prefix(api, layout, emulator, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", emulator.s3_endpoint)
     project_id, task_id, _ = layout
-    presigned = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url",
-                       params={"filePath": "uploads/data.bin"})
+    presigned = api.ok(
+        "GET",
+        f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url",
+        params={"filePath": "uploads/data.bin"},
+    )
     assert requests.put(presigned["url"], data=b"payload", timeout=30).status_code == 200
     task_s3 = s3_for(api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/token"))
     body = task_s3.get_object(Bucket=emulator.bucket, Key=f"projects/{project_id}/tasks/{task_id}/uploads/data.bin")
@@ -93,7 +99,7 @@ def test_storage_tokens_expire_in_the_future(api, layout):
     project_id, _, _ = layout
     token = api.ok("GET", f"/htc/projects/{project_id}/storage/token")
     expiration = dt.datetime.fromisoformat(token["expiration"].replace("Z", "+00:00"))
-    assert dt.timedelta(minutes=50) < expiration - dt.datetime.now(dt.timezone.utc) < dt.timedelta(minutes=70)
+    assert dt.timedelta(minutes=50) < expiration - dt.datetime.now(dt.UTC) < dt.timedelta(minutes=70)
 
 
 def test_s3_refuses_what_does_not_exist(api, layout, emulator, monkeypatch):

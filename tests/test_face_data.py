@@ -1,4 +1,8 @@
-"""Tests for face_data: the fetched set's key facts, fetch idempotence, box-carrying augmentation, scale-up determinism, scoring."""
+"""Tests for face_data.
+
+The fetched set's key facts, fetch idempotence, box-carrying augmentation, scale-up determinism, scoring.
+"""
+
 from __future__ import annotations
 
 import json
@@ -74,12 +78,20 @@ def test_second_fetch_only_verifies(tmp_path):
 
     shutil.copytree(DATA, tmp_path / "data")
     manifest = tmp_path / "data" / "ground_truth.json"
-    before = (manifest.read_bytes(), manifest.stat().st_mtime_ns, sorted(p.name for p in (tmp_path / "data/images").iterdir()))
+    before = (
+        manifest.read_bytes(),
+        manifest.stat().st_mtime_ns,
+        sorted(p.name for p in (tmp_path / "data/images").iterdir()),
+    )
     present = {e["source"] for e in ground_truth.load(manifest)["images"].values()}
     sources = [Source(s.key, no_network) for s in all_sources() if any(label.startswith(s.key) for label in present)]
     _, outcome = fetch.update(tmp_path / "data", sources)
     assert outcome == {"verified": [s.key for s in sources], "fetched": [], "skipped": []}
-    after = (manifest.read_bytes(), manifest.stat().st_mtime_ns, sorted(p.name for p in (tmp_path / "data/images").iterdir()))
+    after = (
+        manifest.read_bytes(),
+        manifest.stat().st_mtime_ns,
+        sorted(p.name for p in (tmp_path / "data/images").iterdir()),
+    )
     assert after == before
 
 
@@ -214,7 +226,12 @@ def small_src(tmp_path) -> Path:
     for name, faces, boxes in [("labelled.png", 1, [[60, 40, 50, 50]]), ("counted.jpg", 2, None), ("empty.png", 0, [])]:
         data = encode(rng.integers(0, 256, (180, 240, 3), dtype=np.uint8), Path(name).suffix)
         (src / "images" / name).write_bytes(data)
-        entries[name] = {"source": "test", "sha256": ground_truth.sha256_file(src / "images" / name), "faces": faces, "boxes": boxes}
+        entries[name] = {
+            "source": "test",
+            "sha256": ground_truth.sha256_file(src / "images" / name),
+            "faces": faces,
+            "boxes": boxes,
+        }
     ground_truth.save(entries, src / "ground_truth.json")
     return src
 
@@ -237,7 +254,11 @@ def test_scale_up_ground_truth_is_consistent_and_reruns_leave_no_stale_images(sm
     scale_up.main(["--count", "12", "--src", str(small_src), "--dest", str(dest)])
     derived = ground_truth.load(dest / "ground_truth.json")["images"]
     assert sorted(derived) == sorted(p.name for p in (dest / "images").iterdir())
-    assert {e["source"] for e in derived.values()} == {"scale_up:counted.jpg", "scale_up:empty.png", "scale_up:labelled.png"}
+    assert {e["source"] for e in derived.values()} == {
+        "scale_up:counted.jpg",
+        "scale_up:empty.png",
+        "scale_up:labelled.png",
+    }
     for name, e in derived.items():
         assert ground_truth.sha256_file(dest / "images" / name) == e["sha256"]
         h, w = cv2.imread(str(dest / "images" / name)).shape[:2]
@@ -308,8 +329,10 @@ def test_precision_recall_counts_only_images_with_known_boxes_that_were_detected
 
 
 def test_ground_truth_save_load_round_trip_and_version_check(tmp_path):
-    images = {"b.jpg": {"source": "s", "sha256": "0", "faces": None, "boxes": None},
-              "a.jpg": {"source": "s", "sha256": "1", "faces": 1, "boxes": [[1, 2, 3, 4]]}}
+    images = {
+        "b.jpg": {"source": "s", "sha256": "0", "faces": None, "boxes": None},
+        "a.jpg": {"source": "s", "sha256": "1", "faces": 1, "boxes": [[1, 2, 3, 4]]},
+    }
     ground_truth.save(images, tmp_path / "gt.json")
     assert ground_truth.load(tmp_path / "gt.json") == {"version": 1, "images": images}
     (tmp_path / "bad.json").write_text(json.dumps({"version": 2, "images": {}}))

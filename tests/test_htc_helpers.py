@@ -1,25 +1,35 @@
 """htc_helpers.py: pure functions here, then everything else against the running emulator over HTTP."""
 
+import json
+import re
+import time
+import uuid
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+import requests
 
+import config
 import htc_helpers as htc
+from htc_emulator import running
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- pure functions ----------------------------------------------------------------------
 
+
 def job(status, code=None, reason=None):
     return {"status": status, "failureCode": code, "statusReason": reason}
 
 
 def test_status_counts_all_nine_statuses_and_unknown_ones():
-    counts = htc.status_counts([job("RUNNING"), job("POD_FAILED"), job("POD_SUCCEEDED"),
-                                job("POD_FAILED"), job("SOME_FUTURE_STATUS")])
+    counts = htc.status_counts(
+        [job("RUNNING"), job("POD_FAILED"), job("POD_SUCCEEDED"), job("POD_FAILED"), job("SOME_FUTURE_STATUS")]
+    )
     assert list(counts)[:9] == list(htc.JOB_STATUSES)
     assert counts["POD_FAILED"] == 2 and counts["POD_SUCCEEDED"] == 1 and counts["RUNNING"] == 1
     assert counts["SOME_FUTURE_STATUS"] == 1
@@ -27,11 +37,13 @@ def test_status_counts_all_nine_statuses_and_unknown_ones():
 
 
 def test_failure_summary_counts_first_occurrence_as_one():
-    jobs = [job("FAILED", "ErrorTimeout", "Job timed out"),
-            job("FAILED", "ErrorNonZeroContainerExitCode", "Essential container exited"),
-            job("FAILED", "ErrorTimeout", "Job timed out"),
-            job("POD_FAILED", "ErrorInstanceTermination", "Spot reclaimed"),
-            job("SUCCEEDED", None, "Completed")]
+    jobs = [
+        job("FAILED", "ErrorTimeout", "Job timed out"),
+        job("FAILED", "ErrorNonZeroContainerExitCode", "Essential container exited"),
+        job("FAILED", "ErrorTimeout", "Job timed out"),
+        job("POD_FAILED", "ErrorInstanceTermination", "Spot reclaimed"),
+        job("SUCCEEDED", None, "Completed"),
+    ]
     assert htc.failure_summary(jobs) == {
         "ErrorTimeout: Job timed out": 2,
         "ErrorInstanceTermination: Spot reclaimed": 1,
@@ -42,8 +54,9 @@ def test_failure_summary_counts_first_occurrence_as_one():
 
 
 def results(*rows):
-    return pd.DataFrame([dict(zip(["image", "faces", "status"], r)) for r in rows],
-                        columns=htc.RESULT_COLUMNS).astype({"faces": "Int64"})
+    return pd.DataFrame(
+        [dict(zip(["image", "faces", "status"], r, strict=True)) for r in rows], columns=htc.RESULT_COLUMNS
+    ).astype({"faces": "Int64"})
 
 
 def test_find_max_faces_returns_every_tied_image():
@@ -65,14 +78,19 @@ def test_find_max_faces_empty_when_no_face_anywhere(df):
 
 def test_missing_results_names_absent_and_failed_images_in_input_order():
     df = results(("a.jpg", 1, "ok"), ("c.jpg", None, "error"), ("d.jpg", 0, "ok"))
-    assert htc.missing_results(["e.jpg", "a.jpg", "c.jpg", "b.jpg", "d.jpg", "e.jpg"], df) == \
-        ["e.jpg", "c.jpg", "b.jpg"]
+    assert htc.missing_results(["e.jpg", "a.jpg", "c.jpg", "b.jpg", "d.jpg", "e.jpg"], df) == [
+        "e.jpg",
+        "c.jpg",
+        "b.jpg",
+    ]
     assert htc.missing_results(["a.jpg", "d.jpg"], df) == []
 
 
 def test_next_page_keeps_the_parameters_and_takes_only_the_page_index():
-    params = htc._next_params({"group": "g", "pageSize": 5, "pageIndex": "old"},
-                              "http://h/api/v1/htc/projects/p/tasks/t/jobs?group=g&pageIndex=abc&pageSize=7")
+    params = htc._next_params(
+        {"group": "g", "pageSize": 5, "pageIndex": "old"},
+        "http://h/api/v1/htc/projects/p/tasks/t/jobs?group=g&pageIndex=abc&pageSize=7",
+    )
     assert params == {"group": "g", "pageSize": 5, "pageIndex": "abc"}  # each parameter once
     assert htc._next_params({"x": "y"}, "?pageIndex=2") == {"x": "y", "pageIndex": "2"}
 
@@ -102,9 +120,17 @@ def test_aws_region_mapping():
 
 def test_plot_status_history_drops_always_zero_statuses():
     t0, t1 = pd.Timestamp("2025-01-01T00:00Z"), pd.Timestamp("2025-01-01T00:00:30Z")
-    history = pd.DataFrame([(t0, "RUNNING", 2), (t0, "SUCCEEDED", 0), (t0, "FAILED", 0),
-                            (t1, "RUNNING", 0), (t1, "SUCCEEDED", 2), (t1, "FAILED", 0)],
-                           columns=["time", "status", "count"])
+    history = pd.DataFrame(
+        [
+            (t0, "RUNNING", 2),
+            (t0, "SUCCEEDED", 0),
+            (t0, "FAILED", 0),
+            (t1, "RUNNING", 0),
+            (t1, "SUCCEEDED", 2),
+            (t1, "FAILED", 0),
+        ],
+        columns=["time", "status", "count"],
+    )
     fig = htc.plot_status_history(history)
     assert isinstance(fig, go.Figure)
     assert [trace.name for trace in fig.data] == ["RUNNING", "SUCCEEDED"]
@@ -143,16 +169,6 @@ def test_no_host_hard_coded_outside_config():
 
 # --- against the emulator ----------------------------------------------------------------
 
-import json
-import re
-import time
-import uuid
-from urllib.parse import parse_qsl, urlsplit
-
-import requests
-
-import config
-from htc_emulator import running
 
 TUTORIAL_IMAGE = "opencv-htc-tutorial:v1"
 DATA = ROOT / "data"
@@ -165,16 +181,18 @@ def session(emulator):
 
 
 def new_project(session, repository=None):
-    project = session.post("/htc/projects", json={"projectName": "helpers", "projectDescription": "pytest",
-                                                  "regions": ["AWS_EU_WEST_1"]}).json()
+    project = session.post(
+        "/htc/projects", json={"projectName": "helpers", "projectDescription": "pytest", "regions": ["AWS_EU_WEST_1"]}
+    ).json()
     if repository:
         session.post(f"/htc/projects/{project['projectId']}/container-registry/repo/{repository}")
     return project["projectId"]
 
 
 def new_task(session, project_id, name="t"):
-    return session.post(f"/htc/projects/{project_id}/tasks",
-                        json={"taskName": name, "taskDescription": "pytest"}).json()["taskId"]
+    return session.post(
+        f"/htc/projects/{project_id}/tasks", json={"taskName": name, "taskDescription": "pytest"}
+    ).json()["taskId"]
 
 
 def record_responses(session):
@@ -204,12 +222,15 @@ def test_bearer_token_only_sent_to_the_api(emulator):
 
 # --- typed errors
 
+
 def test_400_carries_the_servers_error_description(session):
     project_id = new_project(session)
     task_id = new_task(session, project_id)
     with pytest.raises(htc.HtcBadRequest) as err:
-        session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
-                     json=[{"batchSize": 0, "htcJobDefinition": {"imageName": "x:v1"}}])
+        session.post(
+            f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+            json=[{"batchSize": 0, "htcJobDefinition": {"imageName": "x:v1"}}],
+        )
     assert err.value.status == 400 and "batchSize" in err.value.description
     assert err.value.description in str(err.value) and err.value.method == "POST"
 
@@ -225,10 +246,13 @@ def test_403_for_a_job_token_outside_its_scope(session, emulator, monkeypatch):
     project_id = new_project(session)
     task_id = new_task(session, project_id)
     # A job token lives as long as its job (and a minute): this job fails at once, which is enough here.
-    parent = session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
-                          json=[{"htcJobDefinition": {"imageName": "not-in-the-registry:v1"}}]).json()[0]["parentJobId"]
-    token = emulator.scheduler.tokens.job_token(project_id=project_id, task_id=task_id,
-                                                 job_id=f"{parent}:0", lifetime=60)
+    parent = session.post(
+        f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+        json=[{"htcJobDefinition": {"imageName": "not-in-the-registry:v1"}}],
+    ).json()[0]["parentJobId"]
+    token = emulator.scheduler.tokens.job_token(
+        project_id=project_id, task_id=task_id, job_id=f"{parent}:0", lifetime=60
+    )
     monkeypatch.setenv("RESCALE_HTC_BEARER_TOKEN", token)
     job_session = htc.HtcSession(emulator.api_url)
     assert htc.task_storage_token(job_session, project_id, task_id)["projectId"] == project_id
@@ -264,8 +288,9 @@ def fast_session(emu, **kwargs):
     return session
 
 
-@pytest.mark.parametrize("kind, error", [("429", htc.HtcRateLimited), ("503", htc.HtcServerError),
-                                         ("500", htc.HtcServerError)])
+@pytest.mark.parametrize(
+    "kind, error", [("429", htc.HtcRateLimited), ("503", htc.HtcServerError), ("500", htc.HtcServerError)]
+)
 def test_429_and_5xx_raise_typed_errors_once_retries_run_out(faulty, faults, kind, error):
     session = fast_session(faulty, max_retries=1)
     faults.script([kind] * 3)
@@ -276,6 +301,7 @@ def test_429_and_5xx_raise_typed_errors_once_retries_run_out(faulty, faults, kin
 
 
 # --- retries
+
 
 def test_get_retries_429_and_5xx_and_honours_retry_after(faulty, faults):
     session = fast_session(faulty)
@@ -327,6 +353,7 @@ def test_read_timeout_not_retried_for_post(faulty, faults):
 
 def test_connection_errors_are_raised_after_retries():
     import socket
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound but not listening: connections are refused
@@ -336,6 +363,7 @@ def test_connection_errors_are_raised_after_retries():
 
 
 # --- token renewal
+
 
 @pytest.fixture(scope="module")
 def short_tokens():
@@ -380,8 +408,10 @@ def test_expired_job_token_is_not_renewed(short_tokens, monkeypatch):
     admin = htc.HtcSession(short_tokens.api_url, short_tokens.api_key)
     project_id = new_project(admin)
     task_id = new_task(admin, project_id)
-    monkeypatch.setenv("RESCALE_HTC_BEARER_TOKEN", short_tokens.scheduler.tokens.job_token(
-        project_id=project_id, task_id=task_id, job_id="j:0", lifetime=1))
+    monkeypatch.setenv(
+        "RESCALE_HTC_BEARER_TOKEN",
+        short_tokens.scheduler.tokens.job_token(project_id=project_id, task_id=task_id, job_id="j:0", lifetime=1),
+    )
     job_session = htc.HtcSession(short_tokens.api_url)
     seen = record_responses(job_session)
     time.sleep(1.1)
@@ -391,6 +421,7 @@ def test_expired_job_token_is_not_renewed(short_tokens, monkeypatch):
 
 
 # --- paging
+
 
 def test_paginate_follows_next_without_duplicating_parameters(session):
     project_id = new_project(session)
@@ -409,8 +440,9 @@ def test_paginate_follows_next_without_duplicating_parameters(session):
     # Each call's pageIndex is the one the previous page's `next` carried.
     links = [r.json().get("next") for r in seen]
     assert links[-1] is None
-    assert [dict(parse_qsl(urlsplit(r.url).query))["pageIndex"] for r in seen[1:]] == \
-        [dict(parse_qsl(urlsplit(link).query))["pageIndex"] for link in links[:-1]]
+    assert [dict(parse_qsl(urlsplit(r.url).query))["pageIndex"] for r in seen[1:]] == [
+        dict(parse_qsl(urlsplit(link).query))["pageIndex"] for link in links[:-1]
+    ]
 
     seen.clear()
     assert [t["taskId"] for t in htc.paginate(session, url, {"pageSize": 3}, max_items=4)] == created[:4]
@@ -443,6 +475,7 @@ def test_paginate_stays_on_the_api_when_next_names_another_host(session):
 
 # --- storage
 
+
 def make_tree(root: Path) -> dict[str, bytes]:
     files = {"image_list.dat": b"a.jpg\nsub/b.jpg\n", "a.jpg": b"\xff\xd8a", "sub/b.jpg": b"\xff\xd8b"}
     for key, data in files.items():
@@ -472,6 +505,7 @@ def test_storage_round_trip_shared_and_task(session, tmp_path):
 
 def rewrite_json(session, path_pattern, change):
     """Edit the JSON of real responses whose path matches: the server's answers as another platform might give them."""
+
     def hook(response, *args, **kwargs):
         if response.ok and re.search(path_pattern, urlsplit(response.url).path):
             body = response.json()
@@ -496,9 +530,11 @@ def test_task_storage_found_through_regional_storage_without_storage_path(emulat
     session = htc.HtcSession(emulator.api_url, emulator.api_key)
     rewrite_json(session, r"/storage/token(/[^/]+)?$", without_storage_path)
     if task_path == "bare key prefix":
+
         def bare(body):
             for store in body["regionalStores"]:
                 store["taskPath"] = store["taskPath"].removeprefix(f"s3://{emulator.bucket}/")
+
         rewrite_json(session, r"/regional-storage$", bare)
     seen = record_responses(session)
     assert "storagePath" not in htc.task_storage_token(session, project_id, task_id)
@@ -521,8 +557,13 @@ def test_task_storage_without_any_path_is_a_clear_error(emulator):
     project_id = new_project(session)
     task_id = new_task(session, project_id)
     rewrite_json(session, r"/storage/token(/[^/]+)?$", without_storage_path)
-    rewrite_json(session, r"/regional-storage$", lambda body: body.update(regionalStores=[
-        {**store, "region": "AWS_US_WEST_2"} for store in body["regionalStores"]]))
+    rewrite_json(
+        session,
+        r"/regional-storage$",
+        lambda body: body.update(
+            regionalStores=[{**store, "region": "AWS_US_WEST_2"} for store in body["regionalStores"]]
+        ),
+    )
     with pytest.raises(htc.HtcError, match=rf"no storage path for task {task_id}.*taskPath for region AWS_EU_WEST_1"):
         htc.list_objects(session, project_id, task_id)
 
@@ -537,8 +578,9 @@ def test_storage_on_another_provider_is_refused(emulator):
 
 def test_storage_credentials_renewed_when_they_expire(session, tmp_path, monkeypatch):
     project_id = new_project(session)
-    lifetime = (htc._timestamp(htc.project_storage_token(session, project_id)["expiration"])
-                - pd.Timestamp.now(tz="UTC")).total_seconds()
+    lifetime = (
+        htc._timestamp(htc.project_storage_token(session, project_id)["expiration"]) - pd.Timestamp.now(tz="UTC")
+    ).total_seconds()
     # Treat the credentials as due for renewal 0.5 s after they were issued.
     monkeypatch.setattr(htc, "STORAGE_RENEW_BEFORE", lifetime)
     monkeypatch.setattr(htc, "STORAGE_RENEW_FRACTION", 1 - 0.5 / lifetime)
@@ -566,6 +608,7 @@ def test_storage_transfers_survive_injected_s3_errors(faulty, faults, tmp_path, 
 
 # --- aggregation from manifests written here
 
+
 def put_text(session, project_id, task_id, tmp_path, files: dict[str, str]):
     root = tmp_path / uuid.uuid4().hex
     for key, text in files.items():
@@ -582,28 +625,45 @@ def manifest(*records):
 def test_collect_results_from_manifests_and_dat_files(session, tmp_path):
     project_id = new_project(session)
     task_id = new_task(session, project_id)
-    put_text(session, project_id, task_id, tmp_path, {
-        "manifests/chunk-00000.jsonl": manifest({"image": "a.jpg", "faces": 3, "status": "ok"},
-                                                {"image": "b.jpg", "faces": None, "status": "error",
-                                                 "error": "not a readable image"}),
-        "manifests/chunk-00001.jsonl": manifest({"image": "c.jpg", "faces": 3, "status": "ok"},
-                                                {"image": "d.jpg", "faces": 0, "status": "ok"}) + "\n",
-        "a.jpg_tagged.dat": "face_cnt\n3\n",
-        # A job that uploaded its outputs but died before its manifest:
-        "e.jpg_tagged.dat": "face_cnt\n2\n",
-    })
+    put_text(
+        session,
+        project_id,
+        task_id,
+        tmp_path,
+        {
+            "manifests/chunk-00000.jsonl": manifest(
+                {"image": "a.jpg", "faces": 3, "status": "ok"},
+                {"image": "b.jpg", "faces": None, "status": "error", "error": "not a readable image"},
+            ),
+            "manifests/chunk-00001.jsonl": manifest(
+                {"image": "c.jpg", "faces": 3, "status": "ok"}, {"image": "d.jpg", "faces": 0, "status": "ok"}
+            )
+            + "\n",
+            "a.jpg_tagged.dat": "face_cnt\n3\n",
+            # A job that uploaded its outputs but died before its manifest:
+            "e.jpg_tagged.dat": "face_cnt\n2\n",
+        },
+    )
     # A later single-image run that succeeded for b.jpg wins over the failed record.
-    put_text(session, project_id, task_id, tmp_path, {
-        "manifests/single-b.jpg.jsonl": manifest({"image": "b.jpg", "faces": 1, "status": "ok"})})
+    put_text(
+        session,
+        project_id,
+        task_id,
+        tmp_path,
+        {"manifests/single-b.jpg.jsonl": manifest({"image": "b.jpg", "faces": 1, "status": "ok"})},
+    )
 
     df = htc.collect_results(session, project_id, task_id)
     assert list(df.columns) == htc.RESULT_COLUMNS
     assert df["image"].tolist() == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
     assert df["faces"].tolist() == [3, 1, 3, 0, 2]
     assert df.set_index("image")["source"].to_dict() == {
-        "a.jpg": "manifests/chunk-00000.jsonl", "b.jpg": "manifests/single-b.jpg.jsonl",
-        "c.jpg": "manifests/chunk-00001.jsonl", "d.jpg": "manifests/chunk-00001.jsonl",
-        "e.jpg": "e.jpg_tagged.dat"}
+        "a.jpg": "manifests/chunk-00000.jsonl",
+        "b.jpg": "manifests/single-b.jpg.jsonl",
+        "c.jpg": "manifests/chunk-00001.jsonl",
+        "d.jpg": "manifests/chunk-00001.jsonl",
+        "e.jpg": "e.jpg_tagged.dat",
+    }
     assert htc.find_max_faces(df)["image"].tolist() == ["a.jpg", "c.jpg"]
     assert htc.missing_results(["a.jpg", "b.jpg", "f.jpg", "e.jpg"], df) == ["f.jpg"]
 
@@ -619,20 +679,25 @@ def test_collect_results_of_an_empty_task(session):
 def test_collect_results_rejects_a_corrupt_manifest(session, tmp_path):
     project_id = new_project(session)
     task_id = new_task(session, project_id)
-    put_text(session, project_id, task_id, tmp_path, {"manifests/chunk-00003.jsonl": manifest(
-        {"image": "a.jpg", "faces": 1, "status": "ok"}) + "{truncated\n"})
+    put_text(
+        session,
+        project_id,
+        task_id,
+        tmp_path,
+        {"manifests/chunk-00003.jsonl": manifest({"image": "a.jpg", "faces": 1, "status": "ok"}) + "{truncated\n"},
+    )
     with pytest.raises(ValueError, match=r"manifests/chunk-00003.jsonl line 2"):
         htc.collect_results(session, project_id, task_id)
 
 
 # --- monitoring
 
+
 def test_monitor_group_timeout_keeps_the_history(session):
     project_id = new_project(session)
     task_id = new_task(session, project_id)
     with pytest.raises(htc.HtcTimeoutError) as err:
-        htc.monitor_group(session, project_id, task_id, "no-such-group", interval=0.1, timeout=0.35,
-                          progress=False)
+        htc.monitor_group(session, project_id, task_id, "no-such-group", interval=0.1, timeout=0.35, progress=False)
     history = err.value.history
     assert isinstance(err.value, TimeoutError)
     assert history["time"].nunique() >= 3 and set(history["status"]) == set(htc.JOB_STATUSES)
@@ -641,10 +706,14 @@ def test_monitor_group_timeout_keeps_the_history(session):
 
 def test_monitor_for_cancellation_judges_the_ratio_only_after_ten_finished(monkeypatch):
     """A scripted sequence of group counts (the decision, not the server, is under test here)."""
-    polls = iter([{"FAILED": 1, "RUNNING": 19},                   # 100 % failed, but only one finished
-                  {"FAILED": 2, "SUCCEEDED": 7, "RUNNING": 11},   # 22 % of nine
-                  {"FAILED": 2, "SUCCEEDED": 8, "RUNNING": 10},   # 20 % of ten: cancel
-                  {"FAILED": 12, "SUCCEEDED": 8}])                # settled after the cancel
+    polls = iter(
+        [
+            {"FAILED": 1, "RUNNING": 19},  # 100 % failed, but only one finished
+            {"FAILED": 2, "SUCCEEDED": 7, "RUNNING": 11},  # 22 % of nine
+            {"FAILED": 2, "SUCCEEDED": 8, "RUNNING": 10},  # 20 % of ten: cancel
+            {"FAILED": 12, "SUCCEEDED": 8},
+        ]
+    )  # settled after the cancel
     seen, cancelled_after = [], []
 
     def counts(*args):
@@ -654,8 +723,9 @@ def test_monitor_for_cancellation_judges_the_ratio_only_after_ten_finished(monke
     monkeypatch.setattr(htc, "group_status_counts", counts)
     monkeypatch.setattr(htc, "cancel_group", lambda *args: cancelled_after.append(len(seen)))
     nowhere = htc.HtcSession("http://127.0.0.1:9/api/v1", "k")  # never used: both calls are replaced
-    cancelled, history = htc.monitor_for_cancellation(nowhere, "p", "t", "g", expected_jobs=20, interval=0,
-                                                      progress=False)
+    cancelled, history = htc.monitor_for_cancellation(
+        nowhere, "p", "t", "g", expected_jobs=20, interval=0, progress=False
+    )
     assert cancelled and cancelled_after == [3]
     assert len(seen) == 4 and len(history) == 4 * len(htc.JOB_STATUSES)
 
@@ -664,13 +734,27 @@ def test_monitor_for_cancellation_judges_the_ratio_only_after_ten_finished(monke
 
 
 def submit(session, project_id, task_id, group, batch_size, *envs, timeout=600):
-    payload = [{"jobName": "helpers-test", "batchSize": batch_size, "htcJobDefinition": {
-        "imageName": TUTORIAL_IMAGE, "maxVCpus": 1, "maxMemory": 512, "execTimeoutSeconds": timeout,
-        "commands": ["python", "/opt/face_tagger.py"],
-        "envs": [{"name": "BATCH_JOB_ARRAY_SIZE", "value": str(batch_size)},
-                 {"name": "IMG_OBJKEY_LIST", "value": "image_list.dat"}, *envs]}}]
-    submitted = session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
-                             params={"group": group}, json=payload).json()
+    payload = [
+        {
+            "jobName": "helpers-test",
+            "batchSize": batch_size,
+            "htcJobDefinition": {
+                "imageName": TUTORIAL_IMAGE,
+                "maxVCpus": 1,
+                "maxMemory": 512,
+                "execTimeoutSeconds": timeout,
+                "commands": ["python", "/opt/face_tagger.py"],
+                "envs": [
+                    {"name": "BATCH_JOB_ARRAY_SIZE", "value": str(batch_size)},
+                    {"name": "IMG_OBJKEY_LIST", "value": "image_list.dat"},
+                    *envs,
+                ],
+            },
+        }
+    ]
+    submitted = session.post(
+        f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", params={"group": group}, json=payload
+    ).json()
     return submitted[0]["parentJobId"]
 
 
@@ -695,8 +779,9 @@ def test_worker_batch_is_monitored_collected_and_checked(session, tutorial_proje
     group = "faces-" + uuid.uuid4().hex[:8]
     parent = submit(session, project_id, task_id, group, 3)
 
-    history = htc.monitor_group(session, project_id, task_id, group, expected_jobs=3, interval=0.2,
-                                timeout=90, progress=False)
+    history = htc.monitor_group(
+        session, project_id, task_id, group, expected_jobs=3, interval=0.2, timeout=90, progress=False
+    )
     last = history[history["time"] == history["time"].max()].set_index("status")["count"]
     assert last["SUCCEEDED"] == 3 and last.sum() == 3
     assert "SUCCEEDED" in [trace.name for trace in htc.plot_status_history(history).data]
@@ -705,8 +790,9 @@ def test_worker_batch_is_monitored_collected_and_checked(session, tutorial_proje
     assert sorted(j["jobUUID"] for j in jobs) == [f"{parent}:{i}" for i in range(3)]
     assert htc.status_counts(jobs)["SUCCEEDED"] == 3 and htc.failure_summary(jobs) == {}
 
-    assert htc.wait_for_job(session, project_id, task_id, f"{parent}:0", interval=0.2, timeout=10)["status"] \
-        == "SUCCEEDED"
+    assert (
+        htc.wait_for_job(session, project_id, task_id, f"{parent}:0", interval=0.2, timeout=10)["status"] == "SUCCEEDED"
+    )
     logs = htc.get_logs(session, project_id, task_id, f"{parent}:0")
     assert "array index 0 of 3" in logs[0]["message"]
     assert logs[-1]["message"].endswith("manifest manifests/chunk-00000.jsonl")
@@ -721,8 +807,11 @@ def test_worker_batch_is_monitored_collected_and_checked(session, tutorial_proje
 
     with_faces = set(results.loc[results["faces"].fillna(0) > 0, "image"])
     assert with_faces, "the Haar cascade found no face in the crowded photos"
-    dats = {k.removesuffix("_tagged.dat") for k in htc.list_objects(session, project_id, task_id)
-            if k.endswith("_tagged.dat")}
+    dats = {
+        k.removesuffix("_tagged.dat")
+        for k in htc.list_objects(session, project_id, task_id)
+        if k.endswith("_tagged.dat")
+    }
     assert dats == with_faces
     best = htc.find_max_faces(results)
     assert not best.empty and (best["faces"] == results["faces"].max()).all()
@@ -737,9 +826,18 @@ def test_too_many_failures_cancel_the_group(session, tutorial_project):
     submit(session, project_id, task_id, group, 6, {"name": "SIMULATE_FAILURES", "value": "1.0"}, timeout=60)
 
     # min_finished=1: six jobs never reach the default of ten, and the first failure must trip it here.
-    cancelled, history = htc.monitor_for_cancellation(session, project_id, task_id, group, max_failed_ratio=0.15,
-                                                      min_finished=1, expected_jobs=6, interval=0.2, timeout=90,
-                                                      progress=False)
+    cancelled, history = htc.monitor_for_cancellation(
+        session,
+        project_id,
+        task_id,
+        group,
+        max_failed_ratio=0.15,
+        min_finished=1,
+        expected_jobs=6,
+        interval=0.2,
+        timeout=90,
+        progress=False,
+    )
     assert cancelled
     last = history[history["time"] == history["time"].max()].set_index("status")["count"]
     assert last["FAILED"] == 6 and last.sum() == 6

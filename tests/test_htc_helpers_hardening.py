@@ -35,10 +35,12 @@ def faults(slow_to_forgive):
 def task(slow_to_forgive):
     """A session with the API's default retries (six, honouring Retry-After), a project and a task."""
     session = htc.HtcSession(slow_to_forgive.api_url, slow_to_forgive.api_key)
-    project = session.post("/htc/projects", json={"projectName": "deadlines", "projectDescription": "pytest",
-                                                  "regions": ["AWS_EU_WEST_1"]}).json()
-    task = session.post(f"/htc/projects/{project['projectId']}/tasks",
-                        json={"taskName": "t", "taskDescription": "pytest"}).json()
+    project = session.post(
+        "/htc/projects", json={"projectName": "deadlines", "projectDescription": "pytest", "regions": ["AWS_EU_WEST_1"]}
+    ).json()
+    task = session.post(
+        f"/htc/projects/{project['projectId']}/tasks", json={"taskName": "t", "taskDescription": "pytest"}
+    ).json()
     return session, project["projectId"], task["taskId"]
 
 
@@ -52,8 +54,7 @@ def test_monitor_group_keeps_its_deadline_through_retry_after(task, faults):
     session, project_id, task_id = task
     rate_limit_after_first_poll(faults, r"group-summary-statistics$")
     with pytest.raises(htc.HtcTimeoutError) as err:
-        htc.monitor_group(session, project_id, task_id, "never-finishes", interval=0.2, timeout=WAIT,
-                          progress=False)
+        htc.monitor_group(session, project_id, task_id, "never-finishes", interval=0.2, timeout=WAIT, progress=False)
     # One 429: its Retry-After ends past the deadline, so no retry is waited for.
     assert faults.injected[("api", "429")] == 1
     history = err.value.history
@@ -65,8 +66,9 @@ def test_monitor_for_cancellation_keeps_its_deadline_through_retry_after(task, f
     session, project_id, task_id = task
     rate_limit_after_first_poll(faults, r"group-summary-statistics$")
     with pytest.raises(htc.HtcTimeoutError) as err:
-        htc.monitor_for_cancellation(session, project_id, task_id, "never-finishes", interval=0.2, timeout=WAIT,
-                                     progress=False)
+        htc.monitor_for_cancellation(
+            session, project_id, task_id, "never-finishes", interval=0.2, timeout=WAIT, progress=False
+        )
     assert faults.injected[("api", "429")] == 1
     assert err.value.history["time"].nunique() == 1
 
@@ -87,6 +89,7 @@ def test_requests_outside_a_wait_still_retry_as_before(task, faults):
 
 
 # --- paging always ends
+
 
 def repeat_pages(session, change_next):
     """Rewrite each page's ``next`` with ``change_next(own page index, next)``; refuse to go on past 50 pages."""
@@ -111,8 +114,9 @@ def repeat_pages(session, change_next):
 @pytest.fixture
 def paged(emulator):
     session = htc.HtcSession(emulator.api_url, emulator.api_key)
-    project = session.post("/htc/projects", json={"projectName": "paging", "projectDescription": "pytest",
-                                                  "regions": ["AWS_EU_WEST_1"]}).json()
+    project = session.post(
+        "/htc/projects", json={"projectName": "paging", "projectDescription": "pytest", "regions": ["AWS_EU_WEST_1"]}
+    ).json()
     for n in range(5):
         session.post(f"/htc/projects/{project['projectId']}/tasks", json={"taskName": f"t{n}", "taskDescription": "d"})
     return session, f"/htc/projects/{project['projectId']}/tasks"
@@ -138,25 +142,30 @@ def test_paging_stops_when_a_page_repeats_the_one_before(paged):
 
 # --- errors name the key, and keys follow one rule both ways
 
+
 def test_a_missing_key_is_named_in_the_error(emulator, tmp_path):
     session = htc.HtcSession(emulator.api_url, emulator.api_key)
-    project = session.post("/htc/projects", json={"projectName": "keys", "projectDescription": "pytest",
-                                                  "regions": ["AWS_EU_WEST_1"]}).json()
+    project = session.post(
+        "/htc/projects", json={"projectName": "keys", "projectDescription": "pytest", "regions": ["AWS_EU_WEST_1"]}
+    ).json()
     (tmp_path / "here.dat").write_text("x")
     htc.upload_files(session, project["projectId"], [tmp_path / "here.dat"], progress=False)
     with pytest.raises(htc.HtcNotFound, match=r"'not/here.dat' not found in project .* shared storage"):
-        htc.download_files(session, project["projectId"], ["here.dat", "not/here.dat"], tmp_path / "out",
-                           progress=False)
+        htc.download_files(
+            session, project["projectId"], ["here.dat", "not/here.dat"], tmp_path / "out", progress=False
+        )
 
 
 @pytest.mark.parametrize("prefix", ["../../../", "/abs/", "a/../../", "a\\"])
 def test_upload_refuses_the_keys_download_refuses_and_stores_nothing(emulator, tmp_path, prefix):
     session = htc.HtcSession(emulator.api_url, emulator.api_key)
-    project = session.post("/htc/projects", json={"projectName": "keys", "projectDescription": "pytest",
-                                                  "regions": ["AWS_EU_WEST_1"]}).json()
+    project = session.post(
+        "/htc/projects", json={"projectName": "keys", "projectDescription": "pytest", "regions": ["AWS_EU_WEST_1"]}
+    ).json()
     (tmp_path / "ok.dat").write_text("x")
     (tmp_path / "also.dat").write_text("y")
     with pytest.raises(ValueError, match="refusing object key"):
-        htc.upload_files(session, project["projectId"], [tmp_path / "ok.dat", tmp_path / "also.dat"], prefix=prefix,
-                         progress=False)
+        htc.upload_files(
+            session, project["projectId"], [tmp_path / "ok.dat", tmp_path / "also.dat"], prefix=prefix, progress=False
+        )
     assert htc.list_objects(session, project["projectId"]) == []

@@ -46,12 +46,19 @@ def preamble(tag: str) -> str:
 
 def run_section(tag: str, check: str, *, preamble_line: str | None = None) -> dict:
     """Run Setup, Parameters, the preamble and the section in a fresh kernel; return what ``check`` printed."""
-    sources = [tagged("setup")[0].source, tagged("parameters")[0].source, SMALL,
-               preamble_line or preamble(tag), *(c.source for c in tagged(tag)), CHECK.format(check)]
+    sources = [
+        tagged("setup")[0].source,
+        tagged("parameters")[0].source,
+        SMALL,
+        preamble_line or preamble(tag),
+        *(c.source for c in tagged(tag)),
+        CHECK.format(check),
+    ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
     with emulator_environment():
-        NotebookClient(notebook, timeout=600, kernel_name="python3",
-                       resources={"metadata": {"path": str(ROOT)}}).execute()
+        NotebookClient(
+            notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        ).execute()
     printed = "".join(o.get("text", "") for o in notebook.cells[-1].outputs if o.output_type == "stream")
     return json.loads(printed.split("CHECK ", 1)[1])
 
@@ -67,32 +74,42 @@ def test_batch_submit_and_monitor_section():
 
 
 def test_gather_section_finds_the_winner():
-    result = run_section("gather", '{"winner": winner, "most": int(results["faces"].max()), '
-                                   '"winner_faces": int(best.iloc[0]["faces"]), "missing": missing, '
-                                   '"rows": len(results), "listed": len(htc.read_image_list(session, PROJECT_ID))}')
+    result = run_section(
+        "gather",
+        '{"winner": winner, "most": int(results["faces"].max()), '
+        '"winner_faces": int(best.iloc[0]["faces"]), "missing": missing, '
+        '"rows": len(results), "listed": len(htc.read_image_list(session, PROJECT_ID))}',
+    )
     assert result["missing"] == []
     assert result["rows"] == result["listed"] > 0
     assert result["winner_faces"] == result["most"] >= 1
 
 
 def test_download_section_fetches_the_winner():
-    result = run_section("download", '{"path": str(downloaded[0]), "winner": winner, '
-                                     '"size": downloaded[0].stat().st_size}')
+    result = run_section(
+        "download", '{"path": str(downloaded[0]), "winner": winner, "size": downloaded[0].stat().st_size}'
+    )
     assert Path(result["path"]).name == f"{result['winner']}_tagged.jpg"
     assert result["size"] > 0
 
 
 def test_overhead_section_times_three_job_sizes():
-    result = run_section("overhead", '{"jobs": timings["jobs"].tolist(), "seconds": timings["seconds"].tolist(), '
-                                     '"status": deleted["lifecycleStatus"]}')
+    result = run_section(
+        "overhead",
+        '{"jobs": timings["jobs"].tolist(), "seconds": timings["seconds"].tolist(), '
+        '"status": deleted["lifecycleStatus"]}',
+    )
     assert result["jobs"] == [6, 3, 1]
     assert all(seconds > 0 for seconds in result["seconds"])
     assert result["status"] == "DELETED"
 
 
 def test_cancel_section_cancels_the_failing_group():
-    result = run_section("cancel", '{"cancelled": cancelled, "failed": htc.failure_summary(failed_jobs), '
-                                   '"to_the_end": htc.status_counts(all_jobs)}')
+    result = run_section(
+        "cancel",
+        '{"cancelled": cancelled, "failed": htc.failure_summary(failed_jobs), '
+        '"to_the_end": htc.status_counts(all_jobs)}',
+    )
     assert result["cancelled"] is True
     assert any(reason.startswith("ErrorUnknownFailure") for reason in result["failed"])
     assert result["to_the_end"]["SUCCEEDED"] + result["to_the_end"]["FAILED"] == 12
@@ -101,12 +118,14 @@ def test_cancel_section_cancels_the_failing_group():
 
 def test_gather_section_explains_a_batch_whose_jobs_all_failed():
     """Every job fails (its image list is missing): the gather section names the failures, no IndexError."""
-    broken_batch = ("session, PROJECT_ID, TASK_ID, IMAGE, IMAGE_LIST_KEY = quickstart.ready_task(API_URL); "
-                    "group = htc.unique_name('broken'); "
-                    "session.post(f'{API_URL}/htc/projects/{PROJECT_ID}/tasks/{TASK_ID}/jobs/batch', "
-                    "params={'group': group}, json=[htc.tagging_batch(IMAGE, JOB_COUNT, 'no-such-list.dat')]); "
-                    "htc.monitor_group(session, PROJECT_ID, TASK_ID, group, expected_jobs=JOB_COUNT, "
-                    "interval=0.2, timeout=600, progress=False)")
+    broken_batch = (
+        "session, PROJECT_ID, TASK_ID, IMAGE, IMAGE_LIST_KEY = quickstart.ready_task(API_URL); "
+        "group = htc.unique_name('broken'); "
+        "session.post(f'{API_URL}/htc/projects/{PROJECT_ID}/tasks/{TASK_ID}/jobs/batch', "
+        "params={'group': group}, json=[htc.tagging_batch(IMAGE, JOB_COUNT, 'no-such-list.dat')]); "
+        "htc.monitor_group(session, PROJECT_ID, TASK_ID, group, expected_jobs=JOB_COUNT, "
+        "interval=0.2, timeout=600, progress=False)"
+    )
     with pytest.raises(CellExecutionError) as failure:
         run_section("gather", "{}", preamble_line=broken_batch)
     message = str(failure.value)
@@ -129,8 +148,9 @@ def test_committed_outputs_show_no_error_coloured_stderr():
 
 
 def test_every_plot_has_a_static_image_beside_it():
-    plots = [o for c in NOTEBOOK.cells for o in c.get("outputs", [])
-             if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    plots = [
+        o for c in NOTEBOOK.cells for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in o.get("data", {})
+    ]
     assert len(plots) >= 3
     assert all("image/png" in o["data"] for o in plots)
 

@@ -35,21 +35,34 @@ def wait_for(rescale, task, done, timeout=120) -> list:
 
 
 def test_rescalehtc_main_flow(rescale):
-    project = HtcProject(api.post_htc_projects(rescale, {
-        "projectName": "rescalehtc", "projectDescription": "Rescale's client", "regions": ["AWS_EU_WEST_1"]}))
+    project = HtcProject(
+        api.post_htc_projects(
+            rescale,
+            {"projectName": "rescalehtc", "projectDescription": "Rescale's client", "regions": ["AWS_EU_WEST_1"]},
+        )
+    )
     project_id = project.json["projectId"]
     assert api.post_htc_projects_container_registry_repo(rescale, project_id, "opencv-htc-tutorial")[
-        "successfullyCreated"]
+        "successfullyCreated"
+    ]
     assert IMAGE in api.get_htc_projects_container_registry_images(rescale, project_id)["images"]
     assert api.get_htc_projects_container_registry_images(rescale, project_id, IMAGE) == {"status": "READY"}
 
     task = htctasks.create_task_with_name(rescale, project, "rescalehtc-flow", "a batch and its jobs")
     batch = htcjobs.create_job_batch(
-        rescale, task, batch_size=2, priority="ON_DEMAND_PRIORITY", image_name=IMAGE, exec_timeout_seconds=600,
-        architecture="X86", commands=["python", "-c", "import os; print('hello', os.environ['AWS_BATCH_JOB_ARRAY_INDEX'])"])
+        rescale,
+        task,
+        batch_size=2,
+        priority="ON_DEMAND_PRIORITY",
+        image_name=IMAGE,
+        exec_timeout_seconds=600,
+        architecture="X86",
+        commands=["python", "-c", "import os; print('hello', os.environ['AWS_BATCH_JOB_ARRAY_INDEX'])"],
+    )
     # to_jobs() reads the batch's `group` unconditionally: the KeyError of issue 10 when it was left out.
     assert sorted(job.json["jobUUID"] for job in batch.to_jobs()) == [
-        f"{batch.json['parentJobId']}:{i}" for i in range(2)]
+        f"{batch.json['parentJobId']}:{i}" for i in range(2)
+    ]
     jobs = wait_for(rescale, task, lambda jobs: all(job.json["status"] == "SUCCEEDED" for job in jobs))
     for job in jobs:
         index = job.json["jobUUID"].rsplit(":", 1)[1]
@@ -57,12 +70,22 @@ def test_rescalehtc_main_flow(rescale):
         assert job.json["container"]["exitCode"] == 0 and job.json["group"] is None
     assert task.get_task_summary(rescale)["jobStatuses"]["SUCCEEDED"] == 2
 
-    htcjobs.create_job_batch(rescale, task, batch_size=2, priority="ON_DEMAND_PRIORITY", image_name=IMAGE,
-                             exec_timeout_seconds=600, architecture="X86",
-                             commands=["python", "-c", "import time; time.sleep(300)"])
+    htcjobs.create_job_batch(
+        rescale,
+        task,
+        batch_size=2,
+        priority="ON_DEMAND_PRIORITY",
+        image_name=IMAGE,
+        exec_timeout_seconds=600,
+        architecture="X86",
+        commands=["python", "-c", "import time; time.sleep(300)"],
+    )
     task.cancel_jobs_in_task(rescale)
-    jobs = wait_for(rescale, task, lambda jobs: len(jobs) == 4 and all(
-        job.json["status"] in ("SUCCEEDED", "FAILED") for job in jobs))
+    jobs = wait_for(
+        rescale,
+        task,
+        lambda jobs: len(jobs) == 4 and all(job.json["status"] in ("SUCCEEDED", "FAILED") for job in jobs),
+    )
     assert sorted(job.json["status"] for job in jobs) == ["FAILED", "FAILED", "SUCCEEDED", "SUCCEEDED"]
     # The client caches a task's summary for 15 s: a fresh task object asks again.
     task = htctasks.get_task_with_id(rescale, project, task.json["taskId"])

@@ -14,7 +14,8 @@ def small_notebook(*tags_per_cell) -> nbformat.NotebookNode:
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_markdown_cell("# A title")] + [
         nbformat.v4.new_code_cell(f"cell_{i} = {i}", metadata={"tags": list(tags)} if tags else {})
-        for i, tags in enumerate(tags_per_cell)]
+        for i, tags in enumerate(tags_per_cell)
+    ]
     return notebook
 
 
@@ -39,7 +40,8 @@ def test_injecting_again_replaces_the_earlier_injected_cell():
     once = run_tutorial.inject_parameters(small_notebook(("parameters",)), {"JOB_COUNT": 10})
     twice = run_tutorial.inject_parameters(once, {"JOB_COUNT": 1000})
     assert [c.source for c in twice.cells if "injected-parameters" in c.metadata.get("tags", [])] == [
-        "# Parameters\nJOB_COUNT = 1000\n"]
+        "# Parameters\nJOB_COUNT = 1000\n"
+    ]
 
 
 @pytest.mark.parametrize("tags", [[(), ()], [("parameters",), ("parameters",)]])

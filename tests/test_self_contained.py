@@ -38,11 +38,13 @@ def test_no_tracked_file_points_outside_the_repository():
 
 def run_in(copy: Path, *command: str, timeout: float) -> subprocess.CompletedProcess:
     # The copy uses this interpreter (the project's .venv) but none of the original folder's files.
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("RESCALE_", "AWS_", "HTC_", "PYTEST_"))}
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("RESCALE_", "AWS_", "HTC_", "PYTEST_"))
+    }
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return subprocess.run([sys.executable, *command], cwd=copy, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *command], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_a_copy_with_nothing_beside_it_runs(tmp_path):
@@ -54,7 +56,10 @@ def test_a_copy_with_nothing_beside_it_runs(tmp_path):
         shutil.copy2(path, target)
     assert sorted(p.name for p in copy.parent.iterdir()) == ["project"]
 
-    started = run_in(copy, "-c", """
+    started = run_in(
+        copy,
+        "-c",
+        """
 import requests
 from htc_emulator.spec import ContractValidator, load_spec
 from run_tutorial import emulator_environment
@@ -66,12 +71,23 @@ with emulator_environment() as emu:
     regions = requests.get(emu.api_url + "/htc/regions", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     regions.raise_for_status()
 print(len(spec["paths"]), "paths;", len(regions.json()), "regions")
-""", timeout=300)
+""",
+        timeout=300,
+    )
     assert started.returncode == 0, started.stderr[-3000:]
     assert started.stdout.strip().endswith("regions"), started.stdout
 
-    contract = run_in(copy, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                      "tests/test_emulator_contract.py::test_project_create_get_list",
-                      "tests/test_emulator_contract.py::test_storage_tokens_and_paths", timeout=600)
+    contract = run_in(
+        copy,
+        "-m",
+        "pytest",
+        "-q",
+        "-x",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_emulator_contract.py::test_project_create_get_list",
+        "tests/test_emulator_contract.py::test_storage_tokens_and_paths",
+        timeout=600,
+    )
     assert contract.returncode == 0, contract.stdout[-3000:] + contract.stderr[-3000:]
     assert "2 passed" in contract.stdout, contract.stdout[-1000:]

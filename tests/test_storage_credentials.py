@@ -11,20 +11,27 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-SLEEPER = {"imageName": "opencv-htc-tutorial:v1", "execTimeoutSeconds": 600,
-           "commands": ["python", "-c", "import time; time.sleep(300)"]}
+SLEEPER = {
+    "imageName": "opencv-htc-tutorial:v1",
+    "execTimeoutSeconds": 600,
+    "commands": ["python", "-c", "import time; time.sleep(300)"],
+}
 
 
 def s3_with(endpoint: str, access_key: str, secret_key: str, session_token: str | None = None):
-    return boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-                                 aws_session_token=session_token).client(
-        "s3", endpoint_url=endpoint, region_name="eu-west-1", config=Config(retries={"total_max_attempts": 1}))
+    return boto3.session.Session(
+        aws_access_key_id=access_key, aws_secret_access_key=secret_key, aws_session_token=session_token
+    ).client("s3", endpoint_url=endpoint, region_name="eu-west-1", config=Config(retries={"total_max_attempts": 1}))
 
 
 def s3_for(emulator, token: dict):
     credentials = token["credentials"]
-    return s3_with(emulator.s3_endpoint, credentials["AWS_ACCESS_KEY_ID"], credentials["AWS_SECRET_ACCESS_KEY"],
-                   credentials["AWS_SESSION_TOKEN"])
+    return s3_with(
+        emulator.s3_endpoint,
+        credentials["AWS_ACCESS_KEY_ID"],
+        credentials["AWS_SECRET_ACCESS_KEY"],
+        credentials["AWS_SESSION_TOKEN"],
+    )
 
 
 def error_code(call, *args, **kwargs) -> str:
@@ -85,39 +92,67 @@ def can_list(s3, bucket: str, prefix: str) -> bool:
 def reach(emulator, s3, places: dict) -> dict[str, str]:
     """For each place: r (read), w (write), l (list) as the credentials allow."""
     bucket = emulator.bucket
-    return {name: "".join(flag for flag, allowed in (
-        ("r", can_read(s3, bucket, prefix + "file.txt")),
-        ("w", can_write(s3, bucket, prefix + "file.txt")),
-        ("l", can_list(s3, bucket, prefix)),
-    ) if allowed) for name, prefix in places.items()}
+    return {
+        name: "".join(
+            flag
+            for flag, allowed in (
+                ("r", can_read(s3, bucket, prefix + "file.txt")),
+                ("w", can_write(s3, bucket, prefix + "file.txt")),
+                ("l", can_list(s3, bucket, prefix)),
+            )
+            if allowed
+        )
+        for name, prefix in places.items()
+    }
 
 
 def test_task_credentials_reach_their_task_and_read_the_shared_files(api, emulator, world):
     projects, tasks, places = world
     token = api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/storage/token")
     assert reach(emulator, s3_for(emulator, token), places) == {
-        "shared": "rl", "task": "rwl", "sibling": "", "other_shared": "", "other_task": ""}
+        "shared": "rl",
+        "task": "rwl",
+        "sibling": "",
+        "other_shared": "",
+        "other_task": "",
+    }
 
 
 def test_project_credentials_reach_their_project_only(api, emulator, world):
     projects, _, places = world
     token = api.ok("GET", f"/htc/projects/{projects[0]}/storage/token")
     assert reach(emulator, s3_for(emulator, token), places) == {
-        "shared": "rwl", "task": "rwl", "sibling": "rwl", "other_shared": "", "other_task": ""}
+        "shared": "rwl",
+        "task": "rwl",
+        "sibling": "rwl",
+        "other_shared": "",
+        "other_task": "",
+    }
 
 
 def test_a_job_reads_the_shared_files_and_writes_its_task_only(api, emulator, world):
     projects, tasks, places = world
     parent = api.submit(projects[0], tasks[0], SLEEPER)
     try:
-        job_token = emulator.scheduler.tokens.job_token(project_id=projects[0], task_id=tasks[0],
-                                                         job_id=f"{parent}:0", lifetime=600)
+        job_token = emulator.scheduler.tokens.job_token(
+            project_id=projects[0], task_id=tasks[0], job_id=f"{parent}:0", lifetime=600
+        )
         shared = api.ok("GET", f"/htc/projects/{projects[0]}/storage/token", auth=job_token)
         assert reach(emulator, s3_for(emulator, shared), places) == {
-            "shared": "rl", "task": "", "sibling": "", "other_shared": "", "other_task": ""}
+            "shared": "rl",
+            "task": "",
+            "sibling": "",
+            "other_shared": "",
+            "other_task": "",
+        }
         task = api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/storage/token", auth=job_token)
         assert reach(emulator, s3_for(emulator, task), places) == {
-            "shared": "rl", "task": "rwl", "sibling": "", "other_shared": "", "other_task": ""}
+            "shared": "rl",
+            "task": "rwl",
+            "sibling": "",
+            "other_shared": "",
+            "other_task": "",
+        }
     finally:
         api.post(f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/jobs/cancel")
 
@@ -126,33 +161,52 @@ def test_scoped_credentials_cannot_copy_delete_or_list_their_way_out(api, emulat
     projects, tasks, places = world
     s3 = s3_for(emulator, api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/storage/token"))
     bucket = emulator.bucket
-    assert error_code(s3.copy_object, Bucket=bucket, Key=places["task"] + "stolen.txt",
-                      CopySource={"Bucket": bucket, "Key": places["other_shared"] + "file.txt"}) == "AccessDenied"
-    assert error_code(s3.delete_objects, Bucket=bucket, Delete={"Objects": [
-        {"Key": places["task"] + "file.txt"}, {"Key": places["sibling"] + "file.txt"}]}) == "AccessDenied"
+    assert (
+        error_code(
+            s3.copy_object,
+            Bucket=bucket,
+            Key=places["task"] + "stolen.txt",
+            CopySource={"Bucket": bucket, "Key": places["other_shared"] + "file.txt"},
+        )
+        == "AccessDenied"
+    )
+    assert (
+        error_code(
+            s3.delete_objects,
+            Bucket=bucket,
+            Delete={"Objects": [{"Key": places["task"] + "file.txt"}, {"Key": places["sibling"] + "file.txt"}]},
+        )
+        == "AccessDenied"
+    )
     assert error_code(s3.list_objects_v2, Bucket=bucket) == "AccessDenied"
     assert error_code(s3.list_objects_v2, Bucket=bucket, Prefix="projects/") == "AccessDenied"
     assert error_code(s3.list_buckets) == "AccessDenied"
     assert error_code(s3.put_object, Bucket=bucket, Key=places["task"] + "../escape.txt", Body=b"x") == "AccessDenied"
     assert error_code(s3.delete_bucket, Bucket=bucket) == "AccessDenied"
     # Within its own task the same operations work.
-    s3.copy_object(Bucket=bucket, Key=places["task"] + "copy.txt",
-                   CopySource={"Bucket": bucket, "Key": places["shared"] + "file.txt"})
+    s3.copy_object(
+        Bucket=bucket,
+        Key=places["task"] + "copy.txt",
+        CopySource={"Bucket": bucket, "Key": places["shared"] + "file.txt"},
+    )
     s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": places["task"] + "copy.txt"}]})
 
 
 def test_unknown_keys_bad_signatures_and_wrong_session_tokens_are_refused(api, emulator, world):
     projects, _, places = world
     credentials = api.ok("GET", f"/htc/projects/{projects[0]}/storage/token")["credentials"]
-    key, secret, session = (credentials[n] for n in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                     "AWS_SESSION_TOKEN"))
+    key, secret, session = (credentials[n] for n in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"))
     target = {"Bucket": emulator.bucket, "Key": places["shared"] + "file.txt"}
     made_up = s3_with(emulator.s3_endpoint, "ASIAMADEUPMADEUP1234", secret, session)
     assert error_code(made_up.get_object, **target) == "InvalidAccessKeyId"
-    assert error_code(s3_with(emulator.s3_endpoint, key, "wrong" + secret[5:], session).get_object,
-                      **target) == "SignatureDoesNotMatch"
-    assert error_code(s3_with(emulator.s3_endpoint, key, secret, session[:-4] + "AAAA").get_object,
-                      **target) == "InvalidToken"
+    assert (
+        error_code(s3_with(emulator.s3_endpoint, key, "wrong" + secret[5:], session).get_object, **target)
+        == "SignatureDoesNotMatch"
+    )
+    assert (
+        error_code(s3_with(emulator.s3_endpoint, key, secret, session[:-4] + "AAAA").get_object, **target)
+        == "InvalidToken"
+    )
     assert error_code(s3_with(emulator.s3_endpoint, key, secret).get_object, **target) == "InvalidToken"
     # The emulator's own key id is public; its secret is not.
     admin = s3_with(emulator.s3_endpoint, "HTCEMULATORADMIN", "guess")
@@ -162,8 +216,12 @@ def test_unknown_keys_bad_signatures_and_wrong_session_tokens_are_refused(api, e
 def test_anonymous_requests_list_nothing_and_change_nothing(emulator, world):
     _, _, places = world
     bucket_url = f"{emulator.s3_endpoint}/{emulator.bucket}"
-    for url in (f"{emulator.s3_endpoint}/", f"{bucket_url}?list-type=2", f"{bucket_url}?prefix=projects/",
-                f"{bucket_url}/{places['shared']}file.txt"):
+    for url in (
+        f"{emulator.s3_endpoint}/",
+        f"{bucket_url}?list-type=2",
+        f"{bucket_url}?prefix=projects/",
+        f"{bucket_url}/{places['shared']}file.txt",
+    ):
         response = requests.get(url, timeout=30)
         assert response.status_code == 403 and b"AccessDenied" in response.content
         assert b"file.txt" not in response.content and emulator.bucket.encode() not in response.content
@@ -175,8 +233,8 @@ def test_anonymous_requests_list_nothing_and_change_nothing(emulator, world):
 
 def wait_until_past(expiration: str, at_most: float) -> None:
     deadline = dt.datetime.fromisoformat(expiration.replace("Z", "+00:00"))
-    assert deadline - dt.datetime.now(dt.timezone.utc) <= dt.timedelta(seconds=at_most), expiration
-    while dt.datetime.now(dt.timezone.utc) <= deadline:
+    assert deadline - dt.datetime.now(dt.UTC) <= dt.timedelta(seconds=at_most), expiration
+    while dt.datetime.now(dt.UTC) <= deadline:
         time.sleep(0.1)
 
 
@@ -184,8 +242,9 @@ def test_credentials_expire_with_the_job_token_that_got_them(api, emulator, worl
     projects, tasks, places = world
     parent = api.submit(projects[0], tasks[0], SLEEPER)
     try:
-        job_token = emulator.scheduler.tokens.job_token(project_id=projects[0], task_id=tasks[0],
-                                                         job_id=f"{parent}:0", lifetime=5)
+        job_token = emulator.scheduler.tokens.job_token(
+            project_id=projects[0], task_id=tasks[0], job_id=f"{parent}:0", lifetime=5
+        )
         token = api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/storage/token", auth=job_token)
         s3 = s3_for(emulator, token)
         assert can_read(s3, emulator.bucket, places["task"] + "file.txt")
@@ -206,17 +265,23 @@ def test_deleting_a_task_ends_its_credentials(api, emulator):
     assert error_code(s3.put_object, Bucket=emulator.bucket, Key=key, Body=b"2") == "ExpiredToken"
 
 
-@pytest.mark.parametrize("authorization", [
-    "AWS4-HMAC-SHA256 garbage",
-    "AWS4-HMAC-SHA256 Credential=HTCEMULATORADMIN/x/y/s3/aws4_request, SignedHeaders=host, Signature=00",
-    "AWS4-HMAC-SHA256 Credential=HTCEMULATORADMIN/{day}/us-east-1/s3/aws4_request, "
-    "SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=\u00e9",
-    "Basic dXNlcjpwYXNz",
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "AWS4-HMAC-SHA256 garbage",
+        "AWS4-HMAC-SHA256 Credential=HTCEMULATORADMIN/x/y/s3/aws4_request, SignedHeaders=host, Signature=00",
+        "AWS4-HMAC-SHA256 Credential=HTCEMULATORADMIN/{day}/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=\u00e9",
+        "Basic dXNlcjpwYXNz",
+    ],
+)
 def test_malformed_signatures_are_refused_not_crashed_on(emulator, authorization):
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    headers = {"Authorization": authorization.format(day=now[:8]).encode(), "x-amz-date": now,
-               "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    headers = {
+        "Authorization": authorization.format(day=now[:8]).encode(),
+        "x-amz-date": now,
+        "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
+    }
     for path in ("", "/k%ff", "/projects/x/shared/a?acl"):
         response = requests.get(f"{emulator.s3_endpoint}/{emulator.bucket}{path}", headers=headers, timeout=30)
         assert response.status_code in (400, 403) and b"<Code>" in response.content, response.text

@@ -23,8 +23,12 @@ def test_tagging_batch_sets_the_worker_variables():
     assert batch["batchSize"] == 7
     assert definition["imageName"] == "img:v1" and definition["execTimeoutSeconds"] == 60
     envs = {e["name"]: e["value"] for e in definition["envs"]}
-    assert envs == {"IMG_OBJKEY_LIST": "list.dat", "BATCH_JOB_ARRAY_SIZE": "7", "SCALE_FACTOR": "1.1",
-                    "SIMULATE_FAILURES": "true"}
+    assert envs == {
+        "IMG_OBJKEY_LIST": "list.dat",
+        "BATCH_JOB_ARRAY_SIZE": "7",
+        "SCALE_FACTOR": "1.1",
+        "SIMULATE_FAILURES": "true",
+    }
     assert not any(name.startswith("AWS_") for name in envs)
 
 
@@ -69,8 +73,9 @@ def test_show_image_names_a_missing_picture(tmp_path):
 
 def test_delete_objects_removes_only_the_named_keys(emulator, tmp_path):
     session = htc.HtcSession(config.htc_api_url(), config.get_profile()[1])
-    project_id = session.post("/htc/projects", json={"projectName": "delete-objects",
-                                                     "projectDescription": "clean-up helper"}).json()["projectId"]
+    project_id = session.post(
+        "/htc/projects", json={"projectName": "delete-objects", "projectDescription": "clean-up helper"}
+    ).json()["projectId"]
     for name in ("keep.txt", "drop-1.txt", "drop-2.txt"):
         (tmp_path / name).write_text(name)
     htc.upload_files(session, project_id, tmp_path, progress=False)

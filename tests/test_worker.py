@@ -43,8 +43,9 @@ def face_photo(truth):
 
 
 def run_worker(*args, cwd, env=None):
-    return subprocess.run([sys.executable, str(WORKER), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(WORKER), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_pinned_opencv_ships_the_cascade():
@@ -120,8 +121,9 @@ def test_scale_factor_comes_from_flag_or_env(tmp_path, face_photo):
     out = ("--output-dir", str(tmp_path))
     coarse = run_worker("--json", *out, "--scale-factor", "1.5", str(face_photo), cwd=tmp_path)
     default = run_worker("--json", *out, str(face_photo), cwd=tmp_path)
-    env_run = run_worker("--json", *out, str(face_photo), cwd=tmp_path,
-                         env={"SCALE_FACTOR": "1.5", "PATH": "/usr/bin:/bin"})
+    env_run = run_worker(
+        "--json", *out, str(face_photo), cwd=tmp_path, env={"SCALE_FACTOR": "1.5", "PATH": "/usr/bin:/bin"}
+    )
     assert json.loads(coarse.stdout)["boxes"] != json.loads(default.stdout)["boxes"]
     assert json.loads(coarse.stdout)["boxes"] == json.loads(env_run.stdout)["boxes"]
     bad = run_worker(str(face_photo), cwd=tmp_path, env={"SCALE_FACTOR": "big", "PATH": "/usr/bin:/bin"})
@@ -173,8 +175,19 @@ def test_missing_index_with_a_batch_of_one_is_index_zero(monkeypatch):
         ft.array_index(2)
 
 
-@pytest.mark.parametrize("setting,rate", [(None, 0), ("", 0), ("false", 0), ("0", 0), ("FALSE", 0),
-                                          ("true", ft.DEFAULT_FAILURE_RATE), ("0.3", 0.3), ("1", 1.0)])
+@pytest.mark.parametrize(
+    "setting,rate",
+    [
+        (None, 0),
+        ("", 0),
+        ("false", 0),
+        ("0", 0),
+        ("FALSE", 0),
+        ("true", ft.DEFAULT_FAILURE_RATE),
+        ("0.3", 0.3),
+        ("1", 1.0),
+    ],
+)
 def test_failure_setting_is_parsed(setting, rate):
     assert ft.failure_rate(setting) == pytest.approx(rate)
 
@@ -233,6 +246,7 @@ def test_output_dir_keeps_the_inputs_folder_clean(tmp_path, face_photo):
 
 # --- images that would exhaust memory, images cut short, settings out of range
 
+
 def blank_png(path: Path, width: int, height: int) -> Path:
     """A valid black-and-white PNG of any size that stays small on disk (its rows compress to nothing)."""
     row = b"\x00" + b"\x00" * ((width + 7) // 8)  # filter byte, then 1 bit a pixel
@@ -248,7 +262,10 @@ def blank_png(path: Path, width: int, height: int) -> Path:
 
 
 def capped_memory():
-    """Run the worker with 3 GB of address space: a decoded 30,000 x 30,000 image fails instead of taking the machine."""
+    """Run the worker with 3 GB of address space.
+
+    A decoded 30,000 x 30,000 image then fails instead of taking the machine.
+    """
     limit = 3 * 1024**3
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
@@ -258,9 +275,13 @@ def test_an_image_too_large_for_memory_is_refused_from_its_header(tmp_path, face
     assert cv2.imread(str(small)).shape == (200, 300, 3)  # the generator writes real PNGs
     huge = blank_png(tmp_path / "huge.png", 30000, 30000)
     assert huge.stat().st_size < 200_000
-    result = subprocess.run([sys.executable, str(WORKER), "--json", "--output-dir", str(tmp_path / "out"),
-                             str(huge), str(face_photo)], capture_output=True, text=True, timeout=120,
-                            preexec_fn=capped_memory)
+    result = subprocess.run(
+        [sys.executable, str(WORKER), "--json", "--output-dir", str(tmp_path / "out"), str(huge), str(face_photo)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=capped_memory,
+    )
     assert result.returncode == 1, result.stderr  # one image failed, the other went on
     refused, good = map(json.loads, result.stdout.splitlines())
     assert refused["status"] == "error" and refused["faces"] is None
@@ -282,7 +303,7 @@ def test_the_pixel_limit_is_a_setting_and_covers_jpeg(tmp_path, face_photo):
 def test_a_truncated_jpeg_is_an_error_not_zero_faces(tmp_path, detector, fraction, size):
     data = (DATA / "images" / "2008_004176.jpg").read_bytes()
     cut = tmp_path / "cut.jpg"
-    cut.write_bytes(data[:size or int(len(data) * fraction)])
+    cut.write_bytes(data[: size or int(len(data) * fraction)])
     assert cv2.imread(str(cut)) is not None  # OpenCV alone decodes it, grey where the data stops
     record, outputs = ft.tag_image(detector, cut, cut.name)
     assert record["status"] == "error" and record["faces"] is None and not outputs
@@ -312,30 +333,43 @@ def test_every_photo_of_the_data_set_passes_the_checks():
         ft.check_image_file(path, ft.DEFAULT_MAX_IMAGE_PIXELS)
 
 
-@pytest.mark.parametrize("settings,named", [
-    ({"SCALE_FACTOR": "inf"}, "SCALE_FACTOR"),
-    ({"SCALE_FACTOR": "1e308"}, "SCALE_FACTOR"),
-    ({"SCALE_FACTOR": "nan"}, "SCALE_FACTOR"),
-    ({"SCALE_FACTOR": "1.0000001"}, "SCALE_FACTOR"),
-    ({"SCALE_FACTOR": "-1.2"}, "SCALE_FACTOR"),
-    ({"SCALE_FACTOR": "١.٢"}, "SCALE_FACTOR"),
-    ({"OPENCV_THREADS": "1e308"}, "OPENCV_THREADS"),
-    ({"OPENCV_THREADS": "100000"}, "OPENCV_THREADS"),
-    ({"OPENCV_THREADS": "٣"}, "OPENCV_THREADS"),
-    ({"MAX_IMAGE_PIXELS": "nan"}, "MAX_IMAGE_PIXELS"),
-    ({"MAX_IMAGE_PIXELS": "0"}, "MAX_IMAGE_PIXELS"),
-    ({"BATCH_JOB_ARRAY_SIZE": "inf", "IMG_OBJKEY_LIST": "l.dat"}, "BATCH_JOB_ARRAY_SIZE"),
-    ({"BATCH_JOB_ARRAY_SIZE": "9" * 5000, "IMG_OBJKEY_LIST": "l.dat"}, "BATCH_JOB_ARRAY_SIZE"),
-    ({"BATCH_JOB_ARRAY_SIZE": "2", "AWS_BATCH_JOB_ARRAY_INDEX": "nan", "IMG_OBJKEY_LIST": "l.dat"},
-     "AWS_BATCH_JOB_ARRAY_INDEX"),
-    ({"BATCH_JOB_ARRAY_SIZE": "1", "SIMULATE_HANG_SECONDS": "inf", "IMG_OBJKEY_LIST": "l.dat"},
-     "SIMULATE_HANG_SECONDS"),
-    ({"BATCH_JOB_ARRAY_SIZE": "1", "SIMULATE_FAILURES": "nan", "IMG_OBJKEY_LIST": "l.dat"}, "SIMULATE_FAILURES"),
-])
+@pytest.mark.parametrize(
+    "settings,named",
+    [
+        ({"SCALE_FACTOR": "inf"}, "SCALE_FACTOR"),
+        ({"SCALE_FACTOR": "1e308"}, "SCALE_FACTOR"),
+        ({"SCALE_FACTOR": "nan"}, "SCALE_FACTOR"),
+        ({"SCALE_FACTOR": "1.0000001"}, "SCALE_FACTOR"),
+        ({"SCALE_FACTOR": "-1.2"}, "SCALE_FACTOR"),
+        ({"SCALE_FACTOR": "١.٢"}, "SCALE_FACTOR"),
+        ({"OPENCV_THREADS": "1e308"}, "OPENCV_THREADS"),
+        ({"OPENCV_THREADS": "100000"}, "OPENCV_THREADS"),
+        ({"OPENCV_THREADS": "٣"}, "OPENCV_THREADS"),
+        ({"MAX_IMAGE_PIXELS": "nan"}, "MAX_IMAGE_PIXELS"),
+        ({"MAX_IMAGE_PIXELS": "0"}, "MAX_IMAGE_PIXELS"),
+        ({"BATCH_JOB_ARRAY_SIZE": "inf", "IMG_OBJKEY_LIST": "l.dat"}, "BATCH_JOB_ARRAY_SIZE"),
+        ({"BATCH_JOB_ARRAY_SIZE": "9" * 5000, "IMG_OBJKEY_LIST": "l.dat"}, "BATCH_JOB_ARRAY_SIZE"),
+        (
+            {"BATCH_JOB_ARRAY_SIZE": "2", "AWS_BATCH_JOB_ARRAY_INDEX": "nan", "IMG_OBJKEY_LIST": "l.dat"},
+            "AWS_BATCH_JOB_ARRAY_INDEX",
+        ),
+        (
+            {"BATCH_JOB_ARRAY_SIZE": "1", "SIMULATE_HANG_SECONDS": "inf", "IMG_OBJKEY_LIST": "l.dat"},
+            "SIMULATE_HANG_SECONDS",
+        ),
+        ({"BATCH_JOB_ARRAY_SIZE": "1", "SIMULATE_FAILURES": "nan", "IMG_OBJKEY_LIST": "l.dat"}, "SIMULATE_FAILURES"),
+    ],
+)
 def test_settings_out_of_range_are_usage_errors_at_start_up(tmp_path, face_photo, settings, named):
     args = [] if "IMG_OBJKEY_LIST" in settings else [str(face_photo)]
-    result = subprocess.run([sys.executable, str(WORKER), "--output-dir", str(tmp_path), *args], cwd=tmp_path,
-                            env={"PATH": "/usr/bin:/bin", **settings}, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(WORKER), "--output-dir", str(tmp_path), *args],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", **settings},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == ft.EXIT_USAGE, result.stdout + result.stderr
     assert named in result.stderr and "Traceback" not in result.stderr
     assert not result.stdout and not list(tmp_path.glob("*_tagged.*"))

@@ -27,10 +27,12 @@ FACE_PHOTO = ROOT / "data" / "images" / "2008_004176.jpg"
 def job_context(emulator, tmp_path_factory):
     """A project and a task whose shared storage holds one good photo, one corrupt one and a list."""
     session = htc.HtcSession(emulator.api_url, emulator.api_key)
-    project = session.post("/htc/projects", json={"projectName": "worker", "projectDescription": "HTC modes",
-                                                  "regions": ["AWS_EU_WEST_1"]}).json()
-    task = session.post(f"/htc/projects/{project['projectId']}/tasks",
-                        json={"taskName": "worker", "taskDescription": "HTC modes"}).json()
+    project = session.post(
+        "/htc/projects", json={"projectName": "worker", "projectDescription": "HTC modes", "regions": ["AWS_EU_WEST_1"]}
+    ).json()
+    task = session.post(
+        f"/htc/projects/{project['projectId']}/tasks", json={"taskName": "worker", "taskDescription": "HTC modes"}
+    ).json()
     folder = tmp_path_factory.mktemp("shared")
     (folder / "good.jpg").write_bytes(FACE_PHOTO.read_bytes())
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -48,8 +50,9 @@ def job_context(emulator, tmp_path_factory):
 
 
 def run_job(env, *args, **extra):
-    return subprocess.run([sys.executable, str(WORKER), *args], env={**env, **extra},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(WORKER), *args], env={**env, **extra}, capture_output=True, text=True, timeout=120
+    )
 
 
 def manifest(session, project_id, task_id, key, folder):
@@ -65,8 +68,9 @@ def test_batch_chunks_account_for_every_listed_image_once(job_context, tmp_path)
         assert result.returncode == 0, result.stderr
         assert env["RESCALE_HTC_BEARER_TOKEN"] not in result.stdout + result.stderr
 
-    records = [r for i in range(6)
-               for r in manifest(session, project_id, task_id, f"manifests/chunk-{i:05d}.jsonl", tmp_path)]
+    records = [
+        r for i in range(6) for r in manifest(session, project_id, task_id, f"manifests/chunk-{i:05d}.jsonl", tmp_path)
+    ]
     by_image = {r["image"]: r for r in records}
     assert sorted(r["image"] for r in records) == sorted(["good.jpg", "corrupt.jpg", "missing.jpg", "../escape.jpg"])
     assert by_image["good.jpg"]["status"] == "ok" and by_image["good.jpg"]["faces"] >= 1
@@ -87,8 +91,9 @@ def test_single_image_mode_tags_the_named_object(job_context, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("good.jpg: Found ")
     [record] = manifest(session, project_id, task_id, "manifests/single-good.jpg.jsonl", tmp_path)
-    htc.download_files(session, project_id, ["good.jpg_tagged.dat", "good.jpg_tagged.jpg"], tmp_path, task_id,
-                       progress=False)
+    htc.download_files(
+        session, project_id, ["good.jpg_tagged.dat", "good.jpg_tagged.jpg"], tmp_path, task_id, progress=False
+    )
     assert (tmp_path / "good.jpg_tagged.dat").read_text() == f"face_cnt\n{record['faces']}\n"
     assert cv2.imread(str(tmp_path / "good.jpg_tagged.jpg")) is not None
 
@@ -123,8 +128,9 @@ def test_simulated_failures_fail_the_same_jobs_every_time(job_context):
         failed = run_job(env, **batch, AWS_BATCH_JOB_ARRAY_INDEX=str(raising))
         assert failed.returncode == 1 and f"simulated failure for array index {raising}" in failed.stderr
         assert run_job(env, **batch, AWS_BATCH_JOB_ARRAY_INDEX=str(passing)).returncode == 0
-    assert run_job(env, **{**batch, "SIMULATE_FAILURES": "false"},
-                   AWS_BATCH_JOB_ARRAY_INDEX=str(raising)).returncode == 0
+    assert (
+        run_job(env, **{**batch, "SIMULATE_FAILURES": "false"}, AWS_BATCH_JOB_ARRAY_INDEX=str(raising)).returncode == 0
+    )
 
 
 def test_task_storage_is_found_without_the_undocumented_storage_path(job_context, tmp_path):
@@ -139,8 +145,9 @@ def test_task_storage_is_found_without_the_undocumented_storage_path(job_context
             response._content = json.dumps(body).encode()
 
     http.hooks["response"].append(drop_storage_path)
-    storage = ft.HtcStorage.from_api(env["RESCALE_HTC_API_URL"], env["RESCALE_HTC_BEARER_TOKEN"],
-                                     project_id, task_id, http=http)
+    storage = ft.HtcStorage.from_api(
+        env["RESCALE_HTC_API_URL"], env["RESCALE_HTC_BEARER_TOKEN"], project_id, task_id, http=http
+    )
     expected = htc.task_storage_token(session, project_id, task_id)["storagePath"]
     assert f"s3://{storage.task.bucket}/{storage.task.prefix}" == expected
     assert storage.read_shared_text("list.dat").startswith("good.jpg\n")
@@ -150,10 +157,13 @@ def test_task_storage_is_found_without_the_undocumented_storage_path(job_context
     assert "notes/note.txt" in htc.list_objects(session, project_id, task_id)
 
 
-@pytest.mark.parametrize("settings,message", [
-    ({"HTC_INPUT_IMAGE": "../outside.jpg"}, "HTC_INPUT_IMAGE: unsafe object key"),
-    ({"HTC_INPUT_IMAGE": "good.jpg", "OPENCV_THREADS": "two"}, "OPENCV_THREADS must be a whole number"),
-])
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"HTC_INPUT_IMAGE": "../outside.jpg"}, "HTC_INPUT_IMAGE: unsafe object key"),
+        ({"HTC_INPUT_IMAGE": "good.jpg", "OPENCV_THREADS": "two"}, "OPENCV_THREADS must be a whole number"),
+    ],
+)
 def test_bad_settings_are_clear_errors_not_tracebacks(job_context, settings, message):
     _, _, _, env = job_context
     result = run_job(env, **settings)
@@ -164,20 +174,28 @@ def test_bad_settings_are_clear_errors_not_tracebacks(job_context, settings, mes
 def test_a_simulated_hang_fails_even_when_it_outlives_its_sleep(job_context):
     _, _, _, env = job_context
     hanging = next(i for i in range(100) if ft.simulated_failure(1.0, i) == "hang")
-    result = run_job(env, IMG_OBJKEY_LIST="list.dat", BATCH_JOB_ARRAY_SIZE="100", SIMULATE_FAILURES="1",
-                     SIMULATE_HANG_SECONDS="0.1", AWS_BATCH_JOB_ARRAY_INDEX=str(hanging))
+    result = run_job(
+        env,
+        IMG_OBJKEY_LIST="list.dat",
+        BATCH_JOB_ARRAY_SIZE="100",
+        SIMULATE_FAILURES="1",
+        SIMULATE_HANG_SECONDS="0.1",
+        AWS_BATCH_JOB_ARRAY_INDEX=str(hanging),
+    )
     assert result.returncode == 1
     assert f"simulated hang for array index {hanging} outlived the job timeout" in result.stderr
 
 
 # --- a job stopped mid-chunk keeps what it finished
 
+
 @pytest.fixture
 def long_chunk(job_context, tmp_path_factory):
     """A fresh task and 150 photos listed for one job: long enough to stop it in the middle."""
     session, project_id, _, env = job_context
-    task = session.post(f"/htc/projects/{project_id}/tasks",
-                        json={"taskName": "stopped", "taskDescription": "a job stopped mid-chunk"}).json()
+    task = session.post(
+        f"/htc/projects/{project_id}/tasks", json={"taskName": "stopped", "taskDescription": "a job stopped mid-chunk"}
+    ).json()
     folder = tmp_path_factory.mktemp("long")
     keys = [f"long/photo-{n:03d}.jpg" for n in range(150)]
     (folder / "long").mkdir()
@@ -191,8 +209,9 @@ def long_chunk(job_context, tmp_path_factory):
 
 def start_and_stop(env, after_images: int, signum: int):
     """Start a real worker, let it report ``after_images`` images, send it ``signum``; its output and exit code."""
-    worker = subprocess.Popen([sys.executable, str(WORKER)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    worker = subprocess.Popen(
+        [sys.executable, str(WORKER)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         reported = []
         for line in worker.stdout:
@@ -216,12 +235,12 @@ def test_sigterm_mid_chunk_saves_the_finished_images_first(long_chunk, tmp_path)
     records = manifest(session, project_id, task_id, "manifests/chunk-00000.jsonl", tmp_path)
     saved = [r["image"] for r in records]
     assert set(reported) <= set(saved) and len(saved) < len(keys)  # everything reported, and stopped mid-chunk
-    assert saved == keys[:len(saved)] and all(r["status"] == "ok" for r in records)
+    assert saved == keys[: len(saved)] and all(r["status"] == "ok" for r in records)
     stored = set(htc.list_objects(session, project_id, task_id))
     assert {f"{image}_tagged.dat" for image in saved} <= stored
 
     results = htc.collect_results(session, project_id, task_id)
-    assert htc.missing_results(keys, results) == keys[len(saved):]
+    assert htc.missing_results(keys, results) == keys[len(saved) :]
 
 
 def test_a_killed_job_keeps_what_it_saved_as_it_went(long_chunk, tmp_path):
@@ -234,7 +253,7 @@ def test_a_killed_job_keeps_what_it_saved_as_it_went(long_chunk, tmp_path):
     assert code == -signal.SIGKILL
     saved = [r["image"] for r in manifest(session, project_id, task_id, "manifests/chunk-00000.jsonl", tmp_path)]
     assert len(reported) - ft.FLUSH_EVERY_IMAGES < len(saved) <= len(reported)
-    assert saved == reported[:len(saved)] == keys[:len(saved)]
+    assert saved == reported[: len(saved)] == keys[: len(saved)]
     # Images past the manifest whose face counts were already stored count as done too.
     stored = set(htc.list_objects(session, project_id, task_id))
     done = set(saved) | {key for key in keys if f"{key}_tagged.dat" in stored}
@@ -251,22 +270,38 @@ def test_a_job_that_times_out_on_the_platform_keeps_what_it_finished(emulator, j
     against the session's scaled 60 s timeout (6 s).
     """
     session, _, _, _ = job_context
-    project = session.post("/htc/projects", json={"projectName": "timeout", "projectDescription": "stopped jobs",
-                                                  "regions": ["AWS_EU_WEST_1"]}).json()
+    project = session.post(
+        "/htc/projects",
+        json={"projectName": "timeout", "projectDescription": "stopped jobs", "regions": ["AWS_EU_WEST_1"]},
+    ).json()
     project_id = project["projectId"]
     session.post(f"/htc/projects/{project_id}/container-registry/repo/opencv-htc-tutorial")
-    task_id = session.post(f"/htc/projects/{project_id}/tasks",
-                           json={"taskName": "timeout", "taskDescription": "stopped jobs"}).json()["taskId"]
+    task_id = session.post(
+        f"/htc/projects/{project_id}/tasks", json={"taskName": "timeout", "taskDescription": "stopped jobs"}
+    ).json()["taskId"]
     keys = [f"t/photo-{n:03d}.jpg" for n in range(400)]
     (tmp_path / "t").mkdir()
     for key in keys:
         (tmp_path / key).write_bytes(FACE_PHOTO.read_bytes())
     (tmp_path / "list.dat").write_text("\n".join(keys) + "\n")
     htc.upload_files(session, project_id, tmp_path, progress=False)
-    payload = [{"jobName": "times-out", "batchSize": 1, "htcJobDefinition": {
-        "imageName": "opencv-htc-tutorial:v1", "maxVCpus": 1, "maxMemory": 512, "execTimeoutSeconds": 60,
-        "commands": ["python", "/opt/face_tagger.py"],
-        "envs": [{"name": "BATCH_JOB_ARRAY_SIZE", "value": "1"}, {"name": "IMG_OBJKEY_LIST", "value": "list.dat"}]}}]
+    payload = [
+        {
+            "jobName": "times-out",
+            "batchSize": 1,
+            "htcJobDefinition": {
+                "imageName": "opencv-htc-tutorial:v1",
+                "maxVCpus": 1,
+                "maxMemory": 512,
+                "execTimeoutSeconds": 60,
+                "commands": ["python", "/opt/face_tagger.py"],
+                "envs": [
+                    {"name": "BATCH_JOB_ARRAY_SIZE", "value": "1"},
+                    {"name": "IMG_OBJKEY_LIST", "value": "list.dat"},
+                ],
+            },
+        }
+    ]
     assert emulator.faults.slow_seconds >= 1 and ft.TRANSFER_THREADS * 6 < len(keys) - 10
     emulator.faults.set_rate(1.0, ["slow"], target="storage", path=rf"{project_id}/.*/t/photo-(?!00)")
     try:
@@ -282,7 +317,7 @@ def test_a_job_that_times_out_on_the_platform_keeps_what_it_finished(emulator, j
     reported = [line.split(":")[0] for line in logs if ": Found " in line]
     saved = [r["image"] for r in manifest(session, project_id, task_id, "manifests/chunk-00000.jsonl", tmp_path)]
     # Everything reported was saved, the image in progress at most besides; the job stopped mid-chunk.
-    assert saved[:len(reported)] == reported and len(saved) - len(reported) <= 1
-    assert saved == keys[:len(saved)] and len(saved) < len(keys)
+    assert saved[: len(reported)] == reported and len(saved) - len(reported) <= 1
+    assert saved == keys[: len(saved)] and len(saved) < len(keys)
     results = htc.collect_results(session, project_id, task_id)
-    assert htc.missing_results(keys, results) == keys[len(saved):]
+    assert htc.missing_results(keys, results) == keys[len(saved) :]
