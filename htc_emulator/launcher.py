@@ -1,8 +1,8 @@
 """Starts and stops process-mode jobs: contained, stoppable like ``docker stop``, memory-limited, cheap.
 
-:class:`ProcessLauncher` keeps one warm template process (:mod:`htc_emulator.jobhost`)
-that has imported the modules the jobs use, and asks it to fork each job under a
-supervisor of its own. The scheduler sees a :class:`JobProcess`: the job's log
+:class:`ProcessLauncher` keeps a warm template process (:mod:`htc_emulator.jobhost`)
+that has imported the modules the jobs use, and asks it to fork each Python job under a
+supervisor of its own; other commands are exec'd under a supervisor forked from a bare template. The scheduler sees a :class:`JobProcess`: the job's log
 stream (stdout and stderr merged), :meth:`~JobProcess.wait`,
 :meth:`~JobProcess.stop` (SIGTERM, then SIGKILL to every process of the job after
 the grace period) and, when the job ran past its memory limit, ``out_of_memory``.
@@ -82,14 +82,17 @@ class JobProcess:
 
 
 class ProcessLauncher:
-    """Forks jobs from one warm template process; started on first use, restarted if it died."""
+    """Forks jobs from warm template processes; each started on first use, restarted if it died.
+
+    Python jobs fork from a template that has imported ``preload``; every other command is exec'd
+    from a bare template (the interpreter and this package's stdlib imports only), because a fork
+    copies the page tables of all a template has loaded, and a job that execs has no use for them.
+    """
 
     def __init__(self, template_env: dict[str, str], preload: tuple[str, ...] = DEFAULT_PRELOAD) -> None:
         self.template_env = dict(template_env)
         self.preload = preload
-        self._template: subprocess.Popen | None = None
-        self._channel: socket.socket | None = None
-        self._lock = threading.Lock()
+        self._templates = {"python": _Template(template_env, preload), "exec": _Template(template_env, ())}
 
     def start(
         self, argv: list[str], env: dict[str, str], cwd: str | os.PathLike, memory_limit: int | None = None
@@ -98,18 +101,13 @@ class ProcessLauncher:
 
         ``memory_limit`` (bytes) caps the resident memory of all the job's processes together.
         """
-        request = {
-            "argv": list(argv),
-            "env": dict(env),
-            "cwd": str(cwd),
-            "memory_limit": memory_limit,
-            "mode": "python" if self._runs_in_template(argv, env) else "exec",
-        }
+        mode = "python" if self._runs_in_template(argv, env) else "exec"
+        request = {"argv": list(argv), "env": dict(env), "cwd": str(cwd), "memory_limit": memory_limit, "mode": mode}
         log_read, log_write = os.pipe()
         status_read, status_write = os.pipe()
         control_read, control_write = os.pipe()
         try:
-            self._send(json.dumps(request).encode(), [log_write, status_write, control_read])
+            self._templates[mode].send(json.dumps(request).encode(), [log_write, status_write, control_read])
         except BaseException:
             for fd in (log_read, status_read, control_write):
                 os.close(fd)
@@ -132,18 +130,9 @@ class ProcessLauncher:
         return JobProcess(int(rest), os.fdopen(log_read, "rb"), status_read, control_write)
 
     def close(self) -> None:
-        """End the template (running jobs are the scheduler's to stop first)."""
-        with self._lock:
-            if self._channel is not None:
-                self._channel.close()
-                self._channel = None
-            if self._template is not None:
-                try:
-                    self._template.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._template.kill()
-                    self._template.wait()
-                self._template = None
+        """End the templates (running jobs are the scheduler's to stop first)."""
+        for template in self._templates.values():
+            template.close()
 
     def _runs_in_template(self, argv: list[str], env: dict[str, str]) -> bool:
         """Python programs the template can run as a fresh interpreter would; anything else is exec'd."""
@@ -157,27 +146,51 @@ class ProcessLauncher:
         expected = {k: v for k, v in self.template_env.items() if _STARTUP_VARIABLES.fullmatch(k)}
         return runnable and startup == expected
 
-    def _send(self, payload: bytes, fds: list[int]) -> None:
+
+class _Template:
+    """One ``jobhost.py`` process and the socket that hands it requests and descriptors."""
+
+    def __init__(self, env: dict[str, str], preload: tuple[str, ...]) -> None:
+        self.env = dict(env)
+        self.preload = preload
+        self._process: subprocess.Popen | None = None
+        self._channel: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def send(self, payload: bytes, fds: list[int]) -> None:
         with self._lock:
             for attempt in (1, 2):
-                if self._template is None or self._template.poll() is not None:
-                    self._start_template()
+                if self._process is None or self._process.poll() is not None:
+                    self._start()
                 try:
                     socket.send_fds(self._channel, [payload], fds)
                     return
                 except (BrokenPipeError, ConnectionResetError):
                     if attempt == 2:
                         raise
-                    self._template = None
+                    self._process = None
 
-    def _start_template(self) -> None:
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+            if self._process is not None:
+                try:
+                    self._process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+                self._process = None
+
+    def _start(self) -> None:
         if self._channel is not None:
             self._channel.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
-            self._template = subprocess.Popen(
+            self._process = subprocess.Popen(
                 [sys.executable, str(JOBHOST), str(theirs.fileno()), *self.preload],
-                env=self.template_env,
+                env=self.env,
                 cwd="/",
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 import os
 import queue
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import requests
@@ -35,6 +37,7 @@ JOB_TOKEN_GRACE_SECONDS = 600
 # Between SIGTERM and SIGKILL when a job is stopped (timeout, cancel): docker stop's default.
 STOP_GRACE_SECONDS = 10
 MIB = 1 << 20
+LOG_CHUNK_BYTES = 1 << 16
 
 
 class Scheduler:
@@ -160,7 +163,7 @@ class Scheduler:
             try:
                 return self._execute(job, None, workdir, reference)
             finally:
-                shutil.rmtree(workdir, ignore_errors=True)
+                remove_tree(workdir)
         image = self.images.get(image_name)
         if image is None or image.repository not in project.repositories:
             return self.backend.finish_attempt(
@@ -173,7 +176,7 @@ class Scheduler:
         try:
             return self._execute(job, image, workdir)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_tree(workdir)
 
     def _pushed_reference(self, job: Job, image_name: str, repositories) -> str | None:
         """The registry reference of the job's image if it was pushed to the project's registry."""
@@ -239,16 +242,17 @@ class Scheduler:
         # job under the backend's lock. A cancel after that finds the process in _running.
         if self._stopping.is_set() or not self.backend.advance(job, "RUNNING", f"Running attempt {job.attempt}"):
             process.stop(0)
-        reader = threading.Thread(target=self._pump_logs, args=(job, process), daemon=True)
-        reader.start()
-        timed_out = False
-        try:
-            returncode = process.wait(timeout=job.timeout_seconds * self.time_scale)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        deadline = time.monotonic() + job.timeout_seconds * self.time_scale
+        timed_out = not self._pump_logs(job, process, deadline)
+        if not timed_out:
+            try:  # the log closed; the job may still run (it closed its streams) until the deadline
+                returncode = process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        if timed_out:
             process.stop(self.stop_grace)
+            self._pump_logs(job, process, None)
             returncode = process.wait()
-        reader.join(timeout=10)
         with self._lock:
             self._running.pop(job.job_id, None)
         # Like a container runtime: death by signal N is exit code 128 + N.
@@ -323,15 +327,46 @@ class Scheduler:
         )
         return env
 
-    def _pump_logs(self, job: Job, process: JobProcess | ContainerProcess) -> None:
-        """stdout and stderr, merged like a container's log stream, one event per line."""
-        with process.stdout:
-            for raw in iter(process.stdout.readline, b""):
-                self.backend.append_log(job, raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+    def _pump_logs(self, job: Job, process: JobProcess | ContainerProcess, deadline: float | None) -> bool:
+        """stdout and stderr, merged like a container's log stream, one event per line, until the stream
+        closes (True) or ``deadline`` (``time.monotonic()``) passes (False).
+
+        Read by the attempt's own thread: a reader thread per job cost more than the no-op job itself.
+        """
+        fd = process.stdout.fileno()
+        pending = b""
+        while True:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                    break
+            chunk = os.read(fd, LOG_CHUNK_BYTES)
+            if not chunk:
+                process.stdout.close()
+                if pending:
+                    self._append_log(job, pending)
+                return True
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                self._append_log(job, line)
+        if pending:  # a line cut at the deadline stays one event
+            self._append_log(job, pending)
+        return False
+
+    def _append_log(self, job: Job, raw: bytes) -> None:
+        self.backend.append_log(job, raw.decode("utf-8", errors="replace").rstrip("\r"))
 
     @staticmethod
     def _container_name(job: Job) -> str:
         return f"htc-emulator-{job.job_id.replace(':', '-')}-{job.attempt}"
+
+
+def remove_tree(path: Path) -> None:
+    """``shutil.rmtree``, after one ``rmdir`` that is all most attempts' folders need."""
+    try:
+        path.rmdir()
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class ContainerProcess:

@@ -154,6 +154,15 @@ def test_python_c_and_other_commands_keep_argv_env_and_cwd(launcher, tmp_path):
         launcher.start(["no-such-program-here"], env, tmp_path)
 
 
+def test_a_command_that_is_not_python_is_supervised_from_the_bare_template(launcher, tmp_path):
+    """A fork copies the page tables of everything its template loaded: an exec'd job needs none of it."""
+    launcher, env = launcher
+    python = [sys.executable, "-c", "import os; print(open(f'/proc/{os.getppid()}/maps').read())"]
+    wait_for(lambda: "cv2" in launched(launcher, python, env, tmp_path)[1])  # once the template has loaded it
+    returncode, supervisor_maps = launched(launcher, ["sh", "-c", "cat /proc/$PPID/maps"], env, tmp_path)
+    assert returncode == 0 and "python" in supervisor_maps and "cv2" not in supervisor_maps
+
+
 def test_a_job_process_does_not_outlive_its_supervisor(launcher, tmp_path):
     launcher, env = launcher
     process = launcher.start(
