@@ -2,7 +2,8 @@
 
 :class:`ProcessLauncher` keeps a warm template process (:mod:`htc_emulator.jobhost`)
 that has imported the modules the jobs use, and asks it to fork each Python job under a
-supervisor of its own; other commands are exec'd under a supervisor forked from a bare template. The scheduler sees a :class:`JobProcess`: the job's log
+supervisor of its own; other commands are exec'd under a supervisor forked from a bare
+template. The scheduler sees a :class:`JobProcess`: the job's log
 stream (stdout and stderr merged), :meth:`~JobProcess.wait`,
 :meth:`~JobProcess.stop` (SIGTERM, then SIGKILL to every process of the job after
 the grace period) and, when the job ran past its memory limit, ``out_of_memory``.
