@@ -29,9 +29,10 @@ import nbformat
 from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 
-from htc_emulator import container_build, running
-from htc_emulator.images import DockerEngine
-from htc_emulator.registry import ContainerRegistry
+from htc_emulator import running
+from htc_emulator.container_registry import ContainerRegistry
+from htc_emulator.docker_engine import DockerEngine
+from tools import container_build
 
 ROOT = Path(__file__).resolve().parent
 NOTEBOOK = ROOT / "tutorial.ipynb"

@@ -26,7 +26,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from htc_emulator import container_build, running  # noqa: E402
+from htc_emulator import running  # noqa: E402
+from tools import container_build  # noqa: E402
 
 IMAGE = "opencv-htc-tutorial:v1"
 JOB = {

@@ -2,7 +2,7 @@
 
 A job reads its own task and jobs (statuses, events, logs, statistics)
 and gets storage credentials: read-write for its task's folder, read-only
-for the project's shared files (see :mod:`htc_emulator.storage`). Every
+for the project's shared files (see :mod:`htc_emulator.storage_rights`). Every
 other route answers 403 to a job token: it cannot create tasks, change
 its project, create repositories, fetch the registry password, presign
 uploads or submit jobs. The token stops working (401) once its task is
@@ -64,10 +64,9 @@ def authorize(principal: Principal, method: str, path: str) -> None:
 
 def require_live_job(principal: Principal, backend: Backend, at: dt.datetime | None = None) -> None:
     """Refuse (401) a job token whose task was deleted or whose job ended a while ago."""
-    task = backend.tasks.get(principal.task_id or "")
+    task, job = backend.token_subjects(principal.task_id, principal.job_id)
     if task is None or task.project_id != principal.project_id or task.lifecycle_status == "DELETED":
         raise AuthenticationError("job token expired: its task was deleted")
-    job = backend.jobs.get(principal.job_id or "")
     if job is None or job.task_id != task.task_id:
         raise AuthenticationError("job token for a job this platform never ran")
     last = job.events[-1]

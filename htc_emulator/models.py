@@ -1,11 +1,13 @@
-"""The platform's state: projects, repositories, tasks, jobs and their events.
+"""The platform's state: projects, repositories, tasks, jobs and their events, and the policies.
 
-Everything here is plain Python behind one lock; the HTTP layer
-(:mod:`htc_emulator.responses`) validates input, calls these methods and
-shapes the results. A job's status history is its list of events: the
-current status, reason, failure code and timestamps are all read from it,
-which is also how a delayed status refresh is imitated (see
-:meth:`Backend.visible_time`).
+Everything here is plain Python behind one lock, and :class:`Backend` is its
+one owner: every change of state is one of its methods, and no other module
+takes its lock or reads its dictionaries. The HTTP layer
+(:mod:`htc_emulator.routes`) validates input, calls one of these methods and
+shapes the result with :mod:`htc_emulator.views`. A job's status history is
+its list of events: the current status, reason, failure code and timestamps
+are all read from it, which is also how a delayed status refresh is imitated
+(see :meth:`Backend.visible_time`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,21 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import storage as storage_layout
-from .policies import Policies
+from . import storage_rights
+from .auth import WORKSPACE_ID, Principal
+from .errors import InvalidRequest, NotFound
+from .policies import (
+    WORKSPACE_REGIONS,
+    Limit,
+    Policies,
+    RetentionPolicy,
+    WorkspaceLimit,
+    allows,
+    offered_dimensions,
+    workspace_dimensions,
+)
 from .storage import Storage
+from .storage_rights import PresignedUpload, StorageGrant
 
 STATUSES = (
     "SUBMITTED_TO_RESCALE",
@@ -52,19 +67,6 @@ CANCELLED_REASON = "Cancelled by user"
 CANCELLED_FAILURE_CODE = "ErrorUnknownFailure"
 
 
-class NotFound(Exception):
-    """An id that names nothing (HTTP 404)."""
-
-
-class InvalidRequest(Exception):
-    """A request the platform would refuse (HTTP 400), naming the field."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.message = message
-
-
 def require_storable(field_name: str, value: object) -> None:
     """Refuse a value that could not be served back as UTF-8 JSON once stored.
 
@@ -83,6 +85,8 @@ def now() -> dt.datetime:
 
 class Executor(Protocol):
     """What the backend needs from the scheduler."""
+
+    concurrency: int
 
     def enqueue(self, jobs: list[Job]) -> None: ...
 
@@ -186,8 +190,22 @@ class Job:
         return [e for e in events if e.at <= as_of] or events[:1]
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """Counts of the platform's state at one instant (what ``GET /htc/metrics`` serves)."""
+
+    projects: int
+    tasks_by_status: Counter
+    jobs_by_project_and_status: Counter
+    active_vcpus_by_project: Counter
+
+
 class Backend:
-    """All state, with the operations the API offers on it."""
+    """All state, with the operations the API offers on it.
+
+    ``executor`` (the scheduler, which runs the jobs) is set by whoever
+    assembles the emulator; without one, submitted jobs wait.
+    """
 
     def __init__(
         self, storage: Storage, refresh_delay: float = 0.0, max_jobs_per_task: int = MAX_JOBS_PER_TASK
@@ -251,14 +269,60 @@ class Backend:
         with self.lock:
             return list(self.projects.values())
 
-    def create_repository(self, project_id: str, name: str) -> bool:
-        """Create a repository; False if it already existed."""
+    def add_project_regions(self, project_id: str, regions: list[str]) -> Project:
+        """Add regions to the project's (kept in order, no repeats)."""
+        with self.lock:
+            project = self.project(project_id)
+            project.regions = list(dict.fromkeys(project.regions + list(regions)))
+            return project
+
+    def create_repository(self, project_id: str, name: str) -> tuple[Project, bool]:
+        """Create a repository; the project, and False if it already existed."""
         with self.lock:
             project = self.project(project_id)
             if name in project.repositories:
-                return False
+                return project, False
             project.repositories[name] = now()
-            return True
+            return project, True
+
+    def repositories(self, project_id: str) -> list[str]:
+        """The names of the project's repositories, sorted."""
+        with self.lock:
+            return sorted(self.project(project_id).repositories)
+
+    def has_repository(self, project_id: str, repository: str) -> bool:
+        """Whether the project exists and created this repository (what its registry password may touch)."""
+        with self.lock:
+            project = self.projects.get(project_id)
+            return project is not None and repository in project.repositories
+
+    # --- storage ---------------------------------------------------------------
+
+    def storage_grant(
+        self, project_id: str, task_id: str | None, principal: Principal, region: str | None = None
+    ) -> StorageGrant:
+        """Credentials for one region (the project's default if None) of a project's or a live task's storage."""
+        project, task = self._storage_owner(project_id, task_id)
+        return storage_rights.grant(self.storage, project, task, principal, region or project.default_region)
+
+    def storage_grants(
+        self, project_id: str, task_id: str | None, principal: Principal
+    ) -> tuple[str, list[StorageGrant]]:
+        """The project's default region, and credentials for each of its regions that has storage."""
+        project, task = self._storage_owner(project_id, task_id)
+        regions = [r for r in project.regions if r in storage_rights.STORAGE_REGIONS]
+        return project.default_region, [
+            storage_rights.grant(self.storage, project, task, principal, region) for region in regions
+        ]
+
+    def presigned_upload(self, project_id: str, task_id: str | None, file_path: str) -> PresignedUpload:
+        """A URL that uploads one file into the project's shared files, or into a live task's folder."""
+        project, task = self._storage_owner(project_id, task_id)
+        return storage_rights.presigned_upload(self.storage, project, task, file_path)
+
+    def _storage_owner(self, project_id: str, task_id: str | None) -> tuple[Project, Task | None]:
+        task = None if task_id is None else self.live_task(project_id, task_id)
+        return self.project(project_id), task
 
     # --- tasks ---------------------------------------------------------------
 
@@ -389,23 +453,14 @@ class Backend:
         """
         region = ([r for r in batch.get("regions", []) if r in project.regions] or project.regions)[0]
         combinations = self.policies.dimensions.get(project.project_id)
-        if not combinations:
-            return region
         definition = batch["htcJobDefinition"]
-        wanted = (region, definition.get("priority", "ON_DEMAND_PRIORITY"), definition.get("architecture", "X86"))
-        for combination in combinations:
-            derived = combination["derived"]
-            if (
-                (combination["region"], combination["priority"], derived["architecture"]) == wanted
-                and definition.get("maxVCpus", 1) <= derived["vCPUs"]
-                and definition.get("maxMemory", 128) <= derived["memory"]
-            ):
-                return region
+        if not combinations or any(allows(combination, region, definition) for combination in combinations):
+            return region
         raise InvalidRequest(
-            f"[{number}].htcJobDefinition",
-            "no dimension combination of project {} allows region {}, priority {}, architecture {}".format(
-                project.project_id, *wanted
-            ),
+            (number, "htcJobDefinition"),
+            f"no dimension combination of project {project.project_id} allows region {region}, "
+            f"priority {definition.get('priority', 'ON_DEMAND_PRIORITY')}, "
+            f"architecture {definition.get('architecture', 'X86')}",
         )
 
     def admit(self, waiting: list[Job]) -> tuple[list[Job], list[Job]]:
@@ -458,6 +513,47 @@ class Backend:
         with self.lock:
             self.task(project_id, task_id)
             return list(self._task_jobs[task_id])
+
+    def find_jobs(
+        self,
+        project_id: str,
+        task_id: str,
+        *,
+        group: str | None = None,
+        job_ids: list[str] | None = None,
+        status: str | None = None,
+    ) -> tuple[list[Job], dt.datetime | None]:
+        """The task's jobs that match every filter given, and the instant their statuses are seen as of.
+
+        A parentJobId among ``job_ids`` selects every job of its batch; ``status``
+        is the status a client sees (see :meth:`visible_time`).
+        """
+        as_of = self.visible_time()
+        jobs = self.task_jobs(project_id, task_id)
+        if group is not None:
+            jobs = [j for j in jobs if j.group == group]
+        if job_ids:
+            wanted = set(job_ids)
+            jobs = [j for j in jobs if j.job_id in wanted or j.parent_job_id in wanted]
+        if status is not None:
+            jobs = [j for j in jobs if j.visible_events(as_of)[-1].status == status]
+        return jobs, as_of
+
+    def seen_job(self, project_id: str, task_id: str, job_id: str) -> tuple[Job, dt.datetime | None]:
+        """A job, and the instant its status is seen as of."""
+        return self.job(project_id, task_id, job_id), self.visible_time()
+
+    def job_events(self, project_id: str, task_id: str, job_id: str) -> tuple[Job, list[JobEvent]]:
+        """A job and the events a client can see, oldest first."""
+        job = self.job(project_id, task_id, job_id)
+        return job, job.visible_events(self.visible_time())
+
+    def job_logs(self, project_id: str, task_id: str, job_id: str, *, newest_first: bool) -> list[LogLine]:
+        """A job's log lines so far."""
+        lines = self.job(project_id, task_id, job_id).logs[:]
+        if newest_first:
+            lines.reverse()
+        return lines
 
     def transition(
         self,
@@ -551,11 +647,192 @@ class Backend:
                 self.executor.kill(job)
         return affected
 
-    def status_counts(self, jobs: Iterable[Job], as_of: dt.datetime | None) -> Counter:
+    # --- statistics ---------------------------------------------------------
+
+    @staticmethod
+    def status_counts(jobs: Iterable[Job], as_of: dt.datetime | None) -> Counter:
+        """How many jobs are in each status as seen at ``as_of``; every summary status counted, zeros too."""
         counts: Counter = Counter({status: 0 for status in SUMMARY_STATUSES})
         for job in jobs:
             counts[job.visible_events(as_of)[-1].status] += 1
         return counts
 
+    def task_statistics(self, project_id: str, task_id: str) -> Counter:
+        """The task's jobs counted by status (as clients see them)."""
+        return self.status_counts(self.task_jobs(project_id, task_id), self.visible_time())
+
+    def group_statistics(
+        self, project_id: str, task_id: str, groups: list[str] | None = None
+    ) -> list[tuple[str | None, Counter]]:
+        """Per group (in order of first submission; None for jobs without one), its jobs counted by status.
+
+        Only the groups named in ``groups``, when it names any.
+        """
+        as_of = self.visible_time()
+        jobs = self.task_jobs(project_id, task_id)
+        names = list(dict.fromkeys(j.group for j in jobs))
+        if groups:
+            names = [name for name in names if name in set(groups)]
+        return [(name, self.status_counts((j for j in jobs if j.group == name), as_of)) for name in names]
+
     def groups(self, project_id: str, task_id: str) -> list[str]:
         return list(dict.fromkeys(j.group for j in self.task_jobs(project_id, task_id) if j.group is not None))
+
+    def metrics(self) -> Metrics:
+        """A consistent snapshot of the counts ``GET /htc/metrics`` serves."""
+        with self.lock:
+            jobs = list(self.jobs.values())
+            tasks = list(self.tasks.values())
+            projects = len(self.projects)
+        active_vcpus: Counter = Counter()
+        for job in jobs:
+            if job.status in ACTIVE:
+                active_vcpus[job.project_id] += job.vcpus
+        return Metrics(
+            projects=projects,
+            tasks_by_status=Counter(task.lifecycle_status for task in tasks),
+            jobs_by_project_and_status=Counter((job.project_id, job.status) for job in jobs),
+            active_vcpus_by_project=active_vcpus,
+        )
+
+    def job_slots(self, workspace_id: str) -> int:
+        """How many jobs the workspace runs at once (its clusters' node count)."""
+        self._workspace(workspace_id)
+        return self.executor.concurrency if self.executor is not None else 1
+
+    # --- job tokens ---------------------------------------------------------------
+
+    def token_subjects(self, task_id: str | None, job_id: str | None) -> tuple[Task | None, Job | None]:
+        """The task and the job a job token names, where they exist (deleted tasks included)."""
+        with self.lock:
+            return self.tasks.get(task_id or ""), self.jobs.get(job_id or "")
+
+    # --- policies: limits ------------------------------------------------------------
+
+    def _workspace(self, workspace_id: str) -> None:
+        if workspace_id != WORKSPACE_ID:
+            raise NotFound(f"workspace {workspace_id} not found")
+
+    def project_limits(self, project_id: str) -> list[Limit]:
+        with self.lock:
+            self.project(project_id)
+            return self.policies.project_limits(project_id)
+
+    def set_limit(self, project_id: str, role: str, vcpus: int) -> Limit:
+        """Add the project's limit for ``role``, or overwrite the one it has."""
+        with self.lock:
+            self.project(project_id)
+            return self.policies.set_limit(project_id, role, vcpus, now())
+
+    def delete_limits(self, project_id: str) -> None:
+        with self.lock:
+            self.project(project_id)
+            for limit in self.policies.project_limits(project_id):
+                del self.policies.limits[limit.limit_id]
+
+    def limit(self, project_id: str, limit_id: int) -> Limit:
+        with self.lock:
+            self.project(project_id)
+            limit = self.policies.limits.get(limit_id)
+            if limit is None or limit.project_id != project_id:
+                raise NotFound(f"limit {limit_id} not found in project {project_id}")
+            return limit
+
+    def update_limit(self, project_id: str, limit_id: int, vcpus: int) -> Limit:
+        with self.lock:
+            limit = self.limit(project_id, limit_id)
+            limit.vcpus, limit.updated_at = vcpus, now()
+            return limit
+
+    def delete_limit(self, project_id: str, limit_id: int) -> None:
+        with self.lock:
+            del self.policies.limits[self.limit(project_id, limit_id).limit_id]
+
+    def workspace_limit(self, workspace_id: str) -> WorkspaceLimit:
+        self._workspace(workspace_id)
+        limit = self.policies.workspace_limit
+        if limit is None:
+            raise NotFound(f"workspace {workspace_id} has no resource limit")
+        return limit
+
+    # --- policies: dimensions -----------------------------------------------------------
+
+    def dimensions(self, project_id: str) -> list[dict]:
+        """The combinations the project's jobs may run on (none: no restriction)."""
+        with self.lock:
+            self.project(project_id)
+            return self.policies.dimensions.get(project_id, [])
+
+    def set_dimensions(self, project_id: str, wanted: list[dict]) -> list[dict]:
+        """Restrict the project to the workspace's combinations that match ``wanted``; [] lifts every restriction."""
+        chosen = offered_dimensions(wanted)
+        with self.lock:
+            self.project(project_id)
+            self.policies.dimensions[project_id] = chosen
+        return chosen
+
+    def workspace_dimensions(self, workspace_id: str) -> list[dict]:
+        self._workspace(workspace_id)
+        return workspace_dimensions(WORKSPACE_REGIONS)
+
+    # --- policies: task retention ----------------------------------------------------------
+
+    def project_retention(self, project_id: str) -> RetentionPolicy:
+        with self.lock:
+            self.project(project_id)
+            policy = self.policies.project_retention.get(project_id)
+        if policy is None:
+            raise NotFound(f"project {project_id} has no task retention policy (the workspace's applies)")
+        return policy
+
+    def set_project_retention(self, project_id: str, archive_after: int, delete_after: int) -> RetentionPolicy:
+        policy = RetentionPolicy(archive_after, delete_after, now())
+        with self.lock:
+            self.project(project_id)
+            self.policies.project_retention[project_id] = policy
+        return policy
+
+    def delete_project_retention(self, project_id: str) -> None:
+        with self.lock:
+            self.project(project_id)
+            self.policies.project_retention.pop(project_id, None)
+
+    def workspace_retention(self, workspace_id: str) -> RetentionPolicy:
+        self._workspace(workspace_id)
+        policy = self.policies.workspace_retention
+        if policy is None:
+            raise NotFound(f"workspace {workspace_id} has no task retention policy")
+        return policy
+
+    def set_workspace_retention(self, workspace_id: str, archive_after: int, delete_after: int) -> RetentionPolicy:
+        self._workspace(workspace_id)
+        policy = RetentionPolicy(archive_after, delete_after, now())
+        with self.lock:
+            self.policies.workspace_retention = policy
+        return policy
+
+    def apply_retention(self, at: dt.datetime, hour: dt.timedelta) -> None:
+        """Archive and delete whatever the retention policies say is due at ``at``.
+
+        The policy of a task's project applies, else the workspace's; ``hour`` is
+        how long an hour of a policy lasts on the emulator's clock. A task is
+        archived only once all its jobs have ended, as ``PATCH`` requires.
+        """
+        to_delete = []
+        with self.lock:
+            for task in list(self.tasks.values()):
+                policy = self.policies.retention_for(task.project_id)
+                if policy is None or task.lifecycle_status == "DELETED":
+                    continue
+                if (
+                    task.lifecycle_status == "ACTIVE"
+                    and policy.archive_due(task.last_active_at, at, hour)
+                    and all(job.status in TERMINAL for job in self._task_jobs[task.task_id])
+                ):
+                    self.update_task(task.project_id, task.task_id, "ARCHIVED")
+                elif task.lifecycle_status == "ARCHIVED" and policy.delete_due(task.archived_at, at, hour):
+                    to_delete.append(task)
+        for task in to_delete:
+            # Storage first, so that a task seen DELETED has none left (an archived task runs no jobs).
+            self.storage.delete_prefix(task.folder_path)
+            self.delete_task(task.project_id, task.task_id)

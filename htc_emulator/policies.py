@@ -1,8 +1,9 @@
-"""Workspace and project policies: resource limits, dimensions and task retention.
+"""Workspace and project policies: resource limits, dimensions and task retention, and their rules.
 
-Plain state, read by the backend when it submits and admits jobs
-(:meth:`Backend.submit`, :meth:`Backend.admit`) and by the retention sweep
-(:mod:`htc_emulator.retention`). Callers hold the backend's lock.
+Plain state, owned by the backend: it changes them (the policy routes call
+its methods), reads them when it submits and admits jobs
+(:meth:`Backend.submit`, :meth:`Backend.admit`) and when it applies retention
+(:meth:`Backend.apply_retention`). Callers hold the backend's lock.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from dataclasses import dataclass, field
+
+from .errors import InvalidRequest
+from .schemas import SupportedRescaleRegion
 
 # Architectures each provider's regions offer in the emulator.
 PROVIDER_ARCHITECTURES = {"AWS": ["X86", "AARCH64"], "GCP": ["X86", "AARCH64"], "AZURE": ["X86"]}
@@ -21,6 +25,8 @@ MACHINE_TYPES = {
     "AARCH64": {"machineType": "htc-emulator-aarch64-64", "vCPUs": 64, "memory": 262144},
 }
 DIMENSION_KEYS = ("region", "priority", "machineType", "hyperthreading", "computeScalingPolicy")
+# The regions the emulated workspace offers (the same list GET /htc/regions answers).
+WORKSPACE_REGIONS = list(SupportedRescaleRegion.__args__)
 
 
 @dataclass
@@ -43,6 +49,14 @@ class RetentionPolicy:
     delete_after: int
     created_at: dt.datetime
 
+    def archive_due(self, last_active_at: dt.datetime, at: dt.datetime, hour: dt.timedelta) -> bool:
+        """Whether a task idle since ``last_active_at`` is due for archiving at ``at``."""
+        return bool(self.archive_after) and last_active_at + self.archive_after * hour <= at
+
+    def delete_due(self, archived_at: dt.datetime, at: dt.datetime, hour: dt.timedelta) -> bool:
+        """Whether a task archived at ``archived_at`` is due for deletion at ``at``."""
+        return bool(self.delete_after) and archived_at + self.delete_after * hour <= at
+
 
 @dataclass
 class WorkspaceLimit:
@@ -51,7 +65,7 @@ class WorkspaceLimit:
     updated_at: dt.datetime
 
 
-def workspace_dimensions(regions: list[str]) -> list[dict]:
+def workspace_dimensions(regions: list[str] = WORKSPACE_REGIONS) -> list[dict]:
     """Every combination the workspace offers: its regions x priorities x the regions' machine types."""
     combinations = []
     for region, priority in itertools.product(regions, PRIORITIES):
@@ -73,6 +87,35 @@ def workspace_dimensions(regions: list[str]) -> list[dict]:
                 }
             )
     return combinations
+
+
+def offered_dimensions(wanted: list[dict]) -> list[dict]:
+    """The workspace's combination for each wanted one (the fields given must all match).
+
+    Refused, naming the wanted one's place in the list, when the workspace offers none.
+    """
+    offered = workspace_dimensions()
+    chosen = []
+    for number, given in enumerate(wanted):
+        match = next((c for c in offered if all(c[key] == value for key, value in given.items())), None)
+        if match is None:
+            raise InvalidRequest((number,), f"the workspace offers no dimension combination {given}")
+        chosen.append(match)
+    return chosen
+
+
+def allows(combination: dict, region: str, definition: dict) -> bool:
+    """Whether a dimension combination lets a job of ``definition`` run in ``region``.
+
+    It must match the job's region, priority and architecture and be big enough for it.
+    """
+    derived = combination["derived"]
+    return (
+        (combination["region"], combination["priority"], derived["architecture"])
+        == (region, definition.get("priority", "ON_DEMAND_PRIORITY"), definition.get("architecture", "X86"))
+        and definition.get("maxVCpus", 1) <= derived["vCPUs"]
+        and definition.get("maxMemory", 128) <= derived["memory"]
+    )
 
 
 @dataclass

@@ -10,12 +10,10 @@ Processes are started, contained and stopped by :mod:`htc_emulator.launcher`.
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,10 +24,11 @@ from pathlib import Path
 import requests
 
 from .auth import TokenAuthority
-from .images import DockerEngine, DockerfileError, ImageRegistry, LocalImage, normalize_image_name
+from .docker_engine import ContainerProcess, DockerEngine
 from .launcher import JobProcess, ProcessLauncher
+from .local_images import DockerfileError, LocalImage
 from .models import Backend, Job
-from .registry import ContainerRegistry, project_namespace
+from .project_images import ProjectImages
 
 INTAKE_RECHECK_SECONDS = 0.1
 # How long past a job's timeout its token stays valid (for a final upload).
@@ -41,12 +40,15 @@ LOG_CHUNK_BYTES = 1 << 16
 
 
 class Scheduler:
-    """Executes the backend's jobs; the backend calls :meth:`enqueue` and :meth:`kill`."""
+    """Executes the backend's jobs; the backend calls :meth:`enqueue` and :meth:`kill`.
+
+    Whoever assembles the emulator makes it the backend's executor (``backend.executor``).
+    """
 
     def __init__(
         self,
         backend: Backend,
-        images: ImageRegistry,
+        images: ProjectImages,
         tokens: TokenAuthority,
         *,
         api_url: str,
@@ -54,7 +56,6 @@ class Scheduler:
         concurrency: int | None = None,
         time_scale: float = 1.0,
         docker: DockerEngine | None = None,
-        registry: ContainerRegistry | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -68,7 +69,8 @@ class Scheduler:
             raise ValueError("concurrency must be at least 1")
         self.time_scale = time_scale
         self.docker = docker
-        self.registry = registry
+        # Jobs run pushed images (as containers) only where a Docker engine runs them.
+        self.container_registry = images.container_registry if docker is not None else None
         self._scratch = Path(tempfile.mkdtemp(prefix="htc-emulator-jobs-"))
         # Registered images run as processes in either mode; pushed ones as containers.
         self.launcher = ProcessLauncher(self._base_environment(self._scratch))
@@ -84,7 +86,6 @@ class Scheduler:
             threading.Thread(target=self._worker_loop, name=f"htc-worker-{i}", daemon=True)
             for i in range(self.concurrency)
         ]
-        backend.executor = self
         for thread in self._threads:
             thread.start()
 
@@ -151,9 +152,8 @@ class Scheduler:
     def _run_attempt(self, job: Job) -> bool:
         """Run one attempt to its end; True if the job should run again."""
         image_name = job.definition["imageName"]
-        project = self.backend.project(job.project_id)
         try:
-            reference = self._pushed_reference(job, image_name, project.repositories)
+            reference = self._pushed_reference(job, image_name)
         except requests.RequestException as exc:
             return self.backend.finish_attempt(
                 job, "FAILED", f"CannotPullContainerError: registry: {exc}", failure_code="ErrorStartingContainer"
@@ -164,8 +164,8 @@ class Scheduler:
                 return self._execute(job, None, workdir, reference)
             finally:
                 remove_tree(workdir)
-        image = self.images.get(image_name)
-        if image is None or image.repository not in project.repositories:
+        image = self.images.local_image(job.project_id, image_name)
+        if image is None:
             return self.backend.finish_attempt(
                 job,
                 "FAILED",
@@ -178,15 +178,11 @@ class Scheduler:
         finally:
             remove_tree(workdir)
 
-    def _pushed_reference(self, job: Job, image_name: str, repositories) -> str | None:
+    def _pushed_reference(self, job: Job, image_name: str) -> str | None:
         """The registry reference of the job's image if it was pushed to the project's registry."""
-        if self.registry is None or self.docker is None:
+        if self.container_registry is None:
             return None
-        name = normalize_image_name(image_name)
-        repository = name.rsplit(":", 1)[0]
-        if repository not in repositories or name not in self.registry.images(job.project_id, [repository]):
-            return None
-        return f"{self.registry.host}/{project_namespace(job.project_id)}{name}"
+        return self.images.pushed_reference(job.project_id, image_name)
 
     def _execute(self, job: Job, image: LocalImage | None, workdir: Path, reference: str | None = None) -> bool:
         """One attempt: a process for a registered image, a container for a pushed one (``reference``)."""
@@ -195,7 +191,7 @@ class Scheduler:
         try:
             if reference is not None:
                 problem = self.docker.pull(
-                    reference, *self.registry.pull_credentials(job.project_id), workdir / "docker-config"
+                    reference, *self.container_registry.pull_credentials(job.project_id), workdir / "docker-config"
                 )
                 if problem:
                     return self.backend.finish_attempt(
@@ -367,34 +363,3 @@ def remove_tree(path: Path) -> None:
         path.rmdir()
     except OSError:
         shutil.rmtree(path, ignore_errors=True)
-
-
-class ContainerProcess:
-    """A job's ``docker run``, with the same wait/stop as a process-mode job."""
-
-    def __init__(self, docker: DockerEngine, container_name: str, client: subprocess.Popen) -> None:
-        self.docker, self.container_name, self.client = docker, container_name, client
-        self.stdout = client.stdout
-        self.out_of_memory = False
-
-    def wait(self, timeout: float | None = None) -> int:
-        """The container's exit code; then whether the engine killed it for memory, and it is removed."""
-        returncode = self.client.wait(timeout=timeout)
-        self._kill_client_group()
-        self.out_of_memory = self.docker.oom_killed(self.container_name)
-        self.docker.remove(self.container_name)
-        return returncode
-
-    def stop(self, grace: float) -> None:
-        """``docker stop`` (SIGTERM, SIGKILL after ``grace``) in the background: a cancel must not wait."""
-        if grace <= 0:
-            self.docker.stop(self.container_name, 0)
-            self._kill_client_group()
-            return
-        threading.Thread(target=self.docker.stop, args=(self.container_name, math.ceil(grace)), daemon=True).start()
-
-    def _kill_client_group(self) -> None:
-        try:
-            os.killpg(self.client.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass

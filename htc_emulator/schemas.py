@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .auth import RESERVED_CLAIMS
-from .images import IMAGE_NAME_RE
+from .local_images import IMAGE_NAME_RE
 from .validation import MAX_JOBS_PER_BATCH
 
 RescaleRegion = Literal[

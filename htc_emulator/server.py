@@ -18,14 +18,18 @@ from pathlib import Path
 
 import uvicorn
 
+from .app import asgi_app
 from .auth import TokenAuthority
+from .container_registry import ContainerRegistry
+from .docker_engine import DockerEngine
 from .faults import FaultInjector
-from .images import DockerEngine, ImageRegistry, LocalImage
+from .local_images import LocalImage, LocalImages
 from .models import MAX_JOBS_PER_TASK, Backend
+from .project_images import ProjectImages
 from .recorder import ExchangeRecorder
-from .registry import ContainerRegistry
-from .responses import API_PREFIX, Services, auth_middleware, create_app
 from .retention import RetentionSweeper
+from .routes import API_PREFIX
+from .routes.dependencies import Services
 from .scheduler import Scheduler
 from .storage import ADMIN_ACCESS_KEY, Storage
 
@@ -42,7 +46,7 @@ class Emulator:
         api_key: str,
         storage: Storage,
         backend: Backend,
-        images: ImageRegistry,
+        images: LocalImages,
         faults: FaultInjector,
         scheduler: Scheduler,
         recorder: ExchangeRecorder | None = None,
@@ -91,17 +95,10 @@ class Emulator:
         return self.images.register(name, dockerfile, context)
 
 
-def _has_repository(backend: Backend, project_id: str, repository: str) -> bool:
-    """Whether the project created this repository (what its registry password may touch)."""
-    with backend.lock:
-        project = backend.projects.get(project_id)
-        return project is not None and repository in project.repositories
-
-
-def _register_images(registry: ImageRegistry, images: Mapping[str, ImageSource] | None) -> None:
+def _register_images(local_images: LocalImages, images: Mapping[str, ImageSource] | None) -> None:
     for name, source in (images or {}).items():
         dockerfile, context = source if isinstance(source, tuple) else (source, None)
-        registry.register(name, dockerfile, context)
+        local_images.register(name, dockerfile, context)
 
 
 @contextlib.contextmanager
@@ -140,8 +137,8 @@ def running(
     api_key = api_key or secrets.token_hex(20)
     tokens = TokenAuthority(api_key, token_lifetime)
     injector = faults if isinstance(faults, FaultInjector) else FaultInjector.from_config(faults or {})
-    registry = ImageRegistry()
-    _register_images(registry, images)
+    local_images = LocalImages()
+    _register_images(local_images, images)
     engine = None
     if docker:
         engine = DockerEngine()
@@ -155,16 +152,12 @@ def running(
         storage = Storage(wrap=lambda app: injector.wsgi(app, ADMIN_ACCESS_KEY))
         backend = Backend(storage, refresh_delay=refresh_delay, max_jobs_per_task=max_jobs_per_task)
         if engine is not None:
-            container_registry = ContainerRegistry(
-                lambda project_id, repository: _has_repository(backend, project_id, repository)
-            )
+            container_registry = ContainerRegistry(backend.has_repository)
             container_registry.start()
-        app = create_app(
-            Services(backend=backend, tokens=tokens, storage=storage, images=registry, registry=container_registry)
-        )
-        served = injector.asgi(auth_middleware(app, tokens))
+        project_images = ProjectImages(backend, local_images, container_registry)
+        services = Services(backend=backend, tokens=tokens, storage=storage, images=project_images)
         config = uvicorn.Config(
-            recorder.asgi(served) if recorder is not None else served,
+            asgi_app(services, injector, recorder),
             host="127.0.0.1",
             port=port,
             lifespan="off",
@@ -183,22 +176,22 @@ def running(
         # Jobs need the API URL, known only now; nobody can know the port to submit a job before this.
         scheduler = Scheduler(
             backend,
-            registry,
+            project_images,
             tokens,
             api_url=root_url + API_PREFIX,
             s3_endpoint=storage.endpoint,
             concurrency=concurrency,
             time_scale=time_scale,
             docker=engine,
-            registry=container_registry,
         )
+        backend.executor = scheduler
         sweeper = RetentionSweeper(backend, time_scale)
         yield Emulator(
             root_url=root_url,
             api_key=api_key,
             storage=storage,
             backend=backend,
-            images=registry,
+            images=local_images,
             faults=injector,
             scheduler=scheduler,
             recorder=recorder,

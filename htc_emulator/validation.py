@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .models import InvalidRequest
+from .errors import InvalidRequest
 
 # The original tutorial documents at most 100 batch definitions per
 # request and 1,000 jobs per batch; a task's own ceiling is

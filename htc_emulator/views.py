@@ -1,4 +1,4 @@
-"""Entities as the spec's response objects.
+"""Entities as the spec's response objects: how the routes shape what the model returns.
 
 Every property the spec documents for a response is sent, ``null`` while
 it has no value (a job's ``startedAt`` before it starts, a batch's
@@ -13,10 +13,9 @@ import datetime as dt
 from collections import Counter
 
 from . import auth
-from .models import ACTIVE, Backend, Job, JobEvent, Project, Task
+from .models import SUMMARY_STATUSES, Job, JobEvent, LogLine, Metrics, Project, Task
 from .policies import MACHINE_TYPES, PROVIDER_ARCHITECTURES, Limit, RetentionPolicy, WorkspaceLimit
-
-REGISTRY_HOST = "registry.htc-emulator.invalid"
+from .storage_rights import PresignedUpload, StorageGrant
 
 
 def isotime(value: dt.datetime | None) -> str | None:
@@ -29,12 +28,12 @@ def provider_of(region: str) -> str:
     return region.split("_", 1)[0]
 
 
-def registry_uri(project: Project, registry_host: str = REGISTRY_HOST) -> str:
+def registry_uri(project_id: str, registry_host: str) -> str:
     """The project's namespace in the registry (``registry_host``: the real one, where it runs)."""
-    return f"{registry_host}/projects/{project.project_id}/"
+    return f"{registry_host}/projects/{project_id}/"
 
 
-def project_view(project: Project, registry_host: str = REGISTRY_HOST) -> dict:
+def project_view(project: Project, registry_host: str) -> dict:
     return {
         "projectId": project.project_id,
         "projectName": project.name,
@@ -51,20 +50,75 @@ def project_view(project: Project, registry_host: str = REGISTRY_HOST) -> dict:
         "workspaceId": auth.WORKSPACE_ID,
         "organizationCode": auth.ORGANIZATION_CODE,
         "createdAt": isotime(project.created_at),
-        "containerRegistry": registry_uri(project, registry_host),
+        "containerRegistry": registry_uri(project.project_id, registry_host),
         "repositories": sorted(project.repositories),
         "projectFolderPath": project.folder_path,
     }
 
 
-def repository_view(project: Project, name: str, created: bool, registry_host: str = REGISTRY_HOST) -> dict:
+def repository_view(project: Project, name: str, created: bool, registry_host: str) -> dict:
     return {
         "repositoryName": name,
         "successfullyCreated": created,
         "projectId": project.project_id,
         "createdBy": auth.USER_ID,
         "workspaceId": auth.WORKSPACE_ID,
-        "registryURI": registry_uri(project, registry_host),
+        "registryURI": registry_uri(project.project_id, registry_host),
+    }
+
+
+def image_list_view(project_id: str, registry_host: str, names: list[str]) -> dict:
+    return {"containerRegistry": registry_uri(project_id, registry_host), "images": names}
+
+
+def storage_option_view(bucket: str, region: str) -> dict:
+    return {"storageName": bucket, "region": region, "provider": "AWS"}
+
+
+def storage_token_view(grant: StorageGrant, project_id: str, bucket: str) -> dict:
+    """A StorageAccessToken (plus ``storagePath``: see htc_emulator.deviations)."""
+    return {
+        "projectSharedStoragePath": grant.shared_path,
+        "storagePath": grant.storage_path,
+        "projectId": project_id,
+        "storageName": bucket,
+        "region": grant.region,
+        "user": f"{auth.WORKSPACE_ID}:{auth.USER_ID}",
+        "expiration": isotime(grant.expiration),
+        "credentials": grant.credentials,
+        "provider": "AWS",
+    }
+
+
+def storage_tokens_view(default_region: str, grants: list[StorageGrant], project_id: str, bucket: str) -> dict:
+    return {
+        "defaultRegion": default_region,
+        "regionStores": [storage_token_view(grant, project_id, bucket) for grant in grants],
+    }
+
+
+def regional_storage_view(default_region: str, grants: list[StorageGrant]) -> dict:
+    stores = [
+        {
+            "region": grant.region,
+            "projectPath": grant.shared_path,
+            "taskPath": grant.storage_path,
+            "credentials": grant.credentials,
+            "provider": "AWS",
+        }
+        for grant in grants
+    ]
+    return {"rescaleRegion": default_region, "regionalStores": stores}
+
+
+def presigned_url_view(upload: PresignedUpload) -> dict:
+    # The spec types `url` as an object (a serialized java.net.URL); the
+    # value is sent as the URL string, which is what a client can use.
+    return {
+        "url": upload.url,
+        "storageName": upload.bucket,
+        "region": upload.region,
+        "expiration": isotime(upload.expiration),
     }
 
 
@@ -228,6 +282,18 @@ def _instance_labels(job: Job) -> dict:
     }
 
 
+def log_view(line: LogLine) -> dict:
+    return {"timestamp": isotime(line.at), "message": line.message}
+
+
+def task_statistics_view(counts: Counter) -> dict:
+    return {"group": None, "jobStatuses": {status: counts[status] for status in SUMMARY_STATUSES}}
+
+
+def group_statistics_view(group: str | None, counts: Counter) -> dict:
+    return {"group": group, "jobStatuses": dict(counts)}
+
+
 def event_view(job: Job, event: JobEvent) -> dict:
     return {
         "eventId": event.event_id,
@@ -325,34 +391,29 @@ def gcp_clusters_view(regions: list[str], node_count: int) -> dict:
     }
 
 
-def metrics_text(backend: Backend) -> str:
+def metrics_text(metrics: Metrics) -> str:
     """Prometheus text exposition of the emulator's state: what ``GET /htc/metrics`` serves."""
-    with backend.lock:
-        jobs = list(backend.jobs.values())
-        tasks = list(backend.tasks.values())
-        projects = len(backend.projects)
-    job_counts = Counter((job.project_id, job.status) for job in jobs)
-    task_counts = Counter(task.lifecycle_status for task in tasks)
-    active_vcpus = Counter()
-    for job in jobs:
-        if job.status in ACTIVE:
-            active_vcpus[job.project_id] += job.vcpus
     lines = [
         "# HELP htc_projects Projects in the workspace.",
         "# TYPE htc_projects gauge",
-        f'htc_projects{{workspace="{auth.WORKSPACE_ID}"}} {projects}',
+        f'htc_projects{{workspace="{auth.WORKSPACE_ID}"}} {metrics.projects}',
         "# HELP htc_tasks Tasks by lifecycle status.",
         "# TYPE htc_tasks gauge",
     ]
-    lines += [f'htc_tasks{{lifecycle_status="{status}"}} {count}' for status, count in sorted(task_counts.items())]
+    lines += [
+        f'htc_tasks{{lifecycle_status="{status}"}} {count}' for status, count in sorted(metrics.tasks_by_status.items())
+    ]
     lines += ["# HELP htc_jobs Jobs by project and status.", "# TYPE htc_jobs gauge"]
     lines += [
         f'htc_jobs{{project="{project}",status="{status}"}} {count}'
-        for (project, status), count in sorted(job_counts.items())
+        for (project, status), count in sorted(metrics.jobs_by_project_and_status.items())
     ]
     lines += [
         "# HELP htc_active_vcpus vCPUs held by active jobs (what the limits count).",
         "# TYPE htc_active_vcpus gauge",
     ]
-    lines += [f'htc_active_vcpus{{project="{project}"}} {count}' for project, count in sorted(active_vcpus.items())]
+    lines += [
+        f'htc_active_vcpus{{project="{project}"}} {count}'
+        for project, count in sorted(metrics.active_vcpus_by_project.items())
+    ]
     return "\n".join(lines) + "\n"

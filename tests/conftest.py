@@ -1,7 +1,7 @@
 """Spec-checking HTTP clients for the emulator tests.
 
 ``client_for(emu)`` gives an HTTP client that checks every request body
-and response against the OpenAPI document (``htc_emulator.spec``). The
+and response against the OpenAPI document (``tests.support.spec``). The
 session emulator itself starts in the project's root ``conftest.py``.
 """
 
@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from htc_emulator.spec import ContractValidator, load_spec
+from tests.support.spec import ContractValidator, load_spec
 
 
 class ContractClient:
@@ -186,11 +186,11 @@ def containers_or_skip():
 @pytest.fixture(scope="session")
 def worker_image() -> str:
     """The tutorial's image, built once from docker/Dockerfile (on a stand-in base where none can be pulled)."""
-    from htc_emulator.images import DockerEngine
+    from htc_emulator.docker_engine import DockerEngine
 
     if not DockerEngine().available():
         skip_without_containers("no Docker engine answers `docker info` (start dockerd, or run .ci/run as root)")
-    from htc_emulator import container_build
+    from tools import container_build
 
     return container_build.ensure_image("opencv-htc-tutorial:v1")
 

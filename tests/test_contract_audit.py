@@ -13,7 +13,7 @@ import pytest
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from htc_emulator.spec import ContractValidator
+from tests.support.spec import ContractValidator
 
 
 def as_requests(exchange) -> requests.Response:

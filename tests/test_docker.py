@@ -140,7 +140,7 @@ def docker_emu(worker_image, client_for):
     leftover = docker("ps", "--all", "--quiet", "--filter", f"label=htc-emulator.{emu.scheduler.docker.instance}")
     assert leftover.stdout.split() == [], "containers outlived the emulator"
     names = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
-    registry = emu.scheduler.registry.host
+    registry = emu.scheduler.container_registry.host
     assert [name for name in names if name.startswith(f"{registry}/")] == [], "image names outlived the registry"
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 
 import jwt
 import pytest
+import requests
+import uvicorn
 
 from htc_emulator import running
+from htc_emulator.app import create_app
+from htc_emulator.routes import API_PREFIX
+from htc_emulator.routes.dependencies import Services
 
 
 def test_api_key_exchange_needs_the_token_scheme_and_the_right_key(api, emulator):
@@ -151,3 +159,48 @@ def test_job_tokens_reach_only_their_own_project_and_task(api, scoped, method, p
         assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics") == before
         assert api.ok("GET", f"/htc/projects/{project_id}")["regions"] == ["AWS_EU_WEST_1"]
         assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}")["lifecycleStatus"] == "ACTIVE"
+
+
+@contextlib.contextmanager
+def served(app) -> Iterator[str]:
+    """``app`` alone on a loopback port, behind no middleware; its root URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_an_app_without_the_bearer_middleware_still_checks_the_caller(api, emulator):
+    """The routes take their caller from a dependency that authenticates when no middleware did:
+    storage credentials for the user, 401 without a valid token, never a 500."""
+    project_id = api.new_project()
+    task_id = api.new_task(project_id)
+    services = Services(
+        backend=emulator.backend,
+        tokens=emulator.scheduler.tokens,
+        storage=emulator.storage,
+        images=emulator.scheduler.images,
+    )
+    with served(create_app(services)) as root:
+        url = f"{root}{API_PREFIX}/htc/projects/{project_id}/storage/token"
+        granted = requests.get(url, headers={"Authorization": f"Bearer {api.token}"}, timeout=30)
+        assert granted.status_code == 200, granted.text
+        assert granted.json()["credentials"]["AWS_SESSION_TOKEN"]
+        for headers in ({}, {"Authorization": "Bearer garbage"}):
+            refused = requests.get(url, headers=headers, timeout=30)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", refused.text
+        never_ran = emulator.scheduler.tokens.job_token(
+            project_id=project_id, task_id=task_id, job_id="made-up:0", lifetime=600
+        )
+        refused = requests.get(url, headers={"Authorization": f"Bearer {never_ran}"}, timeout=30)
+        assert refused.status_code == 401 and "never ran" in refused.json()["errorDescription"]
+        unlisted = requests.get(f"{root}{API_PREFIX}/htc/projects", timeout=30)
+        assert unlisted.status_code == 401

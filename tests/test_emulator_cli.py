@@ -12,7 +12,7 @@ import time
 
 import requests
 
-from htc_emulator.images import PROJECT_ROOT
+from htc_emulator.local_images import PROJECT_ROOT
 
 
 def start(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from htc_emulator import ExchangeRecorder, running
-from htc_emulator.spec import ContractValidator, corrected_spec
+from tests.support.spec import ContractValidator, corrected_spec
 
 # A no-op job that runs quickly wherever the tutorial image is registered.
 NOOP = {"imageName": "noop:v1", "commands": ["python", "-c", "pass"], "execTimeoutSeconds": 60}

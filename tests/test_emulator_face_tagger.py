@@ -13,7 +13,7 @@ from pathlib import Path
 
 import boto3
 
-from htc_emulator.images import PROJECT_ROOT
+from htc_emulator.local_images import PROJECT_ROOT
 
 IMAGE_COUNT = 7
 BATCH_SIZE = 3

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from htc_emulator import running
-from htc_emulator.models import InvalidRequest
+from htc_emulator.errors import InvalidRequest
 
 DEFINITION = {"imageName": "opencv-htc-tutorial:v1", "commands": ["python", "-c", "pass"], "execTimeoutSeconds": 60}
 LONE_SURROGATE = "\ud800"

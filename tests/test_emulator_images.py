@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from htc_emulator.images import (
+from htc_emulator.docker_engine import DockerEngine
+from htc_emulator.local_images import (
     PROJECT_ROOT,
-    DockerEngine,
     DockerfileError,
-    ImageRegistry,
+    LocalImages,
     normalize_image_name,
     parse_dockerfile,
 )
@@ -93,17 +93,17 @@ def test_copies_that_cannot_be_mapped_are_errors(context, line):
         parse_dockerfile("demo:v1", write(context, f"FROM x\n{line}\n"), context)
 
 
-def test_registry_names_and_paths(context):
-    registry = ImageRegistry(project_root=context)
-    registry.register("demo", write(context, "FROM x\nCOPY tool.py /t.py\n"))
-    assert registry.names() == ["demo:latest"] and registry.get("demo").name == "demo:latest"
-    assert registry.get("demo:latest").repository == "demo"
+def test_local_image_names_and_paths(context):
+    local_images = LocalImages(project_root=context)
+    local_images.register("demo", write(context, "FROM x\nCOPY tool.py /t.py\n"))
+    assert local_images.names() == ["demo:latest"] and local_images.get("demo").name == "demo:latest"
+    assert local_images.get("demo:latest").repository == "demo"
     assert normalize_image_name("reg/team/app") == "reg/team/app:latest"
     for bad in ("Upper:v1", "bad name:v1"):
         with pytest.raises(DockerfileError):
-            registry.register(bad, context / "Dockerfile")
+            local_images.register(bad, context / "Dockerfile")
     with pytest.raises(DockerfileError):
-        registry.register("ok:v1", "no/such/Dockerfile")
+        local_images.register("ok:v1", "no/such/Dockerfile")
 
 
 def test_docker_run_keeps_secret_values_out_of_the_arguments(context):
@@ -116,7 +116,7 @@ def test_docker_run_keeps_secret_values_out_of_the_arguments(context):
 
 
 def test_the_tutorial_dockerfile_maps_the_worker():
-    image = ImageRegistry().register("opencv-htc-tutorial:v1", "docker/Dockerfile")
+    image = LocalImages().register("opencv-htc-tutorial:v1", "docker/Dockerfile")
     assert image.host_path("/opt/face_tagger.py") == str(PROJECT_ROOT / "face_tagger" / "face_tagger.py")
     assert image.local_command(["python", "/opt/face_tagger.py"])[1] == str(
         PROJECT_ROOT / "face_tagger" / "face_tagger.py"

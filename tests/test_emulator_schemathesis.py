@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from htc_emulator.spec import corrected_spec, load_spec
+from tests.support.spec import corrected_spec, load_spec
 
 CHECKS = [
     not_a_server_error,

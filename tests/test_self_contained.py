@@ -61,7 +61,7 @@ def test_a_copy_with_nothing_beside_it_runs(tmp_path):
         "-c",
         """
 import requests
-from htc_emulator.spec import ContractValidator, load_spec
+from tests.support.spec import ContractValidator, load_spec
 from run_tutorial import emulator_environment
 spec = load_spec()
 with emulator_environment() as emu:

@@ -227,20 +227,22 @@ class ContainerRegistry:
         )
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        registry = self
+        container_registry = self
 
         class TokenHandler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 url = urlsplit(self.path)
                 query = parse_qs(url.query)
-                project_id = registry._project_of(self.headers.get("Authorization"))
+                project_id = container_registry._project_of(self.headers.get("Authorization"))
                 if url.path != "/token" or query.get("service") != [SERVICE]:
                     return self._answer(404, {"errors": [{"code": "NOT_FOUND", "message": "no such token service"}]})
                 if project_id is None:
                     return self._answer(
                         401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad registry credentials"}]}
                     )
-                token = registry._bearer(USERNAME, registry._granted(project_id, query.get("scope", [])))
+                token = container_registry._bearer(
+                    USERNAME, container_registry._granted(project_id, query.get("scope", []))
+                )
                 self._answer(200, {"token": token, "access_token": token, "expires_in": BEARER_LIFETIME})
 
             def _answer(self, status: int, body: dict) -> None:

@@ -1,10 +1,11 @@
 """Check requests and responses against the official OpenAPI document.
 
-Used by the tests (it needs ``openapi-core``, a test-only dependency). The
-spec is the project's own copy, ``htc_emulator/openapi/htc-openapi.json``
-(Rescale's, MIT licence; see the README there), or ``$HTC_OPENAPI_SPEC``. A few corrections are applied first, each for
-a deliberate, documented departure (see :mod:`htc_emulator.deviations`);
-everything else is checked as the spec states it.
+Test support (it needs ``openapi-core``, a test-only dependency). The spec
+is the project's own copy, ``htc_emulator/openapi/htc-openapi.json``
+(Rescale's, MIT licence; see the README there), or ``$HTC_OPENAPI_SPEC``.
+A few corrections are applied first, each for a deliberate, documented
+departure (see :mod:`htc_emulator.deviations`); everything else is checked
+as the spec states it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from . import deviations
+from htc_emulator import deviations
 
-DEFAULT_SPEC_PATH = Path(__file__).resolve().parent / "openapi" / "htc-openapi.json"
+DEFAULT_SPEC_PATH = Path(deviations.__file__).resolve().parent / "openapi" / "htc-openapi.json"
 
 # The deliberate departures the checks allow, all documented in one place.
 CORRECTIONS = deviations.DEVIATIONS

@@ -1,0 +1,47 @@
+"""The application: the resource routers, the error handlers and the middleware, assembled.
+
+A request flows through :func:`asgi_app`'s layers in this order: the exchange
+recorder (:mod:`htc_emulator.recorder`, when a session keeps its exchanges),
+the fault injector (:mod:`htc_emulator.faults`), the bearer check
+(:mod:`htc_emulator.routes.guard`), then FastAPI's routing to one route of
+:mod:`htc_emulator.routes`, which calls the model (:class:`~htc_emulator.models.Backend`)
+and shapes its answer with :mod:`htc_emulator.views`.
+"""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI
+
+from .errors import install_error_handlers
+from .faults import FaultInjector
+from .recorder import ExchangeRecorder
+from .routes import API_PREFIX, auth, jobs, metrics, policies, projects, regions, statistics, storage, tasks
+from .routes.dependencies import Services, principal
+from .routes.guard import auth_middleware
+
+# Every /htc/** route, by resource; the authentication routes are the only ones without a bearer token.
+HTC_ROUTERS = (regions, projects, storage, tasks, jobs, statistics, policies, metrics)
+
+
+def create_app(services: Services) -> FastAPI:
+    """The FastAPI application, without the recorder, fault and bearer-check wrappers.
+
+    Its ``/htc/**`` routes still check the bearer token themselves (the
+    principal dependency), so the application is never open without them.
+    """
+    app = FastAPI(title="Rescale HTC API emulator", openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.services = services
+    install_error_handlers(app)
+    authenticated = [Depends(principal)]
+    app.include_router(auth.router)  # the tutorial's root URL
+    app.include_router(projects.registry_token_router, dependencies=authenticated)  # the tutorial's root URL
+    app.include_router(auth.router, prefix=API_PREFIX)
+    for module in HTC_ROUTERS:
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=authenticated)
+    return app
+
+
+def asgi_app(services: Services, faults: FaultInjector, recorder: ExchangeRecorder | None = None):
+    """What uvicorn serves: recorder, faults and bearer check around :func:`create_app`'s application."""
+    served = faults.asgi(auth_middleware(create_app(services), services.tokens, services.backend))
+    return recorder.asgi(served) if recorder is not None else served

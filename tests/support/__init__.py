@@ -1,0 +1,1 @@
+"""Test support: what the tests share that is not a fixture (fixtures live in conftest.py files)."""

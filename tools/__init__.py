@@ -1,0 +1,1 @@
+"""Developer tools that ship beside the project, not inside its runtime packages."""
