@@ -25,7 +25,7 @@ SUMMARY_TAG = "test-summary"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    # Every exchange is kept for tests/test_contract_audit.py, which checks them all against the spec.
+    # Every exchange is kept for tests/emulator/test_contract_audit.py, which checks them all against the spec.
     context = emulator_environment(recorder=ExchangeRecorder())
     _session.update(emulator=context.__enter__(), context=context)
 

@@ -85,8 +85,8 @@ print(len(spec["paths"]), "paths;", len(regions.json()), "regions")
         "-x",
         "-p",
         "no:cacheprovider",
-        "tests/test_emulator_contract.py::test_project_create_get_list",
-        "tests/test_emulator_contract.py::test_storage_tokens_and_paths",
+        "tests/emulator/test_projects.py::test_project_create_get_list",
+        "tests/emulator/test_storage.py::test_storage_tokens_and_paths",
         timeout=600,
     )
     assert contract.returncode == 0, contract.stdout[-3000:] + contract.stderr[-3000:]

@@ -1,4 +1,7 @@
-"""Storage: STS credentials from the API move real objects in moto's S3."""
+"""Storage: tokens and paths per region, presigned uploads, and STS credentials that move real objects in moto's S3.
+
+What the credentials may reach (the S3 gate's enforcement) is ``test_storage_credentials.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,50 @@ import pytest
 import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from tests.support.refusals import assert_bad_request
+
+
+def test_storage_tokens_and_paths(api, emulator):
+    project_id = api.new_project(regions=["AWS_EU_WEST_1", "AWS_US_EAST_1"])
+    task_id = api.new_task(project_id)
+    shared = f"s3://{emulator.bucket}/projects/{project_id}/shared/"
+    task_path = f"s3://{emulator.bucket}/projects/{project_id}/tasks/{task_id}/"
+    project_token = api.ok("GET", f"/htc/projects/{project_id}/storage/token")
+    assert project_token["projectSharedStoragePath"] == project_token["storagePath"] == shared
+    assert project_token["region"] == "AWS_EU_WEST_1"
+    assert set(project_token["credentials"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    regional = api.ok("GET", f"/htc/projects/{project_id}/storage/token/AWS_US_EAST_1")
+    assert regional["region"] == "AWS_US_EAST_1"
+    task_token = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/token/AWS_EU_WEST_1")
+    assert task_token["storagePath"] == task_path and task_token["projectSharedStoragePath"] == shared
+    assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/token")["storagePath"] == task_path
+    tokens = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/tokens")
+    assert tokens["defaultRegion"] == "AWS_EU_WEST_1" and len(tokens["regionStores"]) == 2
+    assert len(api.ok("GET", f"/htc/projects/{project_id}/storage/tokens")["regionStores"]) == 2
+    stores = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/regional-storage")
+    assert stores["regionalStores"][0]["taskPath"] == task_path
+    assert api.get(f"/htc/projects/{project_id}/storage/token/AWS_EU_WEST_2").status_code == 404
+    for url in (
+        f"/htc/projects/{project_id}/storage/presigned-url",
+        f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url",
+    ):
+        presigned = api.ok("GET", url, params={"filePath": "dir/file.txt"})
+        assert presigned["url"].startswith(emulator.s3_endpoint + "/")
+
+
+@pytest.mark.parametrize("file_path", ["../escape.txt", "/etc/passwd", "a/../../b", "a/./b", "a\\b"])
+def test_presigned_urls_refuse_paths_outside_their_prefix(api, place, file_path):
+    project_id, task_id = place
+    for path in (
+        f"/htc/projects/{project_id}/storage/presigned-url",
+        f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url",
+    ):
+        assert_bad_request(api.get(path, params={"filePath": file_path}), "filePath")
+    assert_bad_request(api.get(f"/htc/projects/{project_id}/storage/presigned-url", request_valid=False), "filePath")
+
+
+# --- real objects ------------------------------------------------------------------
 
 
 def s3_for(token: dict):

@@ -1,16 +1,24 @@
-"""API key exchange, bearer tokens (401) and job-token scope (403)."""
+"""Authentication: the API key for tokens, bearer tokens on every /htc call (401), JWKS, OAuth 2.0, whoami.
+
+What a job's token may do is in ``test_job_tokens.py``.
+"""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
+import json
 import threading
 import time
 from collections.abc import Iterator
 
 import jwt
-import pytest
 import requests
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from htc_emulator import running
 from htc_emulator.app import create_app
@@ -31,10 +39,50 @@ def test_api_key_exchange_needs_the_token_scheme_and_the_right_key(api, emulator
     assert api.get(url, auth=None, headers={"Authorization": f"Token {emulator.api_key}"}).status_code == 200
 
 
+def test_token_exchange_at_root_and_api_paths(api, emulator):
+    for url in (emulator.root_url + "/auth/token", emulator.api_url + "/auth/token"):
+        body = api.ok("GET", url, auth=None, headers={"Authorization": f"Token {emulator.api_key}"})
+        assert body["expiresIn"] == 21600
+        claims = jwt.decode(body["tokenValue"], options={"verify_signature": False})
+        assert claims["exp"] - claims["iat"] == 21600
+        assert "groups" in claims
+
+
 def test_whoami_with_the_api_key(api, emulator):
     me = api.ok("GET", "/auth/whoami", auth=None, headers={"Authorization": f"Token {emulator.api_key}"})
     assert me["user"]["workspace"]["id"] == "emulator-workspace"
     assert api.get("/auth/whoami", auth=None, request_valid=None).status_code == 401
+
+
+def test_token_whoami_returns_the_payload(api, emulator):
+    payload = api.ok("GET", "/auth/token/whoami")
+    assert payload == jwt.decode(api.token, options={"verify_signature": False})
+    job_token = emulator.scheduler.tokens.job_token(project_id="p", task_id="t", job_id="j:0", lifetime=60)
+    assert api.ok("GET", "/auth/token/whoami", auth=job_token)["jobId"] == "j:0"
+    for token in ("garbage", None):
+        refused = api.get("/auth/token/whoami", auth=token, request_valid=None)
+        assert refused.status_code == 401 and refused.json()["error"] == "invalid_token"
+
+
+def test_oauth2_client_credentials(api, emulator):
+    url = emulator.api_url + "/oauth2/token"
+    for extra in ({"auth": ("htc-client", emulator.api_key)}, {"data_extra": {"client_secret": emulator.api_key}}):
+        form = {"grant_type": "client_credentials", **extra.get("data_extra", {})}
+        response = requests.post(url, data=form, auth=extra.get("auth"), timeout=30)
+        body = response.json()
+        assert response.status_code == 200 and body["token_type"] == "Bearer" and body["expires_in"] == 21600
+        assert api.ok("GET", "/htc/regions", auth=body["access_token"])
+    refusals = [
+        ({"grant_type": "client_credentials"}, ("c", "wrong"), "invalid_client"),
+        ({"grant_type": "password"}, ("c", emulator.api_key), "unsupported_grant_type"),
+        ({}, ("c", emulator.api_key), "invalid_request"),
+    ]
+    for form, auth, error in refusals:
+        response = requests.post(url, data=form, auth=auth, timeout=30)
+        assert response.status_code == 400 and response.json()["error"] == error
+
+
+# --- bearer tokens ---------------------------------------------------------------
 
 
 def forged(claims: dict, key: bytes = b"x" * 32, algorithm: str = "HS256") -> str:
@@ -55,6 +103,37 @@ def test_htc_calls_need_a_valid_bearer_token(api, emulator):
         "/htc/regions", auth=None, headers={"Authorization": f"Token {emulator.api_key}"}, request_valid=None
     )
     assert response.status_code == 401
+
+
+def test_tokens_verify_with_a_jwks_client(api, emulator):
+    """RS256 tokens whose key is published at /.well-known/jwks.json, as a JWKS client reads it."""
+    for base in (emulator.root_url, emulator.api_url):
+        keys = api.ok("GET", f"{base}/.well-known/jwks.json", auth=None)["keys"]
+        assert [k["kty"] for k in keys] == ["RSA"] and "d" not in keys[0]
+    client = jwt.PyJWKClient(emulator.root_url + "/.well-known/jwks.json")
+    key = client.get_signing_key_from_jwt(api.token)
+    claims = jwt.decode(api.token, key.key, algorithms=["RS256"], issuer="htc-emulator")
+    assert claims["sub"] == "emulator-user" and claims["tokenType"] == "USER"
+
+
+def hs256_by_hand(claims: dict, secret: bytes) -> str:
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = json.dumps({"alg": "HS256", "typ": "JWT"}).encode()
+    signing_input = f"{part(header)}.{part(json.dumps(claims).encode())}"
+    return f"{signing_input}.{part(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
+
+
+def test_a_token_signed_with_another_key_or_the_public_key_is_refused(api, emulator):
+    now = int(time.time())
+    claims = {"iss": "htc-emulator", "sub": "emulator-user", "iat": now, "exp": now + 600}
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = jwt.PyJWKClient(emulator.root_url + "/.well-known/jwks.json").get_signing_keys()[0].key
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    forged_hs256 = hs256_by_hand(claims, pem)  # PyJWT itself refuses to sign with a PEM as HMAC secret
+    for token in (jwt.encode(claims, other_key, algorithm="RS256"), forged_hs256):
+        assert api.get("/htc/regions", auth=token, request_valid=None).status_code == 401
 
 
 def test_authentication_comes_before_input_validation(api, emulator):
@@ -82,83 +161,6 @@ def test_expired_tokens_are_refused(client_for):
         time.sleep(2.1)
         expired = client.get("/htc/storage", auth=token, request_valid=None)
         assert expired.status_code == 401 and "expired" in expired.json()["errorDescription"]
-
-
-@pytest.fixture(scope="module")
-def scoped(api, emulator):
-    """A project with two tasks, another project, and the job token of a job running in the first task."""
-    project_id = api.new_project(repositories=["opencv-htc-tutorial"])
-    task_id, sibling_id = api.new_task(project_id), api.new_task(project_id)
-    other_project = api.new_project()
-    parent = api.submit(
-        project_id,
-        task_id,
-        {
-            "imageName": "opencv-htc-tutorial:v1",
-            "execTimeoutSeconds": 600,
-            "commands": ["python", "-c", "import time; time.sleep(300)"],
-        },
-    )
-    token = emulator.scheduler.tokens.job_token(
-        project_id=project_id, task_id=task_id, job_id=f"{parent}:0", lifetime=600
-    )
-    yield project_id, task_id, sibling_id, other_project, token
-    api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/cancel")
-
-
-@pytest.mark.parametrize(
-    "method,path,expected",
-    [
-        # What a job needs: its task, its jobs and their logs, storage for its task, shared files to read.
-        ("GET", "/htc/projects/{p}/storage/token", 200),
-        ("GET", "/htc/projects/{p}/storage/token/AWS_EU_WEST_1", 200),
-        ("GET", "/htc/projects/{p}/tasks/{t}/storage/token", 200),
-        ("GET", "/htc/projects/{p}/tasks/{t}/storage/token/AWS_EU_WEST_1", 200),
-        ("GET", "/htc/projects/{p}/tasks/{t}/storage/regional-storage", 200),
-        ("GET", "/htc/projects/{p}/tasks/{t}", 200),
-        ("GET", "/htc/projects/{p}/tasks/{t}/jobs", 200),
-        ("GET", "/htc/projects/{p}/tasks/{t}/summary-statistics", 200),
-        # Nothing more, even in its own project and task.
-        ("POST", "/htc/projects/{p}/tasks", 403),
-        ("PATCH", "/htc/projects/{p}", 403),
-        ("GET", "/htc/projects/{p}", 403),
-        ("POST", "/htc/projects/{p}/container-registry/repo/more", 403),
-        ("GET", "/htc/projects/{p}/container-registry/token", 403),
-        ("GET", "/htc/projects/{p}/storage/presigned-url?filePath=x.txt", 403),
-        ("GET", "/htc/projects/{p}/tasks/{t}/storage/presigned-url?filePath=x.txt", 403),
-        ("POST", "/htc/projects/{p}/tasks/{t}/jobs/batch", 403),
-        ("POST", "/htc/projects/{p}/tasks/{t}/jobs/cancel", 403),
-        ("PATCH", "/htc/projects/{p}/tasks/{t}", 403),
-        ("DELETE", "/htc/projects/{p}/tasks/{t}", 403),
-        ("GET", "/htc/projects/{p}/tasks/{s}/storage/token", 403),
-        ("GET", "/htc/projects/{p}/tasks/{s}", 403),
-        ("DELETE", "/htc/projects/{p}/tasks/{s}", 403),
-        ("GET", "/htc/projects/{o}", 403),
-        ("GET", "/htc/projects/{o}/storage/token", 403),
-        ("POST", "/htc/projects/{o}/tasks", 403),
-        ("GET", "/htc/projects", 403),
-        ("GET", "/htc/regions", 403),
-        ("GET", "/htc/storage", 403),
-    ],
-)
-def test_job_tokens_reach_only_their_own_project_and_task(api, scoped, method, path, expected):
-    project_id, task_id, sibling_id, other_project, token = scoped
-    url = path.format(p=project_id, t=task_id, s=sibling_id, o=other_project)
-    bodies = {
-        "/tasks": {"taskName": "x", "taskDescription": "y"},
-        "/batch": [{"htcJobDefinition": {"imageName": "opencv-htc-tutorial:v1"}}],
-        "{p}": {"regions": ["AWS_US_WEST_2"]},
-        "{t}": {"lifecycleStatus": "ARCHIVED"},
-    }
-    kwargs = next(({"json": body} for end, body in bodies.items() if path.endswith(end)), {})
-    before = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics")
-    response = api.request(method, url, auth=token, request_valid=None, **kwargs)
-    assert response.status_code == expected, response.text
-    assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{sibling_id}")["lifecycleStatus"] == "ACTIVE"
-    if expected == 403:
-        assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/summary-statistics") == before
-        assert api.ok("GET", f"/htc/projects/{project_id}")["regions"] == ["AWS_EU_WEST_1"]
-        assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}")["lifecycleStatus"] == "ACTIVE"
 
 
 @contextlib.contextmanager
