@@ -1,4 +1,4 @@
-"""Helpers for the Rescale HTC REST API: the repetitive parts of a long HTC run.
+"""A thin client for the Rescale HTC REST API: the repetitive parts of a long HTC run.
 
 ``HtcSession`` is a ``requests.Session`` that authenticates itself, renews its
 bearer token, sets timeouts, retries transient failures and raises typed errors,
@@ -8,12 +8,17 @@ so API calls can stay short and visible::
     regions = session.get(f"{api_url}/htc/regions").json()
 
 Everything else is a plain function that takes the session and the ids it needs:
-paging, polling, logs, job statistics, storage transfers and result aggregation.
+paging, polling, logs, job statistics, storage tokens and transfers, and result
+aggregation. Nothing here keeps state between calls.
+
+**Copying a function.** Each public function's and class's docstring ends with a
+*Needs* line: the other names of this module it uses, directly or through them,
+which a copy must bring along with the imports (an ``HtcSession`` aside, which
+every call takes). ``Needs: nothing else`` means the function stands alone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import datetime as dt
 import json
@@ -31,7 +36,6 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 import boto3
 import botocore.session
 import pandas as pd
-import plotly.express as px
 import requests
 from botocore.config import Config
 from botocore.credentials import CredentialResolver, RefreshableCredentials
@@ -70,7 +74,10 @@ RESULT_COLUMNS = ["image", "faces", "status", "error", "seconds", "boxes", "scal
 
 
 class HtcError(Exception):
-    """An HTC API call failed. ``status`` is the HTTP status; ``description`` the server's explanation."""
+    """An HTC API call failed. ``status`` is the HTTP status; ``description`` the server's explanation.
+
+    Needs: nothing else
+    """
 
     def __init__(
         self,
@@ -86,31 +93,52 @@ class HtcError(Exception):
 
 
 class HtcBadRequest(HtcError):
-    """400: the request was invalid; ``description`` holds the server's ``errorDescription``."""
+    """400: the request was invalid; ``description`` holds the server's ``errorDescription``.
+
+    Needs: HtcError
+    """
 
 
 class HtcUnauthorized(HtcError):
-    """401: the API key is wrong, or the bearer token expired and could not be renewed."""
+    """401: the API key is wrong, or the bearer token expired and could not be renewed.
+
+    Needs: HtcError
+    """
 
 
 class HtcForbidden(HtcError):
-    """403: valid credentials without access to this resource."""
+    """403: valid credentials without access to this resource.
+
+    Needs: HtcError
+    """
 
 
 class HtcNotFound(HtcError):
-    """404: no such project, task, job or object."""
+    """404: no such project, task, job or object.
+
+    Needs: HtcError
+    """
 
 
 class HtcRateLimited(HtcError):
-    """429 that persisted through every retry."""
+    """429 that persisted through every retry.
+
+    Needs: HtcError
+    """
 
 
 class HtcServerError(HtcError):
-    """5xx that persisted through every retry (or a non-idempotent call that was not retried)."""
+    """5xx that persisted through every retry (or a non-idempotent call that was not retried).
+
+    Needs: HtcError
+    """
 
 
 class HtcTimeoutError(HtcError, TimeoutError):
-    """A wait gave up; ``history`` holds what was observed until then, when there is any."""
+    """A wait gave up; ``history`` holds what was observed until then, when there is any.
+
+    Needs: HtcError
+    """
 
     def __init__(self, message: str, history: pd.DataFrame | None = None):
         super().__init__(message)
@@ -157,32 +185,24 @@ def _raise_for_status(response: requests.Response, with_body: bool = True) -> No
 
 # --- session -----------------------------------------------------------------------------
 
-# The deadline (time.monotonic()) of the wait in progress, set by the waits with _until():
-# every request, its retries and their pauses end by it (HtcSession.request, _HtcRetry.sleep).
-_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("htc_deadline", default=None)
+# The deadline of the one HtcSession.request call in progress in this thread, from its
+# ``deadline=`` argument: urllib3 calls _HtcRetry.sleep deep inside requests, with no way
+# to hand it a per-call value. Only HtcSession.request sets it, only for its own call.
+_REQUEST_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("htc_deadline", default=None)
 
 
 class _DeadlineReached(Exception):
-    """A retry's pause would end past the wait's deadline (not an OSError, so requests lets it through)."""
-
-
-@contextlib.contextmanager
-def _until(deadline: float | None):
-    """Requests made inside the block end by ``deadline``, retries and ``Retry-After`` included."""
-    token = _DEADLINE.set(deadline)
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
+    """A retry's pause would end past the call's deadline (not an OSError, so requests lets it through)."""
 
 
 class _HtcRetry(Retry):
-    """urllib3's Retry, except that a POST is also retried on 429, and no pause outlasts a wait's deadline.
+    """urllib3's Retry, except that a POST is also retried on 429, and no pause outlasts the call's deadline.
 
     A 429 means the server turned the request away before doing anything, so even
     a job submission can be sent again. A POST that got a 5xx or a read timeout is
     not retried: ``jobs/batch`` may already have created the jobs, and sending it
-    again would run them twice.
+    again would run them twice. The deadline is the ``deadline=`` of the
+    ``HtcSession.request`` call in progress (``_REQUEST_DEADLINE``).
     """
 
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
@@ -191,7 +211,7 @@ class _HtcRetry(Retry):
         return super().is_retry(method, status_code, has_retry_after)
 
     def sleep(self, response=None) -> None:
-        deadline = _DEADLINE.get()
+        deadline = _REQUEST_DEADLINE.get()
         if deadline is not None:
             retry_after = self.get_retry_after(response) if self.respect_retry_after_header and response else None
             if time.monotonic() + (retry_after or self.get_backoff_time()) >= deadline:
@@ -209,9 +229,15 @@ class HtcSession(requests.Session):
     * applies ``timeout`` (connect, read) to every request;
     * retries connection errors, 429 and 5xx with exponential backoff and jitter,
       honouring ``Retry-After`` (POST only on 429, see ``_HtcRetry``);
-    * raises a typed ``HtcError`` for every non-2xx response.
+    * raises a typed ``HtcError`` for every non-2xx response;
+    * with ``deadline=`` (a ``time.monotonic()`` value) on a call, ends that call, its
+      retries and their pauses by then, or raises ``HtcTimeoutError``.
 
     Example: ``session = HtcSession(config.htc_api_url(), api_key)``
+
+    Needs: _DeadlineReached, _description, _ERRORS, HtcBadRequest, HtcError, HtcForbidden, HtcNotFound, HtcRateLimited,
+    _HtcRetry, HtcServerError, HtcTimeoutError, HtcUnauthorized, _raise_for_status, _redact, _REQUEST_DEADLINE,
+    RETRY_STATUSES, _SECRET_PARAM
     """
 
     def __init__(
@@ -290,21 +316,22 @@ class HtcSession(requests.Session):
         # The bearer token goes only to the API itself, never to another host a URL may point at.
         return url == self.api_url or url.startswith(self.api_url + "/")
 
-    def request(self, method, url, params=None, data=None, headers=None, **kwargs):
+    def request(self, method, url, params=None, data=None, headers=None, *, deadline=None, **kwargs):
         """Send a request; relative ``url`` is joined to the base URL. Raises ``HtcError`` on non-2xx.
 
-        Inside a wait, ``HtcTimeoutError`` once the wait's deadline comes, retries or not.
+        With ``deadline`` (a ``time.monotonic()`` value), ``HtcTimeoutError`` once it comes,
+        retries or not: ``session.get(url, deadline=time.monotonic() + 30)``.
         """
         if not urlsplit(url).scheme:
             url = f"{self.api_url}/{url.lstrip('/')}"
         kwargs.setdefault("timeout", self.timeout)
-        deadline = _DEADLINE.get()
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise HtcTimeoutError(f"deadline reached before {method} {_redact(url)}")
             connect, read = kwargs["timeout"] if isinstance(kwargs["timeout"], tuple) else (kwargs["timeout"],) * 2
             kwargs["timeout"] = (min(connect or left, left), min(read or left, left))
+        call_deadline = _REQUEST_DEADLINE.set(deadline)  # read by _HtcRetry.sleep during this call
         try:
             if not self._is_api_url(url):
                 response = super().request(method, url, params, data, headers, **kwargs)
@@ -316,6 +343,8 @@ class HtcSession(requests.Session):
             if deadline is not None and time.monotonic() >= deadline:
                 raise HtcTimeoutError(f"deadline reached during {method} {_redact(url)}: {exc}") from None
             raise
+        finally:
+            _REQUEST_DEADLINE.reset(call_deadline)
         _raise_for_status(response, with_body=self._is_api_url(url))
         return response
 
@@ -348,12 +377,22 @@ def _next_params(params: dict, next_url: str) -> dict | None:
     return {**params, "pageIndex": page_index} if page_index else None
 
 
-def paginate(session: HtcSession, url: str, params: dict | None = None, *, max_items: int | None = None) -> list:
+def paginate(
+    session: HtcSession,
+    url: str,
+    params: dict | None = None,
+    *,
+    max_items: int | None = None,
+    deadline: float | None = None,
+) -> list:
     """All items of a list endpoint, page after page, to the end or until ``max_items``.
 
     A server whose ``next`` names a page already fetched, or that sends the previous page
-    again, would be followed for ever: that is an ``HtcError`` instead.
+    again, would be followed for ever: that is an ``HtcError`` instead. ``deadline`` (a
+    ``time.monotonic()`` value) goes to every page's request (see ``HtcSession.request``).
     Example: ``tasks = paginate(session, f"/htc/projects/{project_id}/tasks", {"pageSize": 500})``
+
+    Needs: HtcError, _next_params
     """
     items: list = []
     params = dict(params or {})
@@ -365,7 +404,7 @@ def paginate(session: HtcSession, url: str, params: dict | None = None, *, max_i
                 f"paging of {url} does not end: after {len(fetched)} pages, next names page {page_index!r} again"
             )
         fetched.add(page_index)
-        body = session.get(url, params=params).json()
+        body = session.get(url, params=params, deadline=deadline).json()
         if isinstance(body, list):  # e.g. tasks/{id}/groups answers with a bare list
             items.extend(body)
             break
@@ -407,6 +446,9 @@ def wait_for_job(
 
     Raises ``HtcTimeoutError`` after ``timeout`` seconds (a day by default).
     Example: ``event = wait_for_job(session, project_id, task_id, f"{parent_job_id}:0", timeout=3600)``
+
+    Needs: HtcError, HtcTimeoutError, _next_params, paginate, _pause, STATUS_REFRESH_SECONDS, TERMINAL_STATUSES,
+    _timestamp, WAIT_TIMEOUT_SECONDS
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     url = f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/events"
@@ -419,9 +461,8 @@ def wait_for_job(
         )
 
     while True:
-        try:
-            with _until(deadline):  # a poll's retries end by the deadline too
-                events = paginate(session, url, {"pageSize": 500})
+        try:  # a poll's retries end by the deadline too
+            events = paginate(session, url, {"pageSize": 500}, deadline=deadline)
         except HtcTimeoutError:
             raise timed_out() from None
         # Within one timestamp a terminal event is the later one: nothing follows it.
@@ -435,6 +476,8 @@ def get_logs(session: HtcSession, project_id: str, task_id: str, job_id: str) ->
     """Every log line of a job instance, oldest first, as ``{"timestamp", "message"}`` dicts.
 
     Example: ``for line in get_logs(session, pid, tid, job_id): print(line["message"])``
+
+    Needs: HtcError, _next_params, paginate
     """
     return paginate(
         session, f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs", {"sort": "asc", "pageSize": 1000}
@@ -455,6 +498,8 @@ def get_all_jobs(
     """Every job of a task, optionally only one group and/or one status.
 
     Example: ``failed = get_all_jobs(session, pid, tid, group, status="FAILED")``
+
+    Needs: HtcError, _next_params, paginate
     """
     params = {"viewType": view_type, "pageSize": 500}
     if group is not None:
@@ -468,6 +513,8 @@ def status_counts(jobs: list[dict]) -> dict[str, int]:
     """Jobs per status: all nine known statuses (zero when absent) plus any new ones the API adds.
 
     Example: ``status_counts(get_all_jobs(session, pid, tid, group))["SUCCEEDED"]``
+
+    Needs: JOB_STATUSES
     """
     counts = dict.fromkeys(JOB_STATUSES, 0)
     counts.update(Counter(job["status"] for job in jobs))
@@ -478,6 +525,8 @@ def failure_summary(jobs: list[dict]) -> dict[str, int]:
     """How many failed jobs share each ``"failureCode: statusReason"``, most frequent first.
 
     Example: ``failure_summary(get_all_jobs(session, pid, tid, group, status="FAILED"))``
+
+    Needs: FAILED_STATUSES
     """
     reasons = Counter(
         f"{job.get('failureCode')}: {job.get('statusReason')}" for job in jobs if job["status"] in FAILED_STATUSES
@@ -485,13 +534,19 @@ def failure_summary(jobs: list[dict]) -> dict[str, int]:
     return dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def group_status_counts(session: HtcSession, project_id: str, task_id: str, group: str) -> dict[str, int]:
+def group_status_counts(
+    session: HtcSession, project_id: str, task_id: str, group: str, *, deadline: float | None = None
+) -> dict[str, int]:
     """Jobs per status in one group, from ``group-summary-statistics`` (all zero before it appears).
 
+    ``deadline``: as for ``paginate``.
     Example: ``group_status_counts(session, pid, tid, group)["RUNNING"]``
+
+    Needs: HtcError, JOB_STATUSES, _next_params, paginate
     """
     counts = dict.fromkeys(JOB_STATUSES, 0)
-    items = paginate(session, f"/htc/projects/{project_id}/tasks/{task_id}/group-summary-statistics", {"group": group})
+    url = f"/htc/projects/{project_id}/tasks/{task_id}/group-summary-statistics"
+    items = paginate(session, url, {"group": group}, deadline=deadline)
     for item in items:
         if item.get("group") == group:
             for status, n in (item.get("jobStatuses") or {}).items():
@@ -520,9 +575,8 @@ def _watch_group(session, project_id, task_id, group, stop, *, expected_jobs, in
     # stdout, not stderr: a notebook shows stderr as an error box.
     with tqdm(total=expected_jobs, desc=group, unit="job", disable=not progress, file=sys.stdout) as bar:
         while True:
-            try:
-                with _until(deadline):  # a poll's retries end by the deadline too
-                    counts = group_status_counts(session, project_id, task_id, group)
+            try:  # a poll's retries end by the deadline too
+                counts = group_status_counts(session, project_id, task_id, group, deadline=deadline)
             except HtcTimeoutError:
                 raise timed_out() from None
             now = pd.Timestamp.now(tz="UTC")
@@ -551,6 +605,9 @@ def monitor_group(
     The result has columns ``time``, ``status``, ``count`` (one row per status per poll).
     Raises ``HtcTimeoutError``, with the history so far, after ``timeout`` seconds (a day by default).
     Example: ``history = monitor_group(session, pid, tid, group, expected_jobs=1000, timeout=6 * 3600)``
+
+    Needs: _all_terminal, group_status_counts, HtcError, HtcTimeoutError, JOB_STATUSES, _next_params, paginate, _pause,
+    STATUS_REFRESH_SECONDS, TERMINAL_STATUSES, WAIT_TIMEOUT_SECONDS, _watch_group
     """
     history, _ = _watch_group(
         session,
@@ -566,24 +623,12 @@ def monitor_group(
     return history
 
 
-def plot_status_history(history: pd.DataFrame, title: str = "Job statuses over time"):
-    """A plotly line chart of ``monitor_group``'s result; statuses that stayed at zero are left out.
-
-    Example: ``plot_status_history(history).show()``
-    """
-    seen = history.groupby("status")["count"].transform("max") > 0
-    order = [s for s in JOB_STATUSES if s in set(history["status"])]
-    order += sorted(set(history["status"]) - set(order))
-    # A linear axis: a log axis would hide the zero counts that show a status emptying out.
-    return px.line(
-        history[seen], x="time", y="count", color="status", markers=True, title=title, category_orders={"status": order}
-    )
-
-
 def cancel_group(session: HtcSession, project_id: str, task_id: str, group: str) -> None:
     """Ask the platform to cancel every job of one group (best effort).
 
     Example: ``cancel_group(session, pid, tid, group)``
+
+    Needs: nothing else
     """
     if not group:
         # Without ?group= the endpoint cancels every job in the task.
@@ -611,6 +656,10 @@ def monitor_for_cancellation(
     to settle. Returns ``(cancelled, history)``. ``timeout`` (a day by default) covers the
     watching and the settling together.
     Example: ``cancelled, history = monitor_for_cancellation(session, pid, tid, group, timeout=6 * 3600)``
+
+    Needs: _all_terminal, cancel_group, FAILED_STATUSES, group_status_counts, HtcError, HtcTimeoutError, JOB_STATUSES,
+    monitor_group, _next_params, paginate, _pause, STATUS_REFRESH_SECONDS, TERMINAL_STATUSES, WAIT_TIMEOUT_SECONDS,
+    _watch_group
     """
 
     def too_many_failures(counts):
@@ -658,6 +707,8 @@ def project_storage_token(session: HtcSession, project_id: str, region: str | No
     """Short-lived credentials for the project's shared storage (secret: don't print them).
 
     Example: ``token = project_storage_token(session, pid, "AWS_EU_WEST_1")``
+
+    Needs: nothing else
     """
     suffix = f"/{region}" if region else ""
     return session.get(f"/htc/projects/{project_id}/storage/token{suffix}").json()
@@ -667,6 +718,8 @@ def task_storage_token(session: HtcSession, project_id: str, task_id: str, regio
     """Short-lived credentials for one task's storage (secret: don't print them).
 
     Example: ``token = task_storage_token(session, pid, tid)``
+
+    Needs: nothing else
     """
     suffix = f"/{region}" if region else ""
     return session.get(f"/htc/projects/{project_id}/tasks/{task_id}/storage/token{suffix}").json()
@@ -774,6 +827,9 @@ def list_objects(
     """Object keys, relative to the storage path, of a task's storage (or shared storage without a task).
 
     Example: ``[k for k in list_objects(session, pid, tid) if k.endswith(".dat")]``
+
+    Needs: _aws_region, _credential_metadata, HtcError, _list, project_storage_token, _s3, _storage_path,
+    STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp
     """
     client, bucket, base = _s3(session, project_id, task_id, region)
     return [obj["key"] for obj in _list(client, bucket, base, prefix)]
@@ -813,6 +869,9 @@ def upload_files(
 
     Without ``task_id`` the files go to project shared storage.
     Example: ``upload_files(session, pid, "data/images")``
+
+    Needs: _aws_region, _credential_metadata, HtcError, project_storage_token, _s3, _safe_key, _storage_path,
+    STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp, _transfer
     """
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         root = Path(source)
@@ -846,6 +905,9 @@ def download_files(
     """Download objects (keys relative to the storage path) into ``dest``; return the local paths.
 
     Example: ``download_files(session, pid, ["000000367818.jpg_tagged.jpg"], "output", tid)``
+
+    Needs: _aws_region, _credential_metadata, HtcError, HtcNotFound, project_storage_token, _s3, _safe_key,
+    _storage_path, STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp, _transfer
     """
     dest = Path(dest)
     keys = [_safe_key(k) for k in keys]
@@ -867,6 +929,27 @@ def download_files(
     return _transfer(get, keys, workers, progress, "download")
 
 
+def delete_objects(
+    session: HtcSession, project_id: str, keys: list[str], task_id: str | None = None, *, region: str | None = None
+) -> int:
+    """Delete objects (keys relative to the storage path) from shared storage, or a task's; return how many.
+
+    Projects cannot be deleted through the API, so their shared storage stays until its objects are removed.
+    Example: ``delete_objects(session, pid, ["image_list.dat"])``
+
+    Needs: _aws_region, _credential_metadata, HtcError, project_storage_token, _s3, _safe_key, _storage_path,
+    STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp
+    """
+    keys = [_safe_key(k) for k in keys]
+    client, bucket, base = _s3(session, project_id, task_id, region)
+    for start in range(0, len(keys), 1000):  # S3 takes at most 1,000 keys per request
+        client.delete_objects(
+            Bucket=bucket,
+            Delete={"Objects": [{"Key": base + key} for key in keys[start : start + 1000]], "Quiet": True},
+        )
+    return len(keys)
+
+
 # --- results -----------------------------------------------------------------------------
 
 
@@ -880,6 +963,9 @@ def read_image_list(
     """The image keys listed in a file in project shared storage, one a line, blank lines skipped.
 
     Example: ``images = read_image_list(session, pid)``
+
+    Needs: _aws_region, _credential_metadata, HtcError, _parse_image_list, project_storage_token, _s3, _storage_path,
+    STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp
     """
     client, bucket, base = _s3(session, project_id, None, region)
     return _parse_image_list(client.get_object(Bucket=bucket, Key=base + key)["Body"].read().decode())
@@ -902,6 +988,9 @@ def collect_results(
     When an image appears more than once, a successful record wins over a failed one,
     then the newest manifest. Columns: ``RESULT_COLUMNS``.
     Example: ``results = collect_results(session, pid, tid)``
+
+    Needs: _aws_region, _credential_metadata, _dat_faces, HtcError, _list, project_storage_token, RESULT_COLUMNS, _s3,
+    _storage_path, STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp
     """
     client, bucket, base = _s3(session, project_id, task_id, region, workers)
     objects = _list(client, bucket, base)
@@ -948,215 +1037,12 @@ def collect_results(
     return df
 
 
-def find_max_faces(results: pd.DataFrame) -> pd.DataFrame:
-    """The rows with the highest face count (all of them on a tie); empty when no image has a face.
-
-    Example: ``find_max_faces(results)[["image", "faces"]]``
-    """
-    ok = results[(results["status"] == "ok") & results["faces"].notna()]
-    if ok.empty or ok["faces"].max() < 1:
-        return results.iloc[0:0]
-    return ok[ok["faces"] == ok["faces"].max()].sort_values("image", ignore_index=True)
-
-
 def missing_results(images: list[str], results: pd.DataFrame) -> list[str]:
     """The input images without a successful result, in input order: the completeness check.
 
     Example: ``assert not missing_results(read_image_list(session, pid), results)``
+
+    Needs: nothing else
     """
     done = set(results.loc[results["status"] == "ok", "image"])
     return [image for image in dict.fromkeys(images) if image not in done]
-
-
-# --- batches, estimates and pictures (the tutorial's own conveniences) --------------------
-
-MAX_JOBS_PER_BATCH = 1000  # the platform's limit on batchSize
-
-
-def unique_name(prefix: str) -> str:
-    """``prefix`` plus the UTC time and a random suffix: a group name no earlier run has used.
-
-    Re-submitting under an old group name silently mixes the new jobs into the old group's statistics.
-    Example: ``group = unique_name("library")  # 'library-20261201T150102-3f9a1c'``
-    """
-    return f"{prefix}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{os.urandom(3).hex()}"
-
-
-def tagging_batch(
-    image: str,
-    job_count: int,
-    image_list_key: str,
-    *,
-    scale_factor: float = 1.2,
-    simulate_failures: bool = False,
-    timeout_seconds: int = 3600,
-    vcpus: int = 1,
-    memory_mib: int = 512,
-) -> dict:
-    """One batch definition for the face tagger: ``job_count`` jobs sharing the photos in ``image_list_key``.
-
-    Job ``i`` tags its slice of the list, found from ``AWS_BATCH_JOB_ARRAY_INDEX`` (set by the
-    platform) and ``BATCH_JOB_ARRAY_SIZE`` (set here: names starting ``AWS_`` are reserved).
-    Example::
-
-        session.post(f"{url}/jobs/batch", params={"group": g}, json=[tagging_batch(image, 24, "image_list.dat")])
-    """
-    if not 1 <= job_count <= MAX_JOBS_PER_BATCH:
-        raise ValueError(f"job_count must be between 1 and {MAX_JOBS_PER_BATCH}, not {job_count}")
-    envs = [
-        {"name": "IMG_OBJKEY_LIST", "value": image_list_key},
-        {"name": "BATCH_JOB_ARRAY_SIZE", "value": str(job_count)},
-        {"name": "SCALE_FACTOR", "value": str(scale_factor)},
-    ]
-    if simulate_failures:
-        envs.append({"name": "SIMULATE_FAILURES", "value": "true"})
-    return {
-        "jobName": f"tag-photos-{scale_factor}",
-        "batchSize": job_count,
-        "htcJobDefinition": {
-            "imageName": image,
-            "maxVCpus": vcpus,
-            "maxMemory": memory_mib,
-            "commands": ["python", "/opt/face_tagger.py"],
-            "envs": envs,
-            "execTimeoutSeconds": timeout_seconds,
-        },
-    }
-
-
-def batch_estimate(
-    job_count: int,
-    seconds_per_job: float,
-    *,
-    parallel_jobs: int,
-    vcpus_per_job: int = 1,
-    start_seconds: float = 60.0,
-    refresh_seconds: float = STATUS_REFRESH_SECONDS,
-) -> dict:
-    """A rough duration and size of a batch, to state before submitting it.
-
-    ``start_seconds`` is what each job pays before its command runs (a container start and,
-    on a fresh machine, the image pull); ``refresh_seconds`` is how late a status change shows.
-    Returns ``{"waves", "minutes", "vcpu_hours"}``: multiply ``vcpu_hours`` by your price per vCPU-hour.
-    Example: ``batch_estimate(1000, 5 * 0.12, parallel_jobs=200)``
-    """
-    if job_count < 1 or parallel_jobs < 1 or seconds_per_job < 0 or start_seconds < 0:
-        raise ValueError("job_count and parallel_jobs must be positive, the seconds not negative")
-    waves = -(-job_count // parallel_jobs)
-    per_job = start_seconds + seconds_per_job
-    # Each status change shows up to one refresh late: at the first job's start and at the last one's end.
-    seconds = waves * per_job + 2 * refresh_seconds
-    return {
-        "waves": waves,
-        "minutes": round(seconds / 60, 1),
-        "vcpu_hours": round(job_count * per_job * vcpus_per_job / 3600, 2),
-    }
-
-
-def no_results_reason(session: HtcSession, project_id: str, task_id: str, group: str | None = None) -> str:
-    """Why a task has no photo with a face: its failed jobs, counted by failure code and reason.
-
-    Example: ``if best.empty: raise RuntimeError(no_results_reason(session, pid, tid))``
-    """
-    jobs = get_all_jobs(session, project_id, task_id, group=group)
-    failed = failure_summary(jobs)
-    where = f"task {task_id}" + (f", group {group}" if group else "")
-    if not jobs:
-        return f"no photo with a face in {where}: it has no jobs (was the batch submitted to this task?)"
-    if not failed:
-        return f"no photo with a face in {where}: none of its {len(jobs)} jobs failed, and none found a face"
-    reasons = "; ".join(f"{n} × {reason}" for reason, n in failed.items())
-    return (
-        f"no photo with a face in {where}: {sum(failed.values())} of {len(jobs)} jobs failed ({reasons}). "
-        "Read one failed job's logs with get_logs."
-    )
-
-
-def show_image(path, width: int = 500) -> None:
-    """Display a picture in a notebook, at most ``width`` pixels wide and JPEG-compressed, so the notebook stays small.
-
-    Example: ``show_image("output/2008_004176.jpg_tagged.jpg")``
-    """
-    import cv2
-    from IPython.display import Image, display
-
-    picture = cv2.imread(str(path))
-    if picture is None:
-        raise FileNotFoundError(f"{path}: missing, or not a picture OpenCV can read")
-    scale = min(1.0, width / picture.shape[1])
-    picture = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    display(Image(data=cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes()))
-
-
-def static_png(figure, width: float = 7.0, height: float = 3.5) -> bytes:
-    """A PNG of a plotly line or bar figure, drawn with matplotlib: no browser or network needed.
-
-    Example: ``Path("plot.png").write_bytes(static_png(plot_status_history(history)))``
-    """
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
-    bars = [trace for trace in figure.data if trace.type == "bar"]
-    for trace in figure.data:
-        if trace.type == "bar":
-            labels = [str(x) for x in trace.x]
-            step = 0.8 / len(bars)
-            positions = [i - 0.4 + step * (bars.index(trace) + 0.5) for i in range(len(labels))]
-            ax.bar(positions, trace.y, width=step, label=trace.name)
-            ax.set_xticks(range(len(labels)), labels)
-        else:
-            ax.plot(list(trace.x), list(trace.y), marker="o", markersize=3, label=trace.name or None)
-    layout = figure.layout
-    ax.set_title(layout.title.text or "")
-    ax.set_xlabel(layout.xaxis.title.text or "")
-    ax.set_ylabel(layout.yaxis.title.text or "")
-    if any(trace.name for trace in figure.data):
-        ax.legend(fontsize="small")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def show_figure(figure) -> None:
-    """Display a plotly figure as one output holding the interactive chart and a static PNG of it.
-
-    JupyterLab and VS Code draw the interactive chart; viewers without a kernel or plotly.js
-    (a repository's notebook preview, nbconvert's HTML) show the PNG.
-    Example: ``show_figure(plot_status_history(history))``
-    """
-    import base64
-
-    from IPython.display import display
-
-    display(
-        {
-            "application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {}},
-            "image/png": base64.b64encode(static_png(figure)).decode(),
-            "text/plain": f"<figure: {figure.layout.title.text or 'plotly chart'}>",
-        },
-        raw=True,
-    )
-
-
-def delete_objects(
-    session: HtcSession, project_id: str, keys: list[str], task_id: str | None = None, *, region: str | None = None
-) -> int:
-    """Delete objects (keys relative to the storage path) from shared storage, or a task's; return how many.
-
-    Projects cannot be deleted through the API, so their shared storage stays until its objects are removed.
-    Example: ``delete_objects(session, pid, ["image_list.dat"])``
-    """
-    keys = [_safe_key(k) for k in keys]
-    client, bucket, base = _s3(session, project_id, task_id, region)
-    for start in range(0, len(keys), 1000):  # S3 takes at most 1,000 keys per request
-        client.delete_objects(
-            Bucket=bucket,
-            Delete={"Objects": [{"Key": base + key} for key in keys[start : start + 1000]], "Quiet": True},
-        )
-    return len(keys)

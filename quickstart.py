@@ -7,27 +7,51 @@ line that makes them here instead, for example::
 
 These functions do what the notebook's sections do, in the same order, with the same calls;
 they are this tutorial's plumbing, not part of the HTC client layer (``htc_helpers``).
+
+They work from any folder. The photos are the project's ``data/images`` (``make data``
+fetches them), or the folder named by ``images_dir`` or by ``$HTC_TUTORIAL_IMAGES``.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import config
 import htc_helpers as htc
+import tutorial_helpers as tutorial
 
 IMAGE = "opencv-htc-tutorial:v1"
 IMAGE_LIST_KEY = "image_list.dat"
 REGION = "AWS_EU_WEST_1"
+# The data set beside this file, in a clone of the project (an installed copy has none).
+PROJECT_IMAGES = Path(__file__).resolve().parent / "data" / "images"
+
+
+def photos_folder(images_dir=None) -> Path:
+    """The folder of photos to upload: ``images_dir``, else ``$HTC_TUTORIAL_IMAGES``, else the project's data set.
+
+    Raises ``FileNotFoundError`` with what to do when that folder holds no file.
+    """
+    folder = Path(images_dir or os.environ.get("HTC_TUTORIAL_IMAGES") or PROJECT_IMAGES)
+    if not (folder.is_dir() and any(p.is_file() for p in folder.iterdir())):
+        raise FileNotFoundError(
+            f"no photos in {folder}: pass images_dir=<a folder of photos>, or set HTC_TUTORIAL_IMAGES to one "
+            "(in a clone of the project, `make data` puts them in data/images)"
+        )
+    return folder
 
 
 def ready_task(
-    api_url: str, images_dir="data/images", *, image: str = IMAGE, region: str = REGION, work_dir="build/quickstart"
+    api_url: str, images_dir=None, *, image: str = IMAGE, region: str = REGION
 ) -> tuple[htc.HtcSession, str, str, str, str]:
     """A new project with the image's repository, the photos and their list uploaded, and an empty task.
 
+    The photos come from ``photos_folder(images_dir)``, checked before anything is created.
     Returns ``(session, project_id, task_id, image, image_list_key)``.
     """
+    images_dir = photos_folder(images_dir)
     session = htc.HtcSession(api_url, config.get_profile()[1])
     project_id = session.post(
         f"{api_url}/htc/projects",
@@ -39,12 +63,11 @@ def ready_task(
     ).json()["projectId"]
     repo_name = image.split(":")[0]
     session.post(f"{api_url}/htc/projects/{project_id}/container-registry/repo/{repo_name}")
-    images_dir = Path(images_dir)
     htc.upload_files(session, project_id, images_dir, progress=False)
-    image_list = Path(work_dir) / IMAGE_LIST_KEY
-    image_list.parent.mkdir(parents=True, exist_ok=True)
-    image_list.write_text("".join(f"{p.name}\n" for p in sorted(images_dir.iterdir()) if p.is_file()))
-    htc.upload_files(session, project_id, [image_list], progress=False)
+    with tempfile.TemporaryDirectory() as work:
+        image_list = Path(work) / IMAGE_LIST_KEY
+        image_list.write_text("".join(f"{p.name}\n" for p in sorted(images_dir.iterdir()) if p.is_file()))
+        htc.upload_files(session, project_id, [image_list], progress=False)
     task_id = session.post(
         f"{api_url}/htc/projects/{project_id}/tasks",
         json={"taskName": "faces-scale-1.2", "taskDescription": "Haar cascade, scaleFactor 1.2"},
@@ -53,18 +76,18 @@ def ready_task(
 
 
 def tagged_task(
-    api_url: str, job_count: int, images_dir="data/images", *, interval: float = 0.5, **project
+    api_url: str, job_count: int, images_dir=None, *, interval: float = 0.5, **project
 ) -> tuple[htc.HtcSession, str, str, str]:
     """``ready_task``, then one tagging batch of ``job_count`` jobs run to the end.
 
     Returns ``(session, project_id, task_id, image_list_key)``.
     """
     session, project_id, task_id, image, image_list_key = ready_task(api_url, images_dir, **project)
-    group = htc.unique_name("library")
+    group = tutorial.unique_name("library")
     session.post(
         f"{api_url}/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
         params={"group": group},
-        json=[htc.tagging_batch(image, job_count, image_list_key)],
+        json=[tutorial.tagging_batch(image, job_count, image_list_key)],
     )
     htc.monitor_group(
         session, project_id, task_id, group, expected_jobs=job_count, interval=interval, timeout=3600, progress=False
@@ -72,13 +95,13 @@ def tagged_task(
     return session, project_id, task_id, image_list_key
 
 
-def winner(api_url: str, job_count: int, images_dir="data/images", **batch) -> tuple[htc.HtcSession, str, str, str]:
+def winner(api_url: str, job_count: int, images_dir=None, **batch) -> tuple[htc.HtcSession, str, str, str]:
     """``tagged_task``, then the name of the photo with the most faces.
 
     Returns ``(session, project_id, task_id, winner)``; raises ``RuntimeError`` when no photo has a face.
     """
     session, project_id, task_id, _ = tagged_task(api_url, job_count, images_dir, **batch)
-    best = htc.find_max_faces(htc.collect_results(session, project_id, task_id))
+    best = tutorial.find_max_faces(htc.collect_results(session, project_id, task_id))
     if best.empty:
-        raise RuntimeError(htc.no_results_reason(session, project_id, task_id))
+        raise RuntimeError(tutorial.no_results_reason(session, project_id, task_id))
     return session, project_id, task_id, best.iloc[0]["image"]

@@ -120,9 +120,9 @@ def test_gather_section_explains_a_batch_whose_jobs_all_failed():
     """Every job fails (its image list is missing): the gather section names the failures, no IndexError."""
     broken_batch = (
         "session, PROJECT_ID, TASK_ID, IMAGE, IMAGE_LIST_KEY = quickstart.ready_task(API_URL); "
-        "group = htc.unique_name('broken'); "
+        "group = tutorial.unique_name('broken'); "
         "session.post(f'{API_URL}/htc/projects/{PROJECT_ID}/tasks/{TASK_ID}/jobs/batch', "
-        "params={'group': group}, json=[htc.tagging_batch(IMAGE, JOB_COUNT, 'no-such-list.dat')]); "
+        "params={'group': group}, json=[tutorial.tagging_batch(IMAGE, JOB_COUNT, 'no-such-list.dat')]); "
         "htc.monitor_group(session, PROJECT_ID, TASK_ID, group, expected_jobs=JOB_COUNT, "
         "interval=0.2, timeout=600, progress=False)"
     )

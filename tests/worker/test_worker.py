@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from face_tagger import face_tagger as ft
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "face_tagger" / "face_tagger.py"
 
 

@@ -18,7 +18,7 @@ import requests
 import htc_helpers as htc
 from face_tagger import face_tagger as ft
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "face_tagger" / "face_tagger.py"
 FACE_PHOTO = ROOT / "data" / "images" / "2008_004176.jpg"
 

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import boto3
 
-from htc_emulator.local_images import PROJECT_ROOT
-
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE_COUNT = 7
 BATCH_SIZE = 3
 
 
 def sample_images() -> list[Path]:
     """Photos from the data set, which `make test` fetches first."""
-    fetched = sorted((PROJECT_ROOT / "data" / "images").glob("*.jpg"))[:IMAGE_COUNT]
+    fetched = sorted((ROOT / "data" / "images").glob("*.jpg"))[:IMAGE_COUNT]
     assert len(fetched) == IMAGE_COUNT, "the data set is missing from data/images: run `make data`"
     return fetched
 

@@ -1,0 +1,107 @@
+"""Aggregation: manifests and face-count files into one table, and the completeness check."""
+
+import json
+import uuid
+
+import pytest
+
+import htc_helpers as htc
+import tutorial_helpers as tutorial
+from helpers.support import new_project, new_task, results
+
+
+def test_missing_results_names_absent_and_failed_images_in_input_order():
+    df = results(("a.jpg", 1, "ok"), ("c.jpg", None, "error"), ("d.jpg", 0, "ok"))
+    assert htc.missing_results(["e.jpg", "a.jpg", "c.jpg", "b.jpg", "d.jpg", "e.jpg"], df) == [
+        "e.jpg",
+        "c.jpg",
+        "b.jpg",
+    ]
+    assert htc.missing_results(["a.jpg", "d.jpg"], df) == []
+
+
+def test_dat_file_parsing():
+    assert htc._dat_faces("a_tagged.dat", "face_cnt\n12\n") == 12
+    with pytest.raises(ValueError, match="a_tagged.dat"):
+        htc._dat_faces("a_tagged.dat", "12\n")
+
+
+def put_text(session, project_id, task_id, tmp_path, files: dict[str, str]):
+    root = tmp_path / uuid.uuid4().hex
+    for key, text in files.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_text(text)
+    htc.upload_files(session, project_id, root, task_id, progress=False)
+
+
+def manifest(*records):
+    base = {"boxes": [], "seconds": 0.1, "error": None, "scale_factor": 1.2, "job": "p:0"}
+    return "".join(json.dumps({**base, **r}) + "\n" for r in records)
+
+
+def test_collect_results_from_manifests_and_dat_files(session, tmp_path):
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    put_text(
+        session,
+        project_id,
+        task_id,
+        tmp_path,
+        {
+            "manifests/chunk-00000.jsonl": manifest(
+                {"image": "a.jpg", "faces": 3, "status": "ok"},
+                {"image": "b.jpg", "faces": None, "status": "error", "error": "not a readable image"},
+            ),
+            "manifests/chunk-00001.jsonl": manifest(
+                {"image": "c.jpg", "faces": 3, "status": "ok"}, {"image": "d.jpg", "faces": 0, "status": "ok"}
+            )
+            + "\n",
+            "a.jpg_tagged.dat": "face_cnt\n3\n",
+            # A job that uploaded its outputs but died before its manifest:
+            "e.jpg_tagged.dat": "face_cnt\n2\n",
+        },
+    )
+    # A later single-image run that succeeded for b.jpg wins over the failed record.
+    put_text(
+        session,
+        project_id,
+        task_id,
+        tmp_path,
+        {"manifests/single-b.jpg.jsonl": manifest({"image": "b.jpg", "faces": 1, "status": "ok"})},
+    )
+
+    df = htc.collect_results(session, project_id, task_id)
+    assert list(df.columns) == htc.RESULT_COLUMNS
+    assert df["image"].tolist() == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
+    assert df["faces"].tolist() == [3, 1, 3, 0, 2]
+    assert df.set_index("image")["source"].to_dict() == {
+        "a.jpg": "manifests/chunk-00000.jsonl",
+        "b.jpg": "manifests/single-b.jpg.jsonl",
+        "c.jpg": "manifests/chunk-00001.jsonl",
+        "d.jpg": "manifests/chunk-00001.jsonl",
+        "e.jpg": "e.jpg_tagged.dat",
+    }
+    assert tutorial.find_max_faces(df)["image"].tolist() == ["a.jpg", "c.jpg"]
+    assert htc.missing_results(["a.jpg", "b.jpg", "f.jpg", "e.jpg"], df) == ["f.jpg"]
+
+
+def test_collect_results_of_an_empty_task(session):
+    project_id = new_project(session)
+    df = htc.collect_results(session, project_id, new_task(session, project_id))
+    assert df.empty and list(df.columns) == htc.RESULT_COLUMNS
+    assert tutorial.find_max_faces(df).empty
+    assert htc.missing_results(["a.jpg"], df) == ["a.jpg"]
+
+
+def test_collect_results_rejects_a_corrupt_manifest(session, tmp_path):
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    put_text(
+        session,
+        project_id,
+        task_id,
+        tmp_path,
+        {"manifests/chunk-00003.jsonl": manifest({"image": "a.jpg", "faces": 1, "status": "ok"}) + "{truncated\n"},
+    )
+    with pytest.raises(ValueError, match=r"manifests/chunk-00003.jsonl line 2"):
+        htc.collect_results(session, project_id, task_id)

@@ -1,0 +1,276 @@
+"""The tutorial's own conveniences, beside the HTC client (``htc_helpers``): worth reading, not needed to reach HTC.
+
+* the face tagger's batch definition (``tagging_batch``), a fresh group name (``unique_name``)
+  and a batch's rough duration and size (``batch_estimate``);
+* the face results read the tutorial's way (``find_max_faces``, ``no_results_reason``);
+* pictures: a photo, a chart of job statuses, a plotly figure with its static copy.
+
+The pictures need the notebook's packages (``pip install .[notebook]``: plotly, matplotlib,
+OpenCV, IPython), imported where they are used, so that the rest works with the client's
+packages alone. Outside a notebook they write a file or name one, and print one line.
+
+As in ``htc_helpers``, each public function's docstring ends with a *Needs* line: the other
+names it uses, here and in ``htc_helpers``, which a copy must bring along.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+import htc_helpers as htc
+
+MAX_JOBS_PER_BATCH = 1000  # the platform's limit on batchSize
+
+
+# --- batches and estimates ---------------------------------------------------------------
+
+
+def unique_name(prefix: str) -> str:
+    """``prefix`` plus the UTC time and a random suffix: a group name no earlier run has used.
+
+    Re-submitting under an old group name silently mixes the new jobs into the old group's statistics.
+    Example: ``group = unique_name("library")  # 'library-20261201T150102-3f9a1c'``
+
+    Needs: nothing else
+    """
+    return f"{prefix}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{os.urandom(3).hex()}"
+
+
+def tagging_batch(
+    image: str,
+    job_count: int,
+    image_list_key: str,
+    *,
+    scale_factor: float = 1.2,
+    simulate_failures: bool = False,
+    timeout_seconds: int = 3600,
+    vcpus: int = 1,
+    memory_mib: int = 512,
+) -> dict:
+    """One batch definition for the face tagger: ``job_count`` jobs sharing the photos in ``image_list_key``.
+
+    Job ``i`` tags its slice of the list, found from ``AWS_BATCH_JOB_ARRAY_INDEX`` (set by the
+    platform) and ``BATCH_JOB_ARRAY_SIZE`` (set here: names starting ``AWS_`` are reserved).
+    Example::
+
+        session.post(f"{url}/jobs/batch", params={"group": g}, json=[tagging_batch(image, 24, "image_list.dat")])
+
+    Needs: MAX_JOBS_PER_BATCH
+    """
+    if not 1 <= job_count <= MAX_JOBS_PER_BATCH:
+        raise ValueError(f"job_count must be between 1 and {MAX_JOBS_PER_BATCH}, not {job_count}")
+    envs = [
+        {"name": "IMG_OBJKEY_LIST", "value": image_list_key},
+        {"name": "BATCH_JOB_ARRAY_SIZE", "value": str(job_count)},
+        {"name": "SCALE_FACTOR", "value": str(scale_factor)},
+    ]
+    if simulate_failures:
+        envs.append({"name": "SIMULATE_FAILURES", "value": "true"})
+    return {
+        "jobName": f"tag-photos-{scale_factor}",
+        "batchSize": job_count,
+        "htcJobDefinition": {
+            "imageName": image,
+            "maxVCpus": vcpus,
+            "maxMemory": memory_mib,
+            "commands": ["python", "/opt/face_tagger.py"],
+            "envs": envs,
+            "execTimeoutSeconds": timeout_seconds,
+        },
+    }
+
+
+def batch_estimate(
+    job_count: int,
+    seconds_per_job: float,
+    *,
+    parallel_jobs: int,
+    vcpus_per_job: int = 1,
+    start_seconds: float = 60.0,
+    refresh_seconds: float = htc.STATUS_REFRESH_SECONDS,
+) -> dict:
+    """A rough duration and size of a batch, to state before submitting it.
+
+    ``start_seconds`` is what each job pays before its command runs (a container start and,
+    on a fresh machine, the image pull); ``refresh_seconds`` is how late a status change shows.
+    Returns ``{"waves", "minutes", "vcpu_hours"}``: multiply ``vcpu_hours`` by your price per vCPU-hour.
+    Example: ``batch_estimate(1000, 5 * 0.12, parallel_jobs=200)``
+
+    Needs: htc_helpers.STATUS_REFRESH_SECONDS
+    """
+    if job_count < 1 or parallel_jobs < 1 or seconds_per_job < 0 or start_seconds < 0:
+        raise ValueError("job_count and parallel_jobs must be positive, the seconds not negative")
+    waves = -(-job_count // parallel_jobs)
+    per_job = start_seconds + seconds_per_job
+    # Each status change shows up to one refresh late: at the first job's start and at the last one's end.
+    seconds = waves * per_job + 2 * refresh_seconds
+    return {
+        "waves": waves,
+        "minutes": round(seconds / 60, 1),
+        "vcpu_hours": round(job_count * per_job * vcpus_per_job / 3600, 2),
+    }
+
+
+# --- the face results --------------------------------------------------------------------
+
+
+def find_max_faces(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows with the highest face count (all of them on a tie); empty when no image has a face.
+
+    Example: ``find_max_faces(results)[["image", "faces"]]``
+
+    Needs: nothing else
+    """
+    ok = results[(results["status"] == "ok") & results["faces"].notna()]
+    if ok.empty or ok["faces"].max() < 1:
+        return results.iloc[0:0]
+    return ok[ok["faces"] == ok["faces"].max()].sort_values("image", ignore_index=True)
+
+
+def no_results_reason(session: htc.HtcSession, project_id: str, task_id: str, group: str | None = None) -> str:
+    """Why a task has no photo with a face: its failed jobs, counted by failure code and reason.
+
+    Example: ``if best.empty: raise RuntimeError(no_results_reason(session, pid, tid))``
+
+    Needs: htc_helpers.failure_summary, htc_helpers.get_all_jobs
+    """
+    jobs = htc.get_all_jobs(session, project_id, task_id, group=group)
+    failed = htc.failure_summary(jobs)
+    where = f"task {task_id}" + (f", group {group}" if group else "")
+    if not jobs:
+        return f"no photo with a face in {where}: it has no jobs (was the batch submitted to this task?)"
+    if not failed:
+        return f"no photo with a face in {where}: none of its {len(jobs)} jobs failed, and none found a face"
+    reasons = "; ".join(f"{n} × {reason}" for reason, n in failed.items())
+    return (
+        f"no photo with a face in {where}: {sum(failed.values())} of {len(jobs)} jobs failed ({reasons}). "
+        "Read one failed job's logs with get_logs."
+    )
+
+
+# --- pictures ----------------------------------------------------------------------------
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel, which can show pictures (a kernel has IPython loaded)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
+
+
+def plot_status_history(history: pd.DataFrame, title: str = "Job statuses over time"):
+    """A plotly line chart of ``monitor_group``'s result; statuses that stayed at zero are left out.
+
+    Example: ``show_figure(plot_status_history(history))``
+
+    Needs: htc_helpers.JOB_STATUSES
+    """
+    import plotly.express as px
+
+    seen = history.groupby("status")["count"].transform("max") > 0
+    order = [s for s in htc.JOB_STATUSES if s in set(history["status"])]
+    order += sorted(set(history["status"]) - set(order))
+    # A linear axis: a log axis would hide the zero counts that show a status emptying out.
+    return px.line(
+        history[seen], x="time", y="count", color="status", markers=True, title=title, category_orders={"status": order}
+    )
+
+
+def show_image(path, width: int = 500) -> None:
+    """Display a picture in a notebook, at most ``width`` pixels wide and JPEG-compressed, so the notebook stays small.
+
+    Outside a notebook it prints where the picture is, to open it with any viewer.
+    Example: ``show_image("output/2008_004176.jpg_tagged.jpg")``
+
+    Needs: _in_notebook
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: missing, or not a picture OpenCV can read")
+    if not _in_notebook():
+        print(f"picture: {Path(path).resolve()}")
+        return
+    import cv2
+    from IPython.display import Image, display
+
+    picture = cv2.imread(str(path))
+    if picture is None:
+        raise FileNotFoundError(f"{path}: missing, or not a picture OpenCV can read")
+    scale = min(1.0, width / picture.shape[1])
+    picture = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    display(Image(data=cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes()))
+
+
+def static_png(figure, width: float = 7.0, height: float = 3.5) -> bytes:
+    """A PNG of a plotly line or bar figure, drawn with matplotlib: no browser or network needed.
+
+    Example: ``Path("plot.png").write_bytes(static_png(plot_status_history(history)))``
+
+    Needs: nothing else
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    bars = [trace for trace in figure.data if trace.type == "bar"]
+    for trace in figure.data:
+        if trace.type == "bar":
+            labels = [str(x) for x in trace.x]
+            step = 0.8 / len(bars)
+            positions = [i - 0.4 + step * (bars.index(trace) + 0.5) for i in range(len(labels))]
+            ax.bar(positions, trace.y, width=step, label=trace.name)
+            ax.set_xticks(range(len(labels)), labels)
+        else:
+            ax.plot(list(trace.x), list(trace.y), marker="o", markersize=3, label=trace.name or None)
+    layout = figure.layout
+    ax.set_title(layout.title.text or "")
+    ax.set_xlabel(layout.xaxis.title.text or "")
+    ax.set_ylabel(layout.yaxis.title.text or "")
+    if any(trace.name for trace in figure.data):
+        ax.legend(fontsize="small")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def show_figure(figure, path=None) -> Path | None:
+    """Display a plotly figure as one output holding the interactive chart and a static PNG of it.
+
+    JupyterLab and VS Code draw the interactive chart; viewers without a kernel or plotly.js
+    (a repository's notebook preview, nbconvert's HTML) show the PNG. Outside a notebook the
+    chart goes to an HTML file that works offline (``path``, else one named after its title in
+    the current folder), and one line says where; that path is returned.
+    Example: ``show_figure(plot_status_history(history))``
+
+    Needs: _in_notebook, static_png
+    """
+    if not _in_notebook():
+        title = figure.layout.title.text or "figure"
+        path = Path(path or f"{re.sub(r'[^A-Za-z0-9]+', '-', title).strip('-').lower() or 'figure'}.html").resolve()
+        figure.write_html(path, include_plotlyjs=True)
+        print(f"chart {title!r} written to {path} (open it in a browser)")
+        return path
+    import base64
+
+    from IPython.display import display
+
+    display(
+        {
+            "application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {}},
+            "image/png": base64.b64encode(static_png(figure)).decode(),
+            "text/plain": f"<figure: {figure.layout.title.text or 'plotly chart'}>",
+        },
+        raw=True,
+    )
+    return None
