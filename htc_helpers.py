@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -725,11 +725,15 @@ def task_storage_token(session: HtcSession, project_id: str, task_id: str, regio
     return session.get(f"/htc/projects/{project_id}/tasks/{task_id}/storage/token{suffix}").json()
 
 
-def _aws_region(rescale_region: str | None) -> str | None:
-    """``AWS_EU_WEST_1`` -> ``eu-west-1``."""
-    if rescale_region and rescale_region.startswith("AWS_"):
-        return rescale_region[4:].lower().replace("_", "-")
-    return None
+def _aws_region(rescale_region: str | None) -> str:
+    """``AWS_EU_WEST_1`` -> ``eu-west-1``; anything else -> ``us-east-1``, S3's default, not the machine's AWS settings.
+
+    The rule the worker shares (tests/test_shared_rules.py).
+    """
+    name = (rescale_region or "").removeprefix("AWS_")
+    if rescale_region and rescale_region.startswith("AWS_") and name:
+        return name.lower().replace("_", "-")
+    return "us-east-1"
 
 
 def _credential_metadata(token: dict) -> dict:
@@ -848,8 +852,12 @@ def _transfer(fn, items: list, workers: int, progress: bool, desc: str) -> list:
 
 
 def _safe_key(key: str) -> str:
-    """One rule both ways: no key may leave the storage path on upload, or the target directory on download."""
-    if not key or key.startswith("/") or ".." in PurePosixPath(key).parts or "\\" in key:
+    """One rule both ways: no key may leave the storage path on upload, or the target directory on download.
+
+    Refused: an empty, ``.`` or ``..`` segment (so also an empty key, a leading or trailing ``/``, ``a//b``),
+    a backslash, a NUL. The rule the worker and the emulator share (tests/test_shared_rules.py).
+    """
+    if "\\" in key or "\x00" in key or any(segment in ("", ".", "..") for segment in key.split("/")):
         raise ValueError(f"refusing object key that would leave the target directory or the storage path: {key!r}")
     return key
 
@@ -954,7 +962,10 @@ def delete_objects(
 
 
 def _parse_image_list(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    """One key a line: lines end at ``\\n`` (or ``\\r\\n``) only, since U+2028, ``\\x1c``, ``\\x85``... may be in a
+    file name; ASCII blanks around a key go, blank lines are skipped. The worker's rule (tests/test_shared_rules.py).
+    """
+    return [key for key in (line.strip(" \t\r\f\v") for line in text.split("\n")) if key]
 
 
 def read_image_list(
@@ -1004,7 +1015,7 @@ def collect_results(
         manifest_texts = list(pool.map(read, manifests))
         records = []
         for obj, text in zip(manifests, manifest_texts, strict=True):
-            for n, line in enumerate(text.splitlines(), 1):
+            for n, line in enumerate(text.split("\n"), 1):  # JSON Lines: lines end at \n alone
                 if not line.strip():
                     continue
                 try:

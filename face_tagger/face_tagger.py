@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import NamedTuple
 
 # Images above this many pixels are refused before decoding: a small compressed file can
@@ -330,8 +330,12 @@ def chunk_bounds(total: int, batch_size: int, index: int) -> tuple[int, int]:
 
 
 def parse_image_list(text: str) -> list[str]:
-    """Object keys from an image list: one a line, blank lines and surrounding spaces ignored."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    """Object keys from an image list: one a line, blank lines and surrounding ASCII blanks ignored.
+
+    Lines end at ``\\n`` (or ``\\r\\n``) only: U+2028, ``\\x1c``, ``\\x85`` and the other breaks that
+    ``str.splitlines`` knows may be part of a file name.
+    """
+    return [key for key in (line.strip(" \t\r\f\v") for line in text.split("\n")) if key]
 
 
 def failure_rate(setting: str | None) -> float:
@@ -373,17 +377,22 @@ def apply_simulated_failure(index: int) -> None:
 
 
 def safe_key(key: str) -> str:
-    """Refuse object keys that would escape a storage prefix or the local work directory."""
-    parts = PurePosixPath(key).parts
-    if not key or key.startswith("/") or ".." in parts or "\\" in key:
+    """Refuse object keys that would escape a storage prefix or the local work directory.
+
+    Refused: an empty, ``.`` or ``..`` segment (so also an empty key, a leading or trailing ``/``,
+    ``a//b``), a backslash, a NUL. The client and the emulator keep copies of this rule (and of
+    ``parse_image_list`` and ``aws_region``); the project's tests hold them all to one table.
+    """
+    if "\\" in key or "\x00" in key or any(segment in ("", ".", "..") for segment in key.split("/")):
         raise ImageError(f"unsafe object key: {key!r}")
     return key
 
 
 def aws_region(rescale_region: str | None) -> str:
-    """Map a Rescale region such as ``AWS_EU_WEST_1`` to boto's ``eu-west-1``."""
-    if rescale_region and rescale_region.startswith("AWS_"):
-        return rescale_region[4:].lower().replace("_", "-")
+    """Map a Rescale region such as ``AWS_EU_WEST_1`` to boto's ``eu-west-1``; anything else to ``us-east-1``."""
+    name = (rescale_region or "").removeprefix("AWS_")
+    if rescale_region and rescale_region.startswith("AWS_") and name:
+        return name.lower().replace("_", "-")
     return "us-east-1"
 
 

@@ -22,9 +22,9 @@ allows it only within the credential's prefixes:
 * the emulator's own credential (its internal calls and the presigned URLs
   it signs) may do anything; it is never given to users or jobs.
 
-Keys with ``.`` or ``..`` segments are refused to scoped credentials: the
-project's key rules (:func:`htc_emulator.storage.safe_relative_key`) never
-make them, and they must not look like a way out of a prefix.
+Keys with empty, ``.`` or ``..`` segments, backslashes or NULs are refused to
+scoped credentials: the project's key rule (:func:`htc_emulator.storage.safe_relative_key`)
+never makes them, and they must not look like a way out of a prefix.
 """
 
 from __future__ import annotations
@@ -243,8 +243,9 @@ def _key_of(raw: str) -> str:
 
 
 def _check_key(key: str) -> None:
-    if any(segment in (".", "..") for segment in key.split("/")):
-        raise S3Denied(403, "AccessDenied", "Keys with '.' or '..' segments are refused.")
+    """The project's key rule (:func:`htc_emulator.storage.safe_relative_key`) on a whole key: it holds per segment."""
+    if "\\" in key or "\x00" in key or any(segment in ("", ".", "..") for segment in key.split("/")):
+        raise S3Denied(403, "AccessDenied", "Keys with empty, '.' or '..' segments, backslashes or NULs are refused.")
 
 
 class S3Gate:

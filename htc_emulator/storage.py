@@ -49,13 +49,14 @@ class InvalidObjectKey(ValueError):
 def safe_relative_key(path: str) -> str:
     """Check a client-supplied object path relative to a storage prefix.
 
-    Absolute paths, ``..`` segments, backslashes and empty paths are
-    refused: a key must stay inside the prefix it is joined to.
+    Empty paths, absolute paths, empty, ``.`` and ``..`` segments, backslashes and NULs
+    are refused: a key must stay inside the prefix it is joined to. The rule the client and
+    the worker share (tests/test_shared_rules.py).
     """
     if not path or path.startswith("/") or "\\" in path or "\x00" in path:
-        raise InvalidObjectKey(f"object path must be relative and non-empty: {path!r}")
-    if any(segment in ("..", ".") for segment in path.split("/")):
-        raise InvalidObjectKey(f"object path must not contain '.' or '..' segments: {path!r}")
+        raise InvalidObjectKey(f"object path must be relative and non-empty, without backslash or NUL: {path!r}")
+    if any(segment in ("", ".", "..") for segment in path.split("/")):
+        raise InvalidObjectKey(f"object path must not contain empty, '.' or '..' segments: {path!r}")
     return path
 
 

@@ -105,3 +105,15 @@ def test_collect_results_rejects_a_corrupt_manifest(session, tmp_path):
     )
     with pytest.raises(ValueError, match=r"manifests/chunk-00003.jsonl line 2"):
         htc.collect_results(session, project_id, task_id)
+
+
+def test_collect_results_reads_json_lines_split_at_newlines_only(session, tmp_path):
+    """A manifest written without ASCII escapes may hold U+2028 raw inside a string: it is not a line break."""
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    record = {"image": "line\u2028separator.jpg", "faces": 2, "status": "ok", "boxes": [], "seconds": 0.1}
+    put_text(
+        session, project_id, task_id, tmp_path, {"manifests/raw.jsonl": json.dumps(record, ensure_ascii=False) + "\n"}
+    )
+    df = htc.collect_results(session, project_id, task_id)
+    assert df["image"].tolist() == ["line\u2028separator.jpg"] and df["faces"].tolist() == [2]

@@ -11,12 +11,6 @@ import htc_helpers as htc
 from helpers.support import fast_session, new_project, new_task, record_responses, rewrite_json
 
 
-def test_aws_region_mapping():
-    assert htc._aws_region("AWS_EU_WEST_1") == "eu-west-1"
-    assert htc._aws_region("AWS_US_EAST_2") == "us-east-2"
-    assert htc._aws_region("GCP_US_CENTRAL_1") is None
-
-
 def make_tree(root: Path) -> dict[str, bytes]:
     files = {"image_list.dat": b"a.jpg\nsub/b.jpg\n", "a.jpg": b"\xff\xd8a", "sub/b.jpg": b"\xff\xd8b"}
     for key, data in files.items():
@@ -185,3 +179,12 @@ def test_delete_objects_refuses_a_key_outside_the_storage_path(emulator):
     session = htc.HtcSession(config.htc_api_url(), config.get_profile()[1])
     with pytest.raises(ValueError, match="refusing object key"):
         htc.delete_objects(session, "any-project", ["../elsewhere.txt"])
+
+
+def test_image_lists_keep_names_with_unicode_line_breaks(session, tmp_path):
+    """read_image_list ends lines at \\n only, as the worker does (issue 19, item 9)."""
+    project_id = new_project(session)
+    names = ["line\u2028separator.jpg", "group\x1cseparator.jpg", "next\x85line.jpg"]
+    (tmp_path / "image_list.dat").write_text("".join(f"{name}\r\n" for name in names))
+    htc.upload_files(session, project_id, [tmp_path / "image_list.dat"], progress=False)
+    assert htc.read_image_list(session, project_id) == names

@@ -164,10 +164,6 @@ def test_out_of_range_index_is_a_clear_error(index, batch_size):
         ft.chunk_bounds(10, batch_size, index)
 
 
-def test_image_list_ignores_blank_lines():
-    assert ft.parse_image_list("a.jpg\n\n  b.jpg  \r\n\n") == ["a.jpg", "b.jpg"]
-
-
 def test_missing_index_with_a_batch_of_one_is_index_zero(monkeypatch):
     monkeypatch.delenv("AWS_BATCH_JOB_ARRAY_INDEX", raising=False)
     assert ft.array_index(1) == 0
@@ -207,18 +203,6 @@ def test_simulated_failures_are_reproducible_and_near_the_rate():
     assert first != [ft.simulated_failure(0.3, i, seed="other") for i in range(2000)]
     assert all(ft.simulated_failure(0.0, i) is None for i in range(200))
     assert all(ft.simulated_failure(1.0, i) is not None for i in range(200))
-
-
-@pytest.mark.parametrize("key", ["../etc/passwd", "/abs.jpg", "a/../../b.jpg", "", "a\\b.jpg"])
-def test_unsafe_object_keys_are_refused(key):
-    with pytest.raises(ft.ImageError, match="unsafe object key"):
-        ft.safe_key(key)
-
-
-def test_rescale_regions_map_to_boto_regions():
-    assert ft.aws_region("AWS_EU_WEST_1") == "eu-west-1"
-    assert ft.aws_region("AWS_US_EAST_2") == "us-east-2"
-    assert ft.aws_region("GCP_US_CENTRAL_1") == "us-east-1"
 
 
 def test_detection_recall_on_the_labelled_photos(detector, truth, tmp_path):

@@ -157,6 +157,38 @@ def test_task_storage_is_found_without_the_undocumented_storage_path(job_context
     assert "notes/note.txt" in htc.list_objects(session, project_id, task_id)
 
 
+def test_names_with_unicode_line_breaks_are_tagged_not_split(job_context, tmp_path):
+    """An image list ends lines at \\n only: U+2028, U+2029 and \\x85 are legal in a file name (issue 19, item 9).
+
+    (\\x1c, which the shared rules' table covers, stays out of storage here: S3's XML bodies cannot carry
+    it, so DeleteObjects, the emulator's clean-up included, fails on such a key.)
+    """
+    session, project_id, _, env = job_context
+    task_id = session.post(
+        f"/htc/projects/{project_id}/tasks", json={"taskName": "names", "taskDescription": "line breaks in names"}
+    ).json()["taskId"]
+    names = ["line\u2028separator.jpg", "paragraph\u2029separator.jpg", "next\x85line.jpg"]
+    folder = tmp_path / "unusual"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes(FACE_PHOTO.read_bytes())
+    (folder / "unusual.dat").write_text("".join(f"{name}\n" for name in names))
+    htc.upload_files(session, project_id, folder, progress=False)
+
+    result = run_job(
+        env,
+        RESCALE_HTC_TASK_ID=task_id,
+        IMG_OBJKEY_LIST="unusual.dat",
+        BATCH_JOB_ARRAY_SIZE="1",
+        AWS_BATCH_JOB_ARRAY_INDEX="0",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = manifest(session, project_id, task_id, "manifests/chunk-00000.jsonl", tmp_path)
+    assert [r["image"] for r in records] == names
+    assert all(r["status"] == "ok" and r["faces"] >= 1 for r in records), records
+    assert {f"{name}_tagged.dat" for name in names} <= set(htc.list_objects(session, project_id, task_id))
+
+
 @pytest.mark.parametrize(
     "settings,message",
     [
