@@ -28,33 +28,33 @@ class Services:
     images: ProjectImages
 
 
-def services(request: Request) -> Services:
+def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def backend(request: Request) -> Backend:
-    return services(request).backend
+def get_backend(request: Request) -> Backend:
+    return get_services(request).backend
 
 
-def tokens(request: Request) -> TokenAuthority:
-    return services(request).tokens
+def get_tokens(request: Request) -> TokenAuthority:
+    return get_services(request).tokens
 
 
-def storage(request: Request) -> Storage:
-    return services(request).storage
+def get_storage(request: Request) -> Storage:
+    return get_services(request).storage
 
 
-def images(request: Request) -> ProjectImages:
-    return services(request).images
+def get_images(request: Request) -> ProjectImages:
+    return get_services(request).images
 
 
-BackendDep = Annotated[Backend, Depends(backend)]
-TokensDep = Annotated[TokenAuthority, Depends(tokens)]
-StorageDep = Annotated[Storage, Depends(storage)]
-ImagesDep = Annotated[ProjectImages, Depends(images)]
+BackendDep = Annotated[Backend, Depends(get_backend)]
+TokensDep = Annotated[TokenAuthority, Depends(get_tokens)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+ImagesDep = Annotated[ProjectImages, Depends(get_images)]
 
 
-def principal(request: Request, tokens: TokensDep, backend: BackendDep) -> Principal:
+def get_principal(request: Request, tokens: TokensDep, backend: BackendDep) -> Principal:
     """Who is calling: what the bearer-check middleware found, or, in an app built without it, checked here."""
     found = getattr(request.state, "principal", None)
     if found is not None:
@@ -62,4 +62,4 @@ def principal(request: Request, tokens: TokensDep, backend: BackendDep) -> Princ
     return authenticate(tokens, backend, request.headers.get("authorization"), request.method, request.scope["path"])
 
 
-PrincipalDep = Annotated[Principal, Depends(principal)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
