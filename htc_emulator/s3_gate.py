@@ -15,12 +15,21 @@ allows it only within the credential's prefixes:
 * unsigned (anonymous) requests are refused; a bucket lists nothing to them;
 * unknown access keys, bad signatures and wrong session tokens are refused,
   and so is a body that does not match the SHA-256 its signature covers;
+* every ``x-amz-*`` header must be covered by the signature, whoever signed
+  (S3's ``AccessDenied``, "headers present in the request which were not
+  signed"), so nothing can be added to a signed request;
+* the signed streaming scheme (``STREAMING-AWS4-HMAC-SHA256-PAYLOAD``, whose
+  chunk signatures the gate does not verify) is refused with S3's
+  ``NotImplemented``; boto3 signs a plain SHA-256 of the body over HTTP;
 * expired or revoked credentials are refused (``ExpiredToken``);
 * a scoped credential reads and lists under its read prefixes, writes and
   deletes under its write prefixes (which it can read too), and nothing
   else: no bucket listing without a prefix, no bucket settings, no STS;
-* the emulator's own credential (its internal calls and the presigned URLs
-  it signs) may do anything; it is never given to users or jobs.
+* a presigned URL is signed with a credential of its own, issued for one
+  method on one key until its expiry, and reaches exactly that;
+* the emulator's own credential (its internal calls) may do anything, with
+  its requests signed in headers only; it is never given to users or jobs
+  and never signs a URL.
 
 Keys with empty, ``.`` or ``..`` segments, backslashes or NULs are refused to
 scoped credentials: the project's key rule (:func:`htc_emulator.storage.safe_relative_key`)
@@ -39,7 +48,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ElementTree
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
@@ -50,7 +59,20 @@ from botocore.credentials import Credentials
 MAX_CLOCK_SKEW_SECONDS = 900
 # Expired credentials are remembered this long, to be refused as expired rather than unknown.
 EXPIRED_MEMORY_SECONDS = 3600
+# S3's longest presigned URL: seven days.
+MAX_PRESIGNED_SECONDS = 604800
 _LIST_SUBRESOURCES = frozenset({"uploads", "versions"})
+# x-amz-content-sha256 values that declare a payload without a hash of it: S3's unsigned ones, and the
+# signed streaming ones, whose chunk signatures the gate would have to verify (it refuses them instead).
+_UNSIGNED_PAYLOADS = frozenset({"UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"})
+_SIGNED_STREAMING_PAYLOADS = frozenset(
+    {
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD",
+        "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER",
+    }
+)
 
 
 class S3Denied(Exception):
@@ -71,12 +93,19 @@ class Grant:
     read: tuple[str, ...] = ()  # key prefixes it may read and list
     write: tuple[str, ...] = ()  # key prefixes it may also write and delete
     admin: bool = False
+    presigned: tuple[str, str] | None = None  # (method, key): the one request a presigned URL makes
 
     def may_read(self, key: str) -> bool:
         return self.admin or key.startswith(self.read + self.write)
 
     def may_write(self, key: str) -> bool:
         return self.admin or key.startswith(self.write)
+
+    def reaches_under(self, prefix: str) -> bool:
+        """Whether it may change anything under ``prefix`` (what deleting that prefix must revoke)."""
+        if self.presigned is not None:
+            return self.presigned[1].startswith(prefix)
+        return any(p.startswith(prefix) for p in self.write)
 
 
 class CredentialTable:
@@ -92,13 +121,12 @@ class CredentialTable:
 
     def issue(self, *, read: list[str], write: list[str], lifetime: float) -> tuple[dict[str, str], dt.datetime]:
         """New session credentials in the platform's ``credentials`` map, and their expiry."""
-        access_key = "ASIA" + base64.b32encode(secrets.token_bytes(10)).decode()[:16]
-        secret_key = base64.b64encode(secrets.token_bytes(30)).decode()
+        access_key = _access_key()
+        secret_key = _secret()
         session_token = base64.b64encode(secrets.token_bytes(96)).decode()
         expires_at = time.time() + lifetime
-        with self._lock:
-            self._forget_long_expired()
-            self._grants[access_key] = Grant(secret_key, session_token, expires_at, tuple(read), tuple(write))
+        grant = Grant(secret_key, session_token, expires_at, tuple(read), tuple(write))
+        self._add(access_key, grant)
         credentials = {
             "AWS_ACCESS_KEY_ID": access_key,
             "AWS_SECRET_ACCESS_KEY": secret_key,
@@ -106,15 +134,21 @@ class CredentialTable:
         }
         return credentials, dt.datetime.fromtimestamp(expires_at, dt.UTC)
 
+    def issue_presigned(self, method: str, key: str, lifetime: int) -> Credentials:
+        """A credential for one presigned URL: ``method`` on ``key``, for ``lifetime`` seconds."""
+        if not 1 <= lifetime <= MAX_PRESIGNED_SECONDS:
+            raise ValueError(f"a presigned URL lasts 1 to {MAX_PRESIGNED_SECONDS} seconds")
+        access_key, secret_key = _access_key(), _secret()
+        self._add(access_key, Grant(secret_key, None, time.time() + lifetime, presigned=(method, key)))
+        return Credentials(access_key, secret_key)
+
     def revoke(self, prefix: str) -> int:
-        """Expire now every scoped credential that may write under ``prefix``; return how many."""
+        """Expire now every credential (presigned URLs included) that may write under ``prefix``; return how many."""
         revoked = 0
         with self._lock:
             for access_key, grant in list(self._grants.items()):
-                if not grant.admin and any(p.startswith(prefix) for p in grant.write):
-                    self._grants[access_key] = Grant(
-                        grant.secret_key, grant.session_token, time.time(), grant.read, grant.write
-                    )
+                if not grant.admin and grant.reaches_under(prefix):
+                    self._grants[access_key] = replace(grant, expires_at=time.time())
                     revoked += 1
         return revoked
 
@@ -122,10 +156,23 @@ class CredentialTable:
         with self._lock:
             return self._grants.get(access_key)
 
+    def _add(self, access_key: str, grant: Grant) -> None:
+        with self._lock:
+            self._forget_long_expired()
+            self._grants[access_key] = grant
+
     def _forget_long_expired(self) -> None:
         cutoff = time.time() - EXPIRED_MEMORY_SECONDS
         for access_key in [k for k, g in self._grants.items() if g.expires_at is not None and g.expires_at < cutoff]:
             del self._grants[access_key]
+
+
+def _access_key() -> str:
+    return "ASIA" + base64.b32encode(secrets.token_bytes(10)).decode()[:16]
+
+
+def _secret() -> str:
+    return base64.b64encode(secrets.token_bytes(30)).decode()
 
 
 @dataclass(frozen=True)
@@ -182,7 +229,13 @@ def _verify_signature(request: _Request, grant: Grant, access_key: str, fields: 
     age = time.time() - signed_at.timestamp()
     if in_query:
         expires = fields.get("X-Amz-Expires", "")
-        if not expires.isascii() or not expires.isdigit() or age > int(expires):
+        if not expires.isascii() or not expires.isdigit() or int(expires) > MAX_PRESIGNED_SECONDS:
+            raise S3Denied(
+                400,
+                "AuthorizationQueryParametersError",
+                f"X-Amz-Expires must be a number of seconds no greater than {MAX_PRESIGNED_SECONDS}.",
+            )
+        if age > int(expires):
             raise S3Denied(403, "AccessDenied", "Request has expired")
     elif abs(age) > MAX_CLOCK_SKEW_SECONDS:
         raise S3Denied(
@@ -193,6 +246,13 @@ def _verify_signature(request: _Request, grant: Grant, access_key: str, fields: 
     signed_names = [name for name in fields.get("SignedHeaders", "").split(";") if name]
     if "host" not in signed_names:
         raise S3Denied(403, "AccessDenied", "The host header must be signed.")
+    unsigned = sorted(name for name in request.headers if name.startswith("x-amz-") and name not in signed_names)
+    if unsigned:
+        raise S3Denied(
+            403,
+            "AccessDenied",
+            f"There were headers present in the request which were not signed: {', '.join(unsigned)}",
+        )
     headers = {name: request.headers.get(name, "") for name in signed_names}
     query = request.query
     if in_query:
@@ -218,10 +278,23 @@ def _verify_signature(request: _Request, grant: Grant, access_key: str, fields: 
 
 
 def _verify_payload(request: _Request, environ: dict) -> None:
-    """A signed payload hash must be the body's (unsigned and streaming payloads declare no hash)."""
+    """A signed payload hash must be the body's; an unsigned payload declares none; signed streaming is refused."""
     declared = request.headers.get("x-amz-content-sha256", "")
-    if not re.fullmatch(r"[0-9a-f]{64}", declared):
+    if declared in _UNSIGNED_PAYLOADS:
         return
+    if declared in _SIGNED_STREAMING_PAYLOADS:
+        raise S3Denied(
+            501,
+            "NotImplemented",
+            f"A header you provided implies functionality that is not implemented: x-amz-content-sha256 {declared}",
+        )
+    if not re.fullmatch(r"[0-9a-f]{64}", declared):
+        raise S3Denied(
+            400,
+            "InvalidArgument",
+            "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER "
+            "or a valid sha256 value.",
+        )
     length = environ.get("CONTENT_LENGTH") or "0"
     if not length.isascii() or not length.isdigit():
         raise S3Denied(400, "InvalidRequest", "Content-Length must be a number.")
@@ -279,15 +352,21 @@ class S3Gate:
         if not in_query:
             _verify_payload(request, environ)
         if grant.admin:
+            if in_query:
+                raise S3Denied(403, "AccessDenied", "The emulator's own credential signs no URL.")
             return
         if grant.expires_at is not None and time.time() >= grant.expires_at:
+            if in_query:
+                raise S3Denied(403, "AccessDenied", "Request has expired")
             raise S3Denied(400, "ExpiredToken", "The provided token has expired.")
         host = request.headers.get("host", "").rsplit(":", 1)[0]
         if service != "s3" or host not in ("127.0.0.1", "localhost"):
             raise S3Denied(403, "AccessDenied", "Storage credentials reach the bucket's objects only.")
         if not bucket:
             raise S3Denied(403, "AccessDenied", "Access Denied")
-        if raw_key:
+        if grant.presigned is not None:
+            self._authorise_presigned(request, grant, _key_of(raw_key), in_query)
+        elif raw_key:
             self._authorise_object(request, grant, _key_of(raw_key))
         else:
             self._authorise_bucket(request, grant, environ)
@@ -302,6 +381,20 @@ class S3Gate:
             allowed = allowed and source_bucket == self.bucket and grant.may_read(source_key)
         if not allowed:
             raise S3Denied(403, "AccessDenied", "Access Denied")
+
+    @staticmethod
+    def _authorise_presigned(request: _Request, grant: Grant, key: str, in_query: bool) -> None:
+        """A presigned URL's credential makes its one request: its method on its key, no subresource, no copy."""
+        method, granted_key = grant.presigned
+        extra = [p for p in request.query.split("&") if p and not p.startswith("X-Amz-")]
+        if (
+            not in_query
+            or request.method != method
+            or key != granted_key
+            or extra
+            or "x-amz-copy-source" in request.headers
+        ):
+            raise S3Denied(403, "AccessDenied", "A presigned URL makes the one request it was signed for.")
 
     def _authorise_bucket(self, request: _Request, grant: Grant, environ: dict) -> None:
         query = parse_qs(request.query, keep_blank_values=True)
@@ -363,7 +456,13 @@ class S3Gate:
                 f"<RequestId>{uuid.uuid4().hex}</RequestId></Error>"
             ).encode()
         )
-        reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 411: "Length Required"}[denied.status]
+        reason = {
+            400: "Bad Request",
+            403: "Forbidden",
+            404: "Not Found",
+            411: "Length Required",
+            501: "Not Implemented",
+        }[denied.status]
         start_response(
             f"{denied.status} {reason}", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
         )

@@ -17,8 +17,11 @@ import datetime as dt
 import logging
 import secrets
 from collections.abc import Callable
+from urllib.parse import quote
 
 import boto3
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -142,10 +145,12 @@ class Storage:
         return self.credentials.revoke(prefix)
 
     def presigned_put_url(self, key: str, lifetime: int = 3600) -> tuple[str, dt.datetime]:
-        url = self._s3.generate_presigned_url(
-            "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=lifetime
-        )
-        return url, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lifetime)
+        """A URL that PUTs ``key`` for ``lifetime`` seconds, signed with a credential issued for that alone."""
+        expiration = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lifetime)
+        request = AWSRequest(method="PUT", url=f"{self.endpoint}/{self.bucket}/{quote(key, safe='/~')}")
+        signer = S3SigV4QueryAuth(self.credentials.issue_presigned("PUT", key, lifetime), "s3", BOTO_REGION, lifetime)
+        signer.add_auth(request)
+        return request.url, expiration
 
     def uri(self, key_prefix: str) -> str:
         return f"s3://{self.bucket}/{key_prefix}"

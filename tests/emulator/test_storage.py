@@ -157,3 +157,46 @@ def test_s3_refuses_what_does_not_exist(api, layout, emulator, monkeypatch):
     with pytest.raises(ClientError) as missing:
         s3_for(token).get_object(Bucket=bucket, Key=shared + "nope")
     assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+
+
+def test_a_presigned_url_puts_its_one_key_and_nothing_else(api, layout, emulator, monkeypatch):
+    """Issue 19's attack: a presigned PUT plus an unsigned ``x-amz-copy-source`` copied another project's file."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", emulator.s3_endpoint)
+    project_id, task_id, _ = layout
+    other_project = api.new_project()
+    secret = f"projects/{other_project}/shared/secret.txt"
+    s3_for(api.ok("GET", f"/htc/projects/{other_project}/storage/token")).put_object(
+        Bucket=emulator.bucket, Key=secret, Body=b"secret"
+    )
+    url = api.ok(
+        "GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url", params={"filePath": "in.txt"}
+    )["url"]
+    key = f"projects/{project_id}/tasks/{task_id}/in.txt"
+    owner = s3_for(api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/token"))
+
+    copy = requests.put(url, headers={"x-amz-copy-source": f"/{emulator.bucket}/{secret}"}, timeout=30)
+    assert copy.status_code == 403 and b"<Code>AccessDenied</Code>" in copy.content, copy.text
+    assert b"x-amz-copy-source" in copy.content  # named, as S3 names the headers that were not signed
+    for header in ("x-amz-acl", "x-amz-meta-owner", "x-amz-tagging", "x-amz-website-redirect-location"):
+        refused = requests.put(url, data=b"x", headers={header: "v"}, timeout=30)
+        assert refused.status_code == 403 and header.encode() in refused.content, (header, refused.text)
+    for method in ("GET", "HEAD", "DELETE", "POST"):
+        assert requests.request(method, url, timeout=30).status_code == 403, method
+    assert requests.put(url + "&uploads", data=b"x", timeout=30).status_code == 403
+    with pytest.raises(ClientError) as missing:
+        owner.head_object(Bucket=emulator.bucket, Key=key)
+    assert missing.value.response["Error"]["Code"] == "404"  # nothing refused above stored anything
+
+    assert requests.put(url, data=b"mine", timeout=30).status_code == 200
+    assert owner.get_object(Bucket=emulator.bucket, Key=key)["Body"].read() == b"mine"
+
+
+def test_a_presigned_url_ends_with_its_task(api, layout, emulator):
+    project_id, task_id, _ = layout
+    url = api.ok(
+        "GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/presigned-url", params={"filePath": "late.txt"}
+    )["url"]
+    api.ok("DELETE", f"/htc/projects/{project_id}/tasks/{task_id}")
+    late = requests.put(url, data=b"late", timeout=30)
+    assert late.status_code == 403 and b"expired" in late.content, late.text
+    assert emulator.storage.delete_prefix(f"projects/{project_id}/tasks/{task_id}/") == 0

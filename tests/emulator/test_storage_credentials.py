@@ -8,7 +8,10 @@ import time
 import boto3
 import pytest
 import requests
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 SLEEPER = {
@@ -301,3 +304,59 @@ def test_a_body_changed_after_signing_is_refused(api, emulator, world):
     assert error_code(s3.head_object, Bucket=emulator.bucket, Key=key) == "404"
     s3.put_object(Bucket=emulator.bucket, Key=key, Body=b"good!")
     assert s3.get_object(Bucket=emulator.bucket, Key=key)["Body"].read() == b"good!"
+
+
+def test_unsigned_amz_headers_are_refused_whoever_signed(api, emulator, world):
+    """S3 refuses a request whose ``x-amz-*`` headers the signature does not cover; so does the gate, for every
+    credential: a header added after signing cannot turn a PUT into a copy, even of a file the credential reads."""
+    projects, tasks, places = world
+    s3 = s3_for(emulator, api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/storage/token"))
+    key = places["task"] + "smuggled.txt"
+
+    def smuggle(request, **kwargs):
+        request.headers["x-amz-copy-source"] = f"/{emulator.bucket}/{places['shared']}file.txt"
+
+    s3.meta.events.register("before-send.s3.PutObject", smuggle)
+    assert error_code(s3.put_object, Bucket=emulator.bucket, Key=key, Body=b"") == "AccessDenied"
+    s3.meta.events.unregister("before-send.s3.PutObject", smuggle)
+    assert error_code(s3.head_object, Bucket=emulator.bucket, Key=key) == "404"
+
+
+def chunked(chunks: list[bytes]) -> bytes:
+    """An ``aws-chunked`` body whose chunk signatures are forged (all zeros)."""
+    forged = "0" * 64
+    body = b"".join(b"%x;chunk-signature=%s\r\n%s\r\n" % (len(c), forged.encode(), c) for c in chunks)
+    return body + b"0;chunk-signature=%s\r\n\r\n" % forged.encode()
+
+
+def test_streamed_uploads_with_chunk_signatures_are_refused_as_not_implemented(api, emulator, world):
+    """The gate does not verify ``aws-chunked`` chunk signatures, so it refuses the signed streaming scheme as S3
+    refuses what it does not implement (boto3 sends a plain SHA-256 of the body here, never this scheme)."""
+    projects, tasks, places = world
+    credentials = api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{tasks[0]}/storage/token")["credentials"]
+    key = places["task"] + "streamed.txt"
+
+    class StreamingAuth(S3SigV4Auth):
+        def payload(self, request):
+            return "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+
+    request = AWSRequest(
+        method="PUT",
+        url=f"{emulator.s3_endpoint}/{emulator.bucket}/{key}",
+        data=chunked([b"forged"]),
+        headers={"Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": "6"},
+    )
+    StreamingAuth(
+        Credentials(
+            credentials["AWS_ACCESS_KEY_ID"], credentials["AWS_SECRET_ACCESS_KEY"], credentials["AWS_SESSION_TOKEN"]
+        ),
+        "s3",
+        "eu-west-1",
+    ).add_auth(request)
+    prepared = request.prepare()
+    response = requests.put(prepared.url, data=prepared.body, headers=dict(prepared.headers), timeout=30)
+    assert response.status_code == 501 and b"<Code>NotImplemented</Code>" in response.content, response.text
+    s3 = s3_for(emulator, {"credentials": credentials})
+    assert error_code(s3.head_object, Bucket=emulator.bucket, Key=key) == "404"
+    s3.put_object(Bucket=emulator.bucket, Key=key, Body=b"plain")  # boto3's own uploads still work
+    assert s3.get_object(Bucket=emulator.bucket, Key=key)["Body"].read() == b"plain"
