@@ -6,16 +6,22 @@ for the project's shared files (see :mod:`htc_emulator.storage_rights`). Every
 other route answers 403 to a job token: it cannot create tasks, change
 its project, create repositories, fetch the registry password, presign
 uploads or submit jobs. The token stops working (401) once its task is
-deleted, or :data:`JOB_TOKEN_AFTERLIFE_SECONDS` after its job ended.
+deleted, or :data:`JOB_TOKEN_AFTERLIFE_SECONDS` after its job ended, and so
+do the storage credentials it got (:func:`job_is_live`, asked by the S3 gate).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import TYPE_CHECKING
 
+# The module, not its names: the model imports this module too, to bind a job's storage credentials to its token.
+from . import models
 from .auth import AuthenticationError, PermissionDenied, Principal
-from .models import TERMINAL, Backend, now
+
+if TYPE_CHECKING:
+    from .models import Backend
 
 # Long enough for a job's last request to land, short enough that a
 # leaked token is of little use.
@@ -70,5 +76,17 @@ def require_live_job(principal: Principal, backend: Backend, at: dt.datetime | N
     if job is None or job.task_id != task.task_id:
         raise AuthenticationError("job token for a job this platform never ran")
     last = job.events[-1]
-    if last.status in TERMINAL and ((at or now()) - last.at).total_seconds() > JOB_TOKEN_AFTERLIFE_SECONDS:
+    if (
+        last.status in models.TERMINAL
+        and ((at or models.now()) - last.at).total_seconds() > JOB_TOKEN_AFTERLIFE_SECONDS
+    ):
         raise AuthenticationError("job token expired: its job has ended")
+
+
+def job_is_live(principal: Principal, backend: Backend) -> bool:
+    """Whether the job's token is still accepted (what the storage credentials it got last as long as)."""
+    try:
+        require_live_job(principal, backend)
+    except AuthenticationError:
+        return False
+    return True

@@ -13,16 +13,17 @@ are all read from it, which is also how a delayed status refresh is imitated
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from . import job_rights, storage_rights
 from . import storage as storage_layout
-from . import storage_rights
 from .auth import WORKSPACE_ID, Principal
 from .errors import InvalidRequest, NotFound
 from .policies import (
@@ -303,7 +304,8 @@ class Backend:
     ) -> StorageGrant:
         """Credentials for one region (the project's default if None) of a project's or a live task's storage."""
         project, task = self._storage_owner(project_id, task_id)
-        return storage_rights.grant(self.storage, project, task, principal, region or project.default_region)
+        region = region or project.default_region
+        return storage_rights.grant(self.storage, project, task, principal, region, self._token_liveness(principal))
 
     def storage_grants(
         self, project_id: str, task_id: str | None, principal: Principal
@@ -311,14 +313,19 @@ class Backend:
         """The project's default region, and credentials for each of its regions that has storage."""
         project, task = self._storage_owner(project_id, task_id)
         regions = [r for r in project.regions if r in storage_rights.STORAGE_REGIONS]
+        alive = self._token_liveness(principal)
         return project.default_region, [
-            storage_rights.grant(self.storage, project, task, principal, region) for region in regions
+            storage_rights.grant(self.storage, project, task, principal, region, alive) for region in regions
         ]
 
     def presigned_upload(self, project_id: str, task_id: str | None, file_path: str) -> PresignedUpload:
         """A URL that uploads one file into the project's shared files, or into a live task's folder."""
         project, task = self._storage_owner(project_id, task_id)
         return storage_rights.presigned_upload(self.storage, project, task, file_path)
+
+    def _token_liveness(self, principal: Principal) -> Callable[[], bool] | None:
+        """For a job, what says its token (and so the storage credentials it gets) is still accepted."""
+        return functools.partial(job_rights.job_is_live, principal, self) if principal.is_job else None
 
     def _storage_owner(self, project_id: str, task_id: str | None) -> tuple[Project, Task | None]:
         task = None if task_id is None else self.live_task(project_id, task_id)

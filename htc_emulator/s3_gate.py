@@ -21,7 +21,8 @@ allows it only within the credential's prefixes:
 * the signed streaming scheme (``STREAMING-AWS4-HMAC-SHA256-PAYLOAD``, whose
   chunk signatures the gate does not verify) is refused with S3's
   ``NotImplemented``; boto3 signs a plain SHA-256 of the body over HTTP;
-* expired or revoked credentials are refused (``ExpiredToken``);
+* expired or revoked credentials are refused (``ExpiredToken``), and so are
+  a job's credentials once its job token is (``Grant.alive``);
 * a scoped credential reads and lists under its read prefixes, writes and
   deletes under its write prefixes (which it can read too), and nothing
   else: no bucket listing without a prefix, no bucket settings, no STS;
@@ -48,6 +49,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -94,6 +96,7 @@ class Grant:
     write: tuple[str, ...] = ()  # key prefixes it may also write and delete
     admin: bool = False
     presigned: tuple[str, str] | None = None  # (method, key): the one request a presigned URL makes
+    alive: Callable[[], bool] | None = None  # False once what obtained it has ended (a job's token)
 
     def may_read(self, key: str) -> bool:
         return self.admin or key.startswith(self.read + self.write)
@@ -119,13 +122,18 @@ class CredentialTable:
         with self._lock:
             self._grants[access_key] = Grant(secret_key, None, None, admin=True)
 
-    def issue(self, *, read: list[str], write: list[str], lifetime: float) -> tuple[dict[str, str], dt.datetime]:
-        """New session credentials in the platform's ``credentials`` map, and their expiry."""
+    def issue(
+        self, *, read: list[str], write: list[str], lifetime: float, alive: Callable[[], bool] | None = None
+    ) -> tuple[dict[str, str], dt.datetime]:
+        """New session credentials in the platform's ``credentials`` map, and their expiry.
+
+        ``alive``, when given, is asked on every request: the credentials end as soon as it says False.
+        """
         access_key = _access_key()
         secret_key = _secret()
         session_token = base64.b64encode(secrets.token_bytes(96)).decode()
         expires_at = time.time() + lifetime
-        grant = Grant(secret_key, session_token, expires_at, tuple(read), tuple(write))
+        grant = Grant(secret_key, session_token, expires_at, tuple(read), tuple(write), alive=alive)
         self._add(access_key, grant)
         credentials = {
             "AWS_ACCESS_KEY_ID": access_key,
@@ -355,7 +363,9 @@ class S3Gate:
             if in_query:
                 raise S3Denied(403, "AccessDenied", "The emulator's own credential signs no URL.")
             return
-        if grant.expires_at is not None and time.time() >= grant.expires_at:
+        if (grant.expires_at is not None and time.time() >= grant.expires_at) or (
+            grant.alive is not None and not grant.alive()
+        ):
             if in_query:
                 raise S3Denied(403, "AccessDenied", "Request has expired")
             raise S3Denied(400, "ExpiredToken", "The provided token has expired.")

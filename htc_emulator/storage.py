@@ -135,10 +135,18 @@ class Storage:
         self._s3.create_bucket(Bucket=self.bucket)
 
     def temporary_credentials(
-        self, *, read: list[str], write: list[str], lifetime: float = CREDENTIAL_LIFETIME
+        self,
+        *,
+        read: list[str],
+        write: list[str],
+        lifetime: float = CREDENTIAL_LIFETIME,
+        alive: Callable[[], bool] | None = None,
     ) -> tuple[dict[str, str], dt.datetime]:
-        """Session credentials that read under ``read`` and read-write under ``write``, and their expiry."""
-        return self.credentials.issue(read=read, write=write, lifetime=lifetime)
+        """Session credentials that read under ``read`` and read-write under ``write``, and their expiry.
+
+        They end early once ``alive``, when given, says False.
+        """
+        return self.credentials.issue(read=read, write=write, lifetime=lifetime, alive=alive)
 
     def revoke(self, prefix: str) -> int:
         """End now every credential that may write under ``prefix`` (a deleted task's)."""

@@ -7,7 +7,8 @@ what the storage credentials handed out by the storage routes may touch
 - a task's credentials: its folder read-write, the project's shared files read-only;
 - a project's credentials: the project's whole folder for its user; for a job,
   only the shared files, read-only;
-- a job's credentials end no later than its token.
+- a job's credentials end no later than its token: at its expiry, and as soon as the
+  token is refused (its job ended a while ago, its task deleted).
 
 Storage is offered in AWS regions only: the emulator's storage is S3.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,14 +68,24 @@ def scope(project: Project, task: Task | None, principal: Principal) -> tuple[li
     return read, write, lifetime
 
 
-def grant(storage: Storage, project: Project, task: Task | None, principal: Principal, region: str) -> StorageGrant:
-    """Scoped credentials for the project's (or the task's) storage in ``region``; 404 where it has none."""
+def grant(
+    storage: Storage,
+    project: Project,
+    task: Task | None,
+    principal: Principal,
+    region: str,
+    alive: Callable[[], bool] | None = None,
+) -> StorageGrant:
+    """Scoped credentials for the project's (or the task's) storage in ``region``; 404 where it has none.
+
+    ``alive`` (for a job: whether its token is still accepted) is asked on every S3 request they sign.
+    """
     if region not in project.regions:
         raise NotFound(f"project {project.project_id} has no storage in region {region}")
     if region not in STORAGE_REGIONS:
         raise NotFound(f"the emulator offers storage in AWS regions only, not {region}")
     read, write, lifetime = scope(project, task, principal)
-    credentials, expiration = storage.temporary_credentials(read=read, write=write, lifetime=lifetime)
+    credentials, expiration = storage.temporary_credentials(read=read, write=write, lifetime=lifetime, alive=alive)
     shared = storage.uri(project_shared_prefix(project.project_id))
     return StorageGrant(
         region=region,

@@ -360,3 +360,50 @@ def test_streamed_uploads_with_chunk_signatures_are_refused_as_not_implemented(a
     assert error_code(s3.head_object, Bucket=emulator.bucket, Key=key) == "404"
     s3.put_object(Bucket=emulator.bucket, Key=key, Body=b"plain")  # boto3's own uploads still work
     assert s3.get_object(Bucket=emulator.bucket, Key=key)["Body"].read() == b"plain"
+
+
+def test_a_jobs_credentials_end_when_its_job_token_does(api, emulator, world, monkeypatch):
+    """Credentials a job token got stop working on the S3 side as soon as the token does (its job ended and the
+    afterlife passed), not when their own hour is up."""
+    from htc_emulator import job_rights
+
+    projects, _, places = world
+    task_id = api.new_task(projects[0])
+    # The image's repository is missing: the job fails as soon as it is started.
+    parent = api.submit(projects[0], task_id, {**SLEEPER, "imageName": "missing:v1"})
+    api.wait_terminal(projects[0], task_id, 1)
+    job_token = emulator.scheduler.tokens.job_token(
+        project_id=projects[0], task_id=task_id, job_id=f"{parent}:0", lifetime=600
+    )
+    task_token = api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{task_id}/storage/token", auth=job_token)
+    task_s3, shared_s3 = (
+        s3_for(emulator, task_token),
+        s3_for(emulator, api.ok("GET", f"/htc/projects/{projects[0]}/storage/token", auth=job_token)),
+    )
+    key = prefix_of(task_token["storagePath"]) + "late.txt"
+    task_s3.put_object(Bucket=emulator.bucket, Key=key, Body=b"within the afterlife")
+    assert can_read(shared_s3, emulator.bucket, places["shared"] + "file.txt")
+    monkeypatch.setattr(job_rights, "JOB_TOKEN_AFTERLIFE_SECONDS", 0)
+    assert error_code(task_s3.put_object, Bucket=emulator.bucket, Key=key, Body=b"too late") == "ExpiredToken"
+    assert error_code(shared_s3.get_object, Bucket=emulator.bucket, Key=places["shared"] + "file.txt") == (
+        "ExpiredToken"
+    )
+    owner = s3_for(emulator, api.ok("GET", f"/htc/projects/{projects[0]}/tasks/{task_id}/storage/token"))
+    assert owner.get_object(Bucket=emulator.bucket, Key=key)["Body"].read() == b"within the afterlife"
+
+
+def test_deleting_a_task_ends_every_credential_its_jobs_got(api, emulator):
+    project_id = api.new_project(repositories=["opencv-htc-tutorial"])
+    task_id = api.new_task(project_id)
+    shared = f"projects/{project_id}/shared/file.txt"
+    s3_for(emulator, api.ok("GET", f"/htc/projects/{project_id}/storage/token")).put_object(
+        Bucket=emulator.bucket, Key=shared, Body=b"original"
+    )
+    parent = api.submit(project_id, task_id, SLEEPER)
+    job_token = emulator.scheduler.tokens.job_token(
+        project_id=project_id, task_id=task_id, job_id=f"{parent}:0", lifetime=600
+    )
+    shared_s3 = s3_for(emulator, api.ok("GET", f"/htc/projects/{project_id}/storage/token", auth=job_token))
+    assert can_read(shared_s3, emulator.bucket, shared)
+    api.ok("DELETE", f"/htc/projects/{project_id}/tasks/{task_id}")
+    assert error_code(shared_s3.get_object, Bucket=emulator.bucket, Key=shared) == "ExpiredToken"
