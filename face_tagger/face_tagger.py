@@ -50,8 +50,13 @@ os.environ.setdefault(
 
 import cv2  # noqa: E402
 
+try:  # run as a script (/opt/face_tagger.py, a job): the module beside it
+    import haar_cascades  # noqa: E402
+except ImportError:  # imported as face_tagger.face_tagger (the tests, the benchmarks)
+    from face_tagger import haar_cascades  # noqa: E402
+
 DEFAULT_API_URL = "https://htc.rescale.com/api/v1"
-DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
+DEFAULT_CASCADE = haar_cascades.DEFAULT_CASCADE
 DEFAULT_SCALE_FACTOR = 1.2
 # Coarser than 3 misses most faces; finer than 1.01 multiplies the pyramid levels without end.
 SCALE_FACTOR_RANGE = (1.01, 3.0)
@@ -136,13 +141,14 @@ class FaceDetector:
         scale_factor: float = DEFAULT_SCALE_FACTOR,
         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ):
-        """Parse the cascade XML once; an empty classifier fails here, not deep inside OpenCV."""
-        path = cascade_path or os.path.join(cv2.data.haarcascades, DEFAULT_CASCADE)
+        """The parsed cascade (once per process: see haar_cascades); an empty classifier fails here,
+        not deep inside OpenCV."""
+        path = cascade_path or haar_cascades.default_path()
         if not os.path.isfile(path):
             raise CascadeError(f"Haar cascade not found: {path}")
         try:
-            classifier = cv2.CascadeClassifier(path)
-        except (cv2.error, SystemError):
+            classifier = haar_cascades.parsed(path)
+        except (OSError, cv2.error, SystemError):
             classifier = None
         if classifier is None or classifier.empty():
             raise CascadeError(f"Haar cascade could not be loaded (empty or not a cascade XML): {path}")
@@ -435,12 +441,12 @@ def storage_token(http, url: str) -> dict:
     return body
 
 
-def location(token: dict, path: str) -> Location:
-    """A Location for an ``s3://bucket/prefix/`` path, on the token's credentials."""
+def location(client, path: str) -> Location:
+    """A Location for an ``s3://bucket/prefix/`` path, reached with ``client``."""
     bucket, _, prefix = path.removeprefix("s3://").partition("/")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    return Location(s3_client(token["credentials"], token.get("region")), bucket, prefix)
+    return Location(client, bucket, prefix)
 
 
 def regional_task_path(http, url: str, region: str | None, shared_path: str) -> str:
@@ -474,6 +480,8 @@ class HtcStorage:
 
         The job's bearer token buys short-lived storage credentials from the HTC API;
         boto3 then moves the objects (and honours ``AWS_ENDPOINT_URL_S3`` when set).
+        The task's token reads the project's shared files and writes the task's folder,
+        so one token and one S3 client serve both.
         """
         import requests
         from requests.adapters import HTTPAdapter
@@ -493,13 +501,13 @@ class HtcStorage:
         http.headers["Authorization"] = f"Bearer {token}"
         base = f"{api_url.rstrip('/')}/htc/projects/{project_id}"
         with http:
-            shared = storage_token(http, f"{base}/storage/token")
-            task = storage_token(http, f"{base}/tasks/{task_id}/storage/token")
-            shared_path = shared["projectSharedStoragePath"]
-            task_path = task.get("storagePath") or regional_task_path(
-                http, f"{base}/tasks/{task_id}/storage/regional-storage", task.get("region"), shared_path
+            token = storage_token(http, f"{base}/tasks/{task_id}/storage/token")
+            shared_path = token["projectSharedStoragePath"]
+            task_path = token.get("storagePath") or regional_task_path(
+                http, f"{base}/tasks/{task_id}/storage/regional-storage", token.get("region"), shared_path
             )
-            return cls(location(shared, shared_path), location(task, task_path))
+        client = s3_client(token["credentials"], token.get("region"))
+        return cls(location(client, shared_path), location(client, task_path))
 
     def read_shared_text(self, key: str) -> str:
         client, bucket, prefix = self.shared

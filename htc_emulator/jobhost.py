@@ -1,8 +1,9 @@
 """The warm template behind process-mode jobs (run as a script, stdlib only).
 
 :class:`htc_emulator.launcher.ProcessLauncher` starts it once as
-``python jobhost.py CHANNEL_FD MODULE...``: it imports the heavy modules the
-jobs use (OpenCV, NumPy, boto3) once, one at a time while no request waits, and
+``python jobhost.py CHANNEL_FD ENTRY...``: it imports the heavy modules the
+jobs use (OpenCV, NumPy, boto3) and prepares what they need that does not depend on
+the job (the worker's parsed cascade) once, one step at a time while no request waits, and
 forks per request, so a job pays for a fork instead of an interpreter start and
 half a second of imports.
 
@@ -32,6 +33,7 @@ import atexit
 import builtins
 import ctypes
 import gc
+import importlib
 import importlib.machinery
 import json
 import os
@@ -343,18 +345,27 @@ def finish(code: int, by_signal: int | None = None) -> None:
     os._exit(code)
 
 
-def warm_up_steps(modules: list[str]) -> list:
-    """Import each module, then warm what needs more than an import; one step per call."""
-    return [lambda name=name: preload(name) for name in modules] + [warm_libraries]
+def warm_up_steps(entries: list[str]) -> list:
+    """One step per entry, then what needs more than an import: ``MODULE`` imports a module,
+    ``MODULE:FUNCTION`` also calls a function of it, ``path=DIR`` lets the steps after it import
+    from DIR (the jobs' own ``sys.path`` is not changed)."""
+    return [lambda entry=entry: preload(entry) for entry in entries] + [warm_libraries]
 
 
-def preload(name: str) -> None:
+def preload(entry: str) -> None:
+    if entry.startswith("path="):
+        sys.path.append(entry.removeprefix("path="))
+        return
+    name, _, function = entry.partition(":")
     before = dict(os.environ)
     try:
-        __import__(name)
-    except ImportError:
+        module = importlib.import_module(name)
+        if function:
+            getattr(module, function)()
+    except Exception:  # a job that needs it imports it (and meets the error) itself
         return
-    PRELOAD_ENV.update({k: v for k, v in os.environ.items() if before.get(k) != v})
+    finally:
+        PRELOAD_ENV.update({k: v for k, v in os.environ.items() if before.get(k) != v})
 
 
 def warm_libraries() -> None:

@@ -23,7 +23,9 @@ import threading
 from pathlib import Path
 
 JOBHOST = Path(__file__).with_name("jobhost.py")
-# Imported once by the template; a job importing them again finds them loaded.
+WORKER_FOLDER = Path(__file__).resolve().parent.parent / "face_tagger"
+# Imported once by the template; a job importing them again finds them loaded. The tutorial's
+# worker finds its cascade parsed (haar_cascades, beside the worker, as in its image).
 DEFAULT_PRELOAD = (
     "cv2",
     "numpy",
@@ -33,6 +35,8 @@ DEFAULT_PRELOAD = (
     "s3transfer.manager",
     "requests",
     "urllib3",
+    f"path={WORKER_FOLDER}",
+    "haar_cascades:preload",
 )
 # Variables an interpreter, OpenCV or a BLAS read at start-up or import: a job whose values
 # differ from the template's runs as a fresh process instead of in a fork of the template.

@@ -80,7 +80,10 @@ def test_build_context_holds_only_what_the_image_needs(worker_image):
     assert built.returncode == 0, built.stderr
     try:
         listed = docker("run", "--rm", "htc-context-probe", "find", "/tmp/context", "-type", "f")
-        assert sorted(listed.stdout.split()) == ["/tmp/context/face_tagger/face_tagger.py"]
+        assert sorted(listed.stdout.split()) == [
+            "/tmp/context/face_tagger/face_tagger.py",
+            "/tmp/context/face_tagger/haar_cascades.py",
+        ]
     finally:
         docker("rmi", "htc-context-probe")
 

@@ -163,6 +163,23 @@ def test_a_command_that_is_not_python_is_supervised_from_the_bare_template(launc
     assert returncode == 0 and "python" in supervisor_maps and "cv2" not in supervisor_maps
 
 
+def test_the_worker_finds_its_cascade_parsed_by_the_template(launcher, tmp_path):
+    """The cascade does not depend on the job: parsed once before the fork, not once a job."""
+    launcher, env = launcher
+    worker_folder = Path(__file__).resolve().parent.parent / "face_tagger"
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys, haar_cascades; print(len(haar_cascades._PARSED), haar_cascades.__file__)\n")
+    argv = [sys.executable, str(probe)]
+
+    def parsed_before_the_job_started():
+        returncode, output = launched(launcher, argv, env, tmp_path)
+        assert returncode == 0, output
+        count, where = output.split()
+        return count == "1" and Path(where).parent == worker_folder
+
+    wait_for(parsed_before_the_job_started)  # once the template got to it
+
+
 def test_a_job_process_does_not_outlive_its_supervisor(launcher, tmp_path):
     launcher, env = launcher
     process = launcher.start(

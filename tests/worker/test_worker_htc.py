@@ -191,6 +191,24 @@ def test_names_with_unicode_line_breaks_are_tagged_not_split(job_context, tmp_pa
     assert {f"{name}_tagged.dat" for name in names} <= set(htc.list_objects(session, project_id, task_id))
 
 
+def test_one_storage_token_and_one_client_reach_both_areas(job_context, tmp_path):
+    """The task's token reads the shared files and writes the task's folder: a job needs no second one."""
+    session, project_id, task_id, env = job_context
+    http = requests.Session()
+    asked = []
+    http.hooks["response"].append(lambda response, *args, **kwargs: asked.append(response.url))
+    storage = ft.HtcStorage.from_api(
+        env["RESCALE_HTC_API_URL"], env["RESCALE_HTC_BEARER_TOKEN"], project_id, task_id, http=http
+    )
+    assert [url.rsplit("/htc/", 1)[1] for url in asked] == [f"projects/{project_id}/tasks/{task_id}/storage/token"]
+    assert storage.shared.client is storage.task.client
+    assert storage.read_shared_text("list.dat").startswith("good.jpg\n")
+    note = tmp_path / "note.txt"
+    note.write_text("one token")
+    storage.upload_task([(note, "notes/one-token.txt")])
+    assert "notes/one-token.txt" in htc.list_objects(session, project_id, task_id)
+
+
 @pytest.mark.parametrize(
     "settings,message",
     [
