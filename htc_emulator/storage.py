@@ -16,20 +16,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+import threading
 from collections.abc import Callable
 from urllib.parse import quote
 
 import boto3
+import waitress
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
-from moto.server import ThreadedMotoServer
-from werkzeug.serving import make_server
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
 
 from .s3_gate import CredentialTable, S3Gate
 
@@ -43,6 +41,10 @@ CREDENTIAL_LIFETIME = 3600
 
 # A WSGI app wrapper: given moto's app, return the app that serves requests.
 WsgiWrapper = Callable[[Callable], Callable]
+# Requests served at once: a slow one (an injected delay) must not hold up the others.
+SERVER_THREADS = 32
+# Kept-alive connections at once: every job keeps a pool of its own.
+SERVER_CONNECTIONS = 1024
 
 
 class InvalidObjectKey(ValueError):
@@ -88,32 +90,59 @@ class _S3Dispatcher(DomainDispatcherApplication):
         return self.s3_app
 
 
-class _MotoServer(ThreadedMotoServer):
-    """moto's threaded server with a WSGI wrapper around its app."""
+class _Channel(HTTPChannel):
+    """waitress's connection, with an empty body that expects ``100 Continue`` served at once.
 
-    def __init__(self, wrap: WsgiWrapper) -> None:
-        super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
-        self._wrap = wrap
+    waitress 3.0.2 answers ``Expect: 100-continue`` on a request with ``Content-Length: 0`` and then
+    waits for a body that never comes (botocore's PUT of an empty file hung there); there is no body
+    to ask for, so such a request goes straight to the app, as it would without the header.
+    """
 
-    def _server_entry(self) -> None:
-        app = _S3Dispatcher()
-        self._server = make_server(
-            self._ip_address,
-            self._port,
-            self._wrap(app),
-            True,
-            request_handler=MotoRequestHandler,
+    def send_continue(self) -> None:
+        if self.request.content_length == 0:
+            self.request.expect_continue = False
+            return
+        super().send_continue()
+
+
+class _S3Server:
+    """moto's S3 app behind waitress, on loopback: connections kept alive, a fixed pool of threads.
+
+    moto's own server (werkzeug's development server) closes every connection after one
+    request and starts a thread for the next: a third more CPU per request than this,
+    and a new connection per request for every client. Like S3 behind a proxy that
+    refuses them, header names with an underscore do not reach moto.
+    """
+
+    def __init__(self, app: Callable) -> None:
+        self._connections: dict = {}
+        self._server = waitress.create_server(
+            app,
+            host="127.0.0.1",
+            port=0,
+            threads=SERVER_THREADS,
+            connection_limit=SERVER_CONNECTIONS,
+            map=self._connections,
         )
-        self._server_ready_event.set()
-        self._server.serve_forever()
+        self._server.channel_class = _Channel
+        self.endpoint = f"http://127.0.0.1:{self._server.effective_port}"
+        self._thread = threading.Thread(target=self._server.run, name="htc-s3-server", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.task_dispatcher.shutdown()
+        wasyncore.close_all(self._connections)
+        self._thread.join(timeout=10)
 
 
 class Storage:
     """The bucket, its endpoint, and credentials for it."""
 
     def __init__(self, wrap: WsgiWrapper | None = None) -> None:
-        # moto logs every request (presigned URLs included) through werkzeug.
+        # moto logs every request (presigned URLs included) through werkzeug; waitress warns
+        # whenever requests wait for a thread, which a batch of jobs makes them do.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         # Unique per instance: moto keeps its state per process, and tests
         # run several emulators side by side.
         self.bucket = f"htc-emulator-{secrets.token_hex(4)}"
@@ -121,10 +150,9 @@ class Storage:
         admin_secret = secrets.token_hex(20)
         self.credentials.add_admin(ADMIN_ACCESS_KEY, admin_secret)
         # The gate comes first: a refused request reaches neither the faults nor moto.
-        self._server = _MotoServer(lambda app: S3Gate(wrap(app) if wrap else app, self.credentials, self.bucket))
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
+        app = _S3Dispatcher()
+        self._server = _S3Server(S3Gate(wrap(app) if wrap else app, self.credentials, self.bucket))
+        self.endpoint = self._server.endpoint
         session = boto3.session.Session(
             aws_access_key_id=ADMIN_ACCESS_KEY,
             aws_secret_access_key=admin_secret,

@@ -200,3 +200,29 @@ def test_a_presigned_url_ends_with_its_task(api, layout, emulator):
     late = requests.put(url, data=b"late", timeout=30)
     assert late.status_code == 403 and b"expired" in late.content, late.text
     assert emulator.storage.delete_prefix(f"projects/{project_id}/tasks/{task_id}/") == 0
+
+
+def test_an_empty_file_and_a_kept_alive_connection_are_served(api, layout, emulator, monkeypatch, tmp_path):
+    """botocore sends ``Expect: 100-continue`` with every PUT, an empty file's too (a job's first manifest
+    can be empty), and keeps its connections open between requests."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", emulator.s3_endpoint)
+    project_id, task_id, _ = layout
+    token = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/token")
+    bucket, prefix = split(token["storagePath"])
+    credentials = token["credentials"]
+    s3 = boto3.client(
+        "s3",
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=credentials["AWS_SESSION_TOKEN"],
+        region_name="eu-west-1",
+        # A server that waits for a body that never comes fails the test here instead of hanging it.
+        config=Config(retries={"total_max_attempts": 1}, read_timeout=10),
+    )
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    for attempt in range(3):
+        with empty.open("rb") as body:
+            s3.put_object(Bucket=bucket, Key=f"{prefix}empty-{attempt}.jsonl", Body=body)
+        assert s3.get_object(Bucket=bucket, Key=f"{prefix}empty-{attempt}.jsonl")["Body"].read() == b""
+    assert keys(s3, bucket, prefix) == [f"empty-{attempt}.jsonl" for attempt in range(3)]
