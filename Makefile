@@ -36,12 +36,14 @@ lint: venv-dev
 refresh: venv data
 	$(PY) run_tutorial.py refresh
 
+# Each benchmark writes bench/results.json; the last step compares it with the committed one (exit 1: worse).
 bench: venv-dev data
 	$(PY) bench/worker.py
 	$(PY) bench/emulator.py
 	$(PY) bench/e2e.py
 	if docker info >/dev/null 2>&1; then $(PY) bench/containers.py; \
 	else echo "bench/containers.py skipped: no Docker engine answers docker info"; fi
+	$(PY) bench/results.py
 
 chromium:
 	command -v chromium >/dev/null || { $(APT_INSTALL) chromium; }

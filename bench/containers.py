@@ -1,13 +1,16 @@
-"""Benchmark: the same batch as containers and as processes, in one emulator run, and the image's size.
+"""Benchmark: the same batch as containers and as processes, beside bare ``docker run``, in one run.
 
 One emulator with the Docker engine (``docker=True``) and the tutorial's image
 registered from docker/Dockerfile. Project "process" creates the repository but
 pushes nothing, so its jobs run as processes; project "container" pushes the
 image built from docker/Dockerfile to the emulator's registry, so its jobs run as
-``docker run`` of it. Both submit the same batch of jobs that start the worker's
+containers of it. Both submit the same batch of jobs that start the worker's
 interpreter and import its packages (``cv2``, ``boto3``), and wait until every
-job is terminal. It prints each batch's time per job slot per job, the container
-overhead as a ratio against process mode, and the size of the image.
+job is terminal. Beside them, as many bare ``docker run --rm IMAGE true`` and
+``docker run --rm IMAGE python -c 'import cv2, boto3'`` as there are jobs, as
+many at a time as there are job slots: what Docker itself costs. It prints each
+one's time per slot per job, the container job against the bare ``docker run``
+of the same command (the figure to keep near 1), and the size of the image.
 
 Usage: .venv/bin/python bench/containers.py [--jobs 20] [--concurrency 2]
 """
@@ -20,12 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.results import IDEALISED, Figure, load_average, ratio, record  # noqa: E402
 from htc_emulator import running  # noqa: E402
 from tools import container_build  # noqa: E402
 
@@ -85,6 +90,18 @@ def batch_seconds(http: requests.Session, api: str, project_id: str, jobs: int) 
     return elapsed
 
 
+def bare_docker_run_seconds(argv: list[str], runs: int, slots: int) -> float:
+    """Wall time of ``runs`` bare ``docker run --rm`` of ``argv``, ``slots`` at a time; every one must succeed."""
+
+    def run(_: int) -> None:
+        subprocess.run(["docker", "run", "--rm", IMAGE, *argv], capture_output=True, check=True)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(slots) as pool:
+        list(pool.map(run, range(runs)))
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20)
@@ -96,7 +113,9 @@ def main() -> None:
             ["docker", "image", "inspect", "--format", "{{.Size}}", IMAGE], capture_output=True, text=True, check=True
         ).stdout
     )
-    with running(docker=True, images={IMAGE: "docker/Dockerfile"}, concurrency=args.concurrency) as emu:
+    started_load = load_average()
+    settings = {**IDEALISED, "concurrency": args.concurrency, "docker": True}
+    with running(images={IMAGE: "docker/Dockerfile"}, **settings) as emu:
         http = requests.Session()
         token = http.get(f"{emu.root_url}/auth/token", headers={"Authorization": f"Token {emu.api_key}"}).json()
         http.headers["Authorization"] = f"Bearer {token['tokenValue']}"
@@ -105,16 +124,35 @@ def main() -> None:
         push(http, emu.api_url, containers, uri)
         process_time = batch_seconds(http, emu.api_url, processes, args.jobs)
         container_time = batch_seconds(http, emu.api_url, containers, args.jobs)
+        bare_true = bare_docker_run_seconds(["true"], args.jobs, args.concurrency)
+        bare_import = bare_docker_run_seconds(JOB["commands"], args.jobs, args.concurrency)
     per_job = {
         name: seconds * args.concurrency / args.jobs
-        for name, seconds in (("process", process_time), ("container", container_time))
+        for name, seconds in (
+            ("process", process_time),
+            ("container", container_time),
+            ("bare true", bare_true),
+            ("bare import", bare_import),
+        )
     }
     print(f"{args.jobs} jobs, {args.concurrency} at a time, each `python -c 'import cv2, boto3'`")
-    print(f"process mode:   {process_time:6.1f} s  ({per_job['process']:.2f} s per job per slot)")
-    print(f"container mode: {container_time:6.1f} s  ({per_job['container']:.2f} s per job per slot)")
+    print(f"process mode:      {process_time:6.1f} s  ({per_job['process']:.2f} s per job per slot)")
+    print(f"container mode:    {container_time:6.1f} s  ({per_job['container']:.2f} s per job per slot)")
+    print(f"docker run true:   {bare_true:6.1f} s  ({per_job['bare true']:.2f} s per run per slot)")
+    print(f"docker run import: {bare_import:6.1f} s  ({per_job['bare import']:.2f} s per run per slot)")
+    against_bare = per_job["container"] / per_job["bare import"]
+    print(f"container job / bare docker run of the same command: {against_bare:.2f}x")
     print(f"container / process per-job time: {per_job['container'] / per_job['process']:.1f}x")
     base = container_build.choose_base("docker", ROOT / "docker" / "Dockerfile", log=lambda _: None)
     print(f"image {IMAGE}: {size / 1e6:.0f} MB (base {base})")
+    figures = [
+        ratio("container job / bare docker run of the same command", against_bare),
+        Figure("container job, per job per slot", per_job["container"], "s"),
+        Figure("process job, per job per slot", per_job["process"], "s"),
+        Figure("bare docker run true, per run per slot", per_job["bare true"], "s"),
+        Figure("bare docker run of the import, per run per slot", per_job["bare import"], "s"),
+    ]
+    record("containers", figures, settings={**settings, "jobs": args.jobs}, started_load=started_load)
 
 
 if __name__ == "__main__":

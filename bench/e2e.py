@@ -31,6 +31,7 @@ import cv2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import htc_helpers as htc  # noqa: E402
+from bench.results import IDEALISED, Figure, load_average, ratio, record  # noqa: E402
 from face_data import scale_up  # noqa: E402
 from face_tagger import face_tagger as ft  # noqa: E402
 from htc_emulator import running  # noqa: E402
@@ -108,10 +109,12 @@ def main() -> None:
         f"OpenCV {cv2.__version__}"
     )
 
+    started_load = load_average()
+    settings = {**IDEALISED, "concurrency": args.concurrency or cores, "docker": False}
     bare = bare_detection(images)
     limit = bare / cores
     with (
-        running(images={IMAGE: "docker/Dockerfile"}, concurrency=args.concurrency) as emu,
+        running(images={IMAGE: "docker/Dockerfile"}, **settings) as emu,
         tempfile.TemporaryDirectory() as tmp,
     ):
         slots = emu.scheduler.concurrency
@@ -186,6 +189,14 @@ def main() -> None:
         f"accounted for:   {len(seen)} of {len(keys)} images, each exactly once: {'yes' if accounted else 'NO'}"
         f" ({len(missing)} without a result, {len(twice)} more than once, {len(strangers)} unknown)"
     )
+    figures = [
+        ratio(f"{len(keys)} photos over {args.jobs} jobs, batch / limit", batch / limit, "bare detection / cores"),
+        Figure("batch, submit to all terminal", batch, "s"),
+        Figure("per-job overhead (a slot's time beyond detection)", overhead, "s"),
+        Figure("emulator CPU per job", emulator_cpu / args.jobs * 1000, "ms"),
+        Figure("every photo accounted for once", float(accounted and not failed), "", better="higher", noise=0),
+    ]
+    record(f"e2e-{len(keys)}x{args.jobs}", figures, settings=settings, started_load=started_load)
     if not accounted or failed:
         sys.exit(1)
 

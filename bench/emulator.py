@@ -26,6 +26,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.results import IDEALISED, Figure, load_average, record  # noqa: E402
 from htc_emulator import running  # noqa: E402
 
 
@@ -81,11 +82,13 @@ def main() -> None:
     parser.add_argument("--command", default="true", help="the no-op job command (default: true)")
     args = parser.parse_args()
     command = shlex.split(args.command)
+    started_load = load_average()
+    settings = {**IDEALISED, "concurrency": args.concurrency or os.cpu_count(), "docker": False}
 
     with tempfile.TemporaryDirectory() as tmp:
         dockerfile = Path(tmp) / "Dockerfile"
         dockerfile.write_text('FROM busybox\nCMD ["true"]\n')
-        with running(images={"noop:v1": dockerfile}, concurrency=args.concurrency) as emu:
+        with running(images={"noop:v1": dockerfile}, **settings) as emu:
             slots = emu.scheduler.concurrency
             client = Client(emu)
             project = client.call("POST", "/htc/projects", json={"projectName": "bench", "projectDescription": "b"})
@@ -96,10 +99,12 @@ def main() -> None:
             )["taskId"]
             task_path = f"/htc/projects/{project_id}/tasks/{task_id}"
 
-            started = time.perf_counter()
+            started, emulator_cpu = time.perf_counter(), time.process_time()
             submit(client, task_path, args.jobs, command, "timed")
             wait_terminal(client, task_path, args.jobs)
             elapsed = time.perf_counter() - started
+            # This process is the emulator (API, scheduler) and the poller; the jobs and their supervisors are not.
+            emulator_cpu = time.process_time() - emulator_cpu
             failed = client.call("GET", f"{task_path}/summary-statistics")["jobStatuses"]["FAILED"]
 
             print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {slots} job slots, job command {command}")
@@ -109,8 +114,13 @@ def main() -> None:
             )
             print(
                 f"per-job overhead: {elapsed * slots / args.jobs * 1000:.1f} ms of a job slot "
-                f"({elapsed / args.jobs * 1000:.1f} ms of wall time per job)"
+                f"({elapsed / args.jobs * 1000:.1f} ms of wall time per job); "
+                f"{emulator_cpu / args.jobs * 1000:.1f} ms CPU a job in the emulator's process"
             )
+            figures = [
+                Figure(f"{args.jobs} no-op jobs, submit to all terminal", elapsed, "s"),
+                Figure("emulator CPU per job", emulator_cpu / args.jobs * 1000, "ms"),
+            ]
 
             done = args.jobs
             while done < args.total:
@@ -133,6 +143,8 @@ def main() -> None:
             for label, path, params in measured:
                 p50, p99 = latency(client, path, params, args.calls)
                 print(f"  {label:38s} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms")
+                figures.append(Figure(f"{label}, p50 ({args.total} jobs)", p50, "ms"))
+    record("emulator", figures, settings={**settings, "command": command}, started_load=started_load)
 
 
 if __name__ == "__main__":

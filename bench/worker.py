@@ -26,6 +26,7 @@ from moto.server import ThreadedMotoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.results import Figure, load_average, ratio, record  # noqa: E402
 from face_tagger import face_tagger as ft  # noqa: E402
 
 BUCKET = "bench-storage"
@@ -70,6 +71,7 @@ def main() -> None:
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.count]
     if not images:
         sys.exit(f"no images in {args.images}: run `make data` first")
+    started_load = load_average()
     cv2.setNumThreads(1)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
@@ -98,6 +100,13 @@ def main() -> None:
         print(f"speed-up: {original / worker:.1f}x (original / worker, same images, same server)")
     finally:
         server.stop()
+    figures = [
+        ratio("original / worker, per image", original / worker, better="higher"),
+        Figure("worker, per image", worker * 1000, "ms"),
+        Figure("original, per image", original * 1000, "ms"),
+    ]
+    # moto's own server, no emulator: nothing of the emulator's behaviour is measured here.
+    record("worker", figures, settings={"images": len(keys), "server": "moto"}, started_load=started_load)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,190 @@
+"""Benchmark figures as data: ``bench/results.json``, compared with the last committed one.
+
+Each benchmark ends with :func:`record`: it prints every figure beside the same figure in the
+committed ``bench/results.json`` (``git show HEAD:bench/results.json``), says WORSE where a figure
+moved the wrong way by more than the machine's noise, and writes the run into ``bench/results.json``
+(with the date, the commit, the machine's load and the emulator settings it ran with). Commit that
+file when the figures were taken on a quiet machine; ``bench/README.md`` shows them.
+
+Run as a script: ``python bench/results.py`` compares every benchmark's last run with the
+committed one and exits 1 if any figure got worse beyond noise (``make bench`` ends with it);
+``--readme`` rewrites the figures table in ``bench/README.md`` from ``bench/results.json``.
+
+Noise: on this shared 2-core machine a figure measured against a baseline taken in the same run
+(a ratio) moves by up to about 10 % between runs on a quiet machine, an absolute time by up to
+about 25 %; those are the defaults, and a figure can say otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).with_name("results.json")
+README = Path(__file__).with_name("README.md")
+RATIO_NOISE = 0.10
+TIME_NOISE = 0.25
+OUTPUTS = ("bench/results.json", "bench/README.md")
+MEASURED_CODE = ("htc_emulator", "face_tagger", "htc_helpers.py", "bench", "docker")
+TABLE_START = "<!-- figures from bench/results.json: python bench/results.py --readme -->"
+TABLE_END = "<!-- end of figures -->"
+
+# The emulator's idealised behaviour, stated in full: statuses change at once (no refresh ticks), a
+# job's timeout as written (time scale 1), no injected faults. Timing on purpose (refresh ticks,
+# start latency, image replication) would be measured instead of the emulator's own cost.
+IDEALISED = {"time_scale": 1.0, "refresh_delay": 0.0, "faults": None}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured number: ``better`` is "lower" or "higher"; ``noise`` the relative change that is not news."""
+
+    name: str
+    value: float
+    unit: str
+    better: str = "lower"
+    noise: float = TIME_NOISE
+    note: str = ""
+
+
+def ratio(name: str, value: float, note: str = "", better: str = "lower") -> Figure:
+    """A figure against a baseline measured in the same run: steadier than a time, so a tighter noise."""
+    return Figure(name, value, "x", better, RATIO_NOISE, note)
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def committed_results() -> dict:
+    """``bench/results.json`` as of the last commit ({} when there is none)."""
+    shown = subprocess.run(
+        ["git", "show", f"HEAD:{RESULTS.relative_to(ROOT)}"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return json.loads(shown.stdout) if shown.returncode == 0 else {}
+
+
+def current_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+
+
+def commit() -> str:
+    """The commit the code was at, with ``+dirty`` when the work tree had changes outside bench/results.json."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{p}" for p in OUTPUTS)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def worse(figure: dict, before: dict | None) -> float | None:
+    """How much worse ``figure`` is than ``before`` (relative), if by more than its noise; else None."""
+    if not before or before.get("unit") != figure["unit"] or not before.get("value"):
+        return None
+    change = (figure["value"] - before["value"]) / abs(before["value"])
+    if figure["better"] == "higher":
+        change = -change
+    return change if change > figure["noise"] else None
+
+
+def comparison_lines(name: str, run: dict, baseline: dict | None) -> tuple[list[str], int]:
+    """One line per figure against the baseline run; and how many got worse beyond noise."""
+    before = {f["name"]: f for f in (baseline or {}).get("figures", [])}
+    lines, regressions = [], 0
+    since = f"committed {baseline['date']} at {baseline['commit']}" if baseline else "nothing committed yet"
+    lines.append(f"{name}: {run['date']} at {run['commit']}, load average {run['load_average']:.1f}; against {since}")
+    for figure in run["figures"]:
+        old = before.get(figure["name"])
+        was = f"was {old['value']:.4g}" if old else "new"
+        change = worse(figure, old)
+        flag = ""
+        if change is not None:
+            regressions += 1
+            flag = f"   WORSE by {change:.0%} (noise {figure['noise']:.0%})"
+        lines.append(f"  {figure['name']:56s} {figure['value']:10.4g} {figure['unit']:3s} ({was}){flag}")
+    return lines, regressions
+
+
+def record(benchmark: str, figures: list[Figure], *, settings: dict, started_load: float) -> int:
+    """Print the figures against the committed ones, write them to bench/results.json; regressions found."""
+    run = {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "commit": commit(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "load_average": round(max(started_load, load_average()), 2),
+        "settings": settings,
+        "figures": [{**asdict(f), "value": float(f"{f.value:.4g}")} for f in figures],
+    }
+    lines, regressions = comparison_lines(benchmark, run, committed_results().get(benchmark))
+    print("\n".join(lines))
+    if run["load_average"] > (os.cpu_count() or 1) / 2:
+        print(f"  the machine was busy (load average {run['load_average']:.1f}): not a figure to commit")
+    results = current_results()
+    results[benchmark] = run
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    return regressions
+
+
+def changes_since(run: dict) -> int:
+    """How many commits since the run's changed the code the benchmarks measure."""
+    base = run["commit"].split("+")[0]
+    log = subprocess.run(
+        ["git", "log", "--oneline", f"{base}..HEAD", "--", *MEASURED_CODE], cwd=ROOT, capture_output=True, text=True
+    )
+    return len(log.stdout.splitlines()) if log.returncode == 0 else 0
+
+
+def readme_table(results: dict) -> str:
+    rows = ["| benchmark | figure | value | taken | command |", "|---|---|---|---|---|"]
+    for benchmark, run in results.items():
+        for figure in run["figures"]:
+            note = f" ({figure['note']})" if figure.get("note") else ""
+            rows.append(
+                f"| {benchmark} | {figure['name']}{note} | {figure['value']:.4g} {figure['unit']} "
+                f"| {run['date'][:10]}, `{run['commit']}`, load {run['load_average']:.1f} | `{run['command']}` |"
+            )
+    return "\n".join(rows)
+
+
+def write_readme_table(results: dict) -> None:
+    text = README.read_text()
+    head, _, rest = text.partition(TABLE_START)
+    _, _, tail = rest.partition(TABLE_END)
+    README.write_text(f"{head}{TABLE_START}\n{readme_table(results)}\n{TABLE_END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", action="store_true", help="rewrite the figures table in bench/README.md")
+    args = parser.parse_args()
+    results = current_results()
+    if args.readme:
+        write_readme_table(results)
+        return
+    committed = committed_results()
+    regressions = 0
+    for benchmark, run in results.items():
+        lines, worse_here = comparison_lines(benchmark, run, committed.get(benchmark))
+        print("\n".join(lines))
+        if changed := changes_since(run):
+            print(f"  {changed} commit(s) since {run['commit']} changed the measured code: run it again")
+        regressions += worse_here
+    if regressions:
+        print(f"{regressions} figure(s) WORSE than the committed bench/results.json by more than the noise")
+        sys.exit(1)
+    print("no figure worse than the committed bench/results.json beyond the noise")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""bench/results.py: a figure that got worse beyond its noise is flagged, and the figures in
+bench/README.md are the ones in bench/results.json (no timing here: the figures are data)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench import results  # noqa: E402
+
+
+def figure(value: float, better: str = "lower", noise: float = 0.10, unit: str = "x") -> dict:
+    return {"name": "f", "value": value, "unit": unit, "better": better, "noise": noise}
+
+
+@pytest.mark.parametrize(
+    "now, before, better, flagged",
+    [
+        (1.12, 1.0, "lower", True),  # 12 % slower, beyond 10 %
+        (1.08, 1.0, "lower", False),  # within the noise
+        (0.80, 1.0, "lower", False),  # better
+        (0.85, 1.0, "higher", True),  # a speed-up that shrank by 15 %
+        (1.30, 1.0, "higher", False),
+    ],
+)
+def test_a_figure_is_worse_only_beyond_its_noise_and_in_its_bad_direction(now, before, better, flagged):
+    change = results.worse(figure(now, better), figure(before, better))
+    assert (change is not None) == flagged
+    if flagged:
+        assert change == pytest.approx(abs(now - before))
+
+
+def test_nothing_to_compare_is_not_a_regression():
+    assert results.worse(figure(2.0), None) is None
+    assert results.worse(figure(2.0, unit="s"), figure(1.0, unit="ms")) is None
+
+
+def test_the_comparison_counts_and_names_what_got_worse():
+    run = {"date": "d", "commit": "c", "load_average": 0.5, "figures": [figure(1.5), {**figure(1.0), "name": "g"}]}
+    baseline = {"date": "d0", "commit": "c0", "figures": [figure(1.0), {**figure(1.0), "name": "g"}]}
+    lines, regressions = results.comparison_lines("bench", run, baseline)
+    assert regressions == 1
+    assert [line for line in lines if "WORSE" in line] == [
+        next(line for line in lines if line.strip().startswith("f "))
+    ]
+
+
+def test_the_readme_shows_the_figures_of_results_json():
+    committed = json.loads(results.RESULTS.read_text()) if results.RESULTS.is_file() else {}
+    readme = results.README.read_text()
+    table = readme.split(results.TABLE_START)[1].split(results.TABLE_END)[0].strip()
+    assert table == (results.readme_table(committed) if committed else "")
+
+
+def test_make_bench_fails_when_a_figure_got_worse(tmp_path):
+    """The script's exit status, against a committed file, in a scratch repository."""
+    repo = tmp_path / "repo"
+    (repo / "bench").mkdir(parents=True)
+    for name in ("results.py", "__init__.py"):
+        source = ROOT / "bench" / name
+        if source.is_file():
+            (repo / "bench" / name).write_text(source.read_text())
+    (repo / "bench" / "README.md").write_text(f"{results.TABLE_START}\n{results.TABLE_END}\n")
+    run = {"date": "d", "commit": "c", "command": "x", "load_average": 0.1, "figures": [figure(1.0)]}
+    (repo / "bench" / "results.json").write_text(json.dumps({"bench": run}))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], check=True)
+    script = [sys.executable, str(repo / "bench" / "results.py")]
+    assert subprocess.run(script, capture_output=True, text=True).returncode == 0
+    (repo / "bench" / "results.json").write_text(json.dumps({"bench": {**run, "figures": [figure(1.5)]}}))
+    worse = subprocess.run(script, capture_output=True, text=True)
+    assert worse.returncode == 1 and "WORSE by 50%" in worse.stdout
