@@ -166,9 +166,12 @@ def test_a_command_that_is_not_python_is_supervised_from_the_bare_template(launc
 def test_the_worker_finds_its_cascade_parsed_by_the_template(launcher, tmp_path):
     """The cascade does not depend on the job: parsed once before the fork, not once a job."""
     launcher, env = launcher
-    worker_folder = Path(__file__).resolve().parent.parent / "face_tagger"
-    probe = tmp_path / "probe.py"
-    probe.write_text("import sys, haar_cascades; print(len(haar_cascades._PARSED), haar_cascades.__file__)\n")
+    worker_folder = Path(__file__).resolve().parents[2] / "face_tagger"
+    probe = tmp_path / "probe.py"  # imports nothing: what it finds loaded, the template loaded
+    probe.write_text(
+        "import sys\nloaded = sys.modules.get('haar_cascades')\n"
+        "print(len(loaded._PARSED), loaded.__file__) if loaded else print(0, '-')\n"
+    )
     argv = [sys.executable, str(probe)]
 
     def parsed_before_the_job_started():
