@@ -130,8 +130,10 @@ class _S3Server:
         self._thread.start()
 
     def stop(self) -> None:
+        """Finish the requests being served, then close every socket from the server's own loop,
+        which ends with nothing left to watch (closed from another thread, its select would fail)."""
         self._server.task_dispatcher.shutdown()
-        wasyncore.close_all(self._connections)
+        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._connections))
         self._thread.join(timeout=10)
 
 
