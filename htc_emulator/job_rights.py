@@ -71,7 +71,7 @@ def authorize(principal: Principal, method: str, path: str) -> None:
 def require_live_job(principal: Principal, backend: Backend, at: dt.datetime | None = None) -> None:
     """Refuse (401) a job token whose task was deleted or whose job ended a while ago."""
     task, job = backend.token_subjects(principal.task_id, principal.job_id)
-    if task is None or task.project_id != principal.project_id or task.lifecycle_status == "DELETED":
+    if task is None or task.project_id != principal.project_id or not task.live:
         raise AuthenticationError("job token expired: its task was deleted")
     if job is None or job.task_id != task.task_id:
         raise AuthenticationError("job token for a job this platform never ran")

@@ -124,10 +124,18 @@ class Task:
     lifecycle_status: str = "ACTIVE"
     archived_at: dt.datetime | None = None
     deleted_at: dt.datetime | None = None
+    # Set, under the lock, when its deletion is decided: from then on every change is refused, and it
+    # shows its last status until its storage is gone and it is DELETED.
+    deleting: bool = False
 
     @property
     def folder_path(self) -> str:
         return storage_layout.task_prefix(self.project_id, self.task_id)
+
+    @property
+    def live(self) -> bool:
+        """Whether it still takes changes, jobs and credentials (neither DELETED nor being deleted)."""
+        return self.lifecycle_status != "DELETED" and not self.deleting
 
 
 @dataclass(frozen=True)
@@ -303,25 +311,28 @@ class Backend:
         self, project_id: str, task_id: str | None, principal: Principal, region: str | None = None
     ) -> StorageGrant:
         """Credentials for one region (the project's default if None) of a project's or a live task's storage."""
-        project, task = self._storage_owner(project_id, task_id)
-        region = region or project.default_region
-        return storage_rights.grant(self.storage, project, task, principal, region, self._token_liveness(principal))
+        with self.lock:  # issued before a deletion can start revoking, or not at all
+            project, task = self._storage_owner(project_id, task_id)
+            region = region or project.default_region
+            return storage_rights.grant(self.storage, project, task, principal, region, self._token_liveness(principal))
 
     def storage_grants(
         self, project_id: str, task_id: str | None, principal: Principal
     ) -> tuple[str, list[StorageGrant]]:
         """The project's default region, and credentials for each of its regions that has storage."""
-        project, task = self._storage_owner(project_id, task_id)
-        regions = [r for r in project.regions if r in storage_rights.STORAGE_REGIONS]
-        alive = self._token_liveness(principal)
-        return project.default_region, [
-            storage_rights.grant(self.storage, project, task, principal, region, alive) for region in regions
-        ]
+        with self.lock:  # issued before a deletion can start revoking, or not at all
+            project, task = self._storage_owner(project_id, task_id)
+            regions = [r for r in project.regions if r in storage_rights.STORAGE_REGIONS]
+            alive = self._token_liveness(principal)
+            return project.default_region, [
+                storage_rights.grant(self.storage, project, task, principal, region, alive) for region in regions
+            ]
 
     def presigned_upload(self, project_id: str, task_id: str | None, file_path: str) -> PresignedUpload:
         """A URL that uploads one file into the project's shared files, or into a live task's folder."""
-        project, task = self._storage_owner(project_id, task_id)
-        return storage_rights.presigned_upload(self.storage, project, task, file_path)
+        with self.lock:  # issued before a deletion can start revoking, or not at all
+            project, task = self._storage_owner(project_id, task_id)
+            return storage_rights.presigned_upload(self.storage, project, task, file_path)
 
     def _token_liveness(self, principal: Principal) -> Callable[[], bool] | None:
         """For a job, what says its token (and so the storage credentials it gets) is still accepted."""
@@ -352,10 +363,12 @@ class Backend:
         return task
 
     def live_task(self, project_id: str, task_id: str) -> Task:
-        """A task that still has storage and jobs (not DELETED)."""
+        """A task that still takes jobs and credentials (neither DELETED nor being deleted)."""
         task = self.task(project_id, task_id)
         if task.lifecycle_status == "DELETED":
             raise NotFound(f"task {task_id} was deleted")
+        if task.deleting:
+            raise NotFound(f"task {task_id} is being deleted")
         return task
 
     def list_tasks(self, project_id: str) -> list[Task]:
@@ -366,8 +379,8 @@ class Backend:
     def update_task(self, project_id: str, task_id: str, lifecycle_status: str) -> Task:
         with self.lock:
             task = self.task(project_id, task_id)
-            if task.lifecycle_status == "DELETED":
-                raise InvalidRequest("taskId", "a DELETED task cannot be changed")
+            if not task.live:
+                raise InvalidRequest("taskId", "a task that is DELETED or being deleted cannot be changed")
             if lifecycle_status == "DELETED":
                 raise InvalidRequest("lifecycleStatus", "use DELETE to delete a task")
             if lifecycle_status == "ARCHIVED" and task.lifecycle_status != "ARCHIVED":
@@ -381,15 +394,31 @@ class Backend:
             return task
 
     def delete_task(self, project_id: str, task_id: str) -> Task:
-        """Mark the task DELETED, stop its jobs and delete its objects."""
+        """Delete the task: no change to it is accepted from now on; it is DELETED once its storage is gone.
+
+        A task the retention sweep is deleting is deleted again (every step is idempotent).
+        """
         with self.lock:
-            task = self.live_task(project_id, task_id)
-            task.lifecycle_status = "DELETED"
-            task.deleted_at = task.last_active_at = now()
-        self.cancel(project_id, task_id, group=None, require_live=False)
+            task = self.task(project_id, task_id)
+            if task.lifecycle_status == "DELETED":
+                raise NotFound(f"task {task_id} was deleted")
+            task.deleting = True
+        self._delete(task)
+        return task
+
+    def _delete(self, task: Task) -> None:
+        """Carry out a deletion already decided (``task.deleting`` set under the lock).
+
+        Its jobs are stopped, every credential that writes into its folder ends (revoking waits for the
+        writes in flight, so each one lands before the objects are deleted, or is refused), its objects
+        are deleted, and only then is it DELETED: a task seen DELETED has no storage left.
+        """
+        self.cancel(task.project_id, task.task_id, group=None, require_live=False)
         self.storage.revoke(task.folder_path)
         self.storage.delete_prefix(task.folder_path)
-        return task
+        with self.lock:
+            task.lifecycle_status = "DELETED"
+            task.deleted_at = task.last_active_at = now()
 
     # --- jobs ----------------------------------------------------------------
 
@@ -823,13 +852,15 @@ class Backend:
 
         The policy of a task's project applies, else the workspace's; ``hour`` is
         how long an hour of a policy lasts on the emulator's clock. A task is
-        archived only once all its jobs have ended, as ``PATCH`` requires.
+        archived only once all its jobs have ended, as ``PATCH`` requires. Each
+        deletion is decided under the lock, where a user's change is too: what
+        comes first wins, and a task being deleted refuses every change.
         """
         to_delete = []
         with self.lock:
             for task in list(self.tasks.values()):
                 policy = self.policies.retention_for(task.project_id)
-                if policy is None or task.lifecycle_status == "DELETED":
+                if policy is None or not task.live:
                     continue
                 if (
                     task.lifecycle_status == "ACTIVE"
@@ -838,8 +869,7 @@ class Backend:
                 ):
                     self.update_task(task.project_id, task.task_id, "ARCHIVED")
                 elif task.lifecycle_status == "ARCHIVED" and policy.delete_due(task.archived_at, at, hour):
+                    task.deleting = True
                     to_delete.append(task)
         for task in to_delete:
-            # Storage first, so that a task seen DELETED has none left (an archived task runs no jobs).
-            self.storage.delete_prefix(task.folder_path)
-            self.delete_task(task.project_id, task.task_id)
+            self._delete(task)

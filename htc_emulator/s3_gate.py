@@ -22,7 +22,9 @@ allows it only within the credential's prefixes:
   chunk signatures the gate does not verify) is refused with S3's
   ``NotImplemented``; boto3 signs a plain SHA-256 of the body over HTTP;
 * expired or revoked credentials are refused (``ExpiredToken``), and so are
-  a job's credentials once its job token is (``Grant.alive``);
+  a job's credentials once its job token is (``Grant.alive``); revoking
+  waits for the requests in flight with what it revokes, so that deleting a
+  task's objects after it misses no write (:meth:`CredentialTable.revoke`);
 * a scoped credential reads and lists under its read prefixes, writes and
   deletes under its write prefixes (which it can read too), and nothing
   else: no bucket listing without a prefix, no bucket settings, no STS;
@@ -40,6 +42,7 @@ never makes them, and they must not look like a way out of a prefix.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -49,7 +52,8 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -63,6 +67,8 @@ MAX_CLOCK_SKEW_SECONDS = 900
 EXPIRED_MEMORY_SECONDS = 3600
 # S3's longest presigned URL: seven days.
 MAX_PRESIGNED_SECONDS = 604800
+# How long revoking waits for the requests in flight with what it revokes (moto serves each from memory).
+REVOKE_SETTLE_SECONDS = 60
 _LIST_SUBRESOURCES = frozenset({"uploads", "versions"})
 # x-amz-content-sha256 values that declare a payload without a hash of it: S3's unsigned ones, and the
 # signed streaming ones, whose chunk signatures the gate would have to verify (it refuses them instead).
@@ -117,6 +123,8 @@ class CredentialTable:
     def __init__(self) -> None:
         self._grants: dict[str, Grant] = {}
         self._lock = threading.Lock()
+        self._in_flight: Counter[str] = Counter()  # access key -> requests being served with it
+        self._settled = threading.Condition(self._lock)
 
     def add_admin(self, access_key: str, secret_key: str) -> None:
         with self._lock:
@@ -151,14 +159,34 @@ class CredentialTable:
         return Credentials(access_key, secret_key)
 
     def revoke(self, prefix: str) -> int:
-        """Expire now every credential (presigned URLs included) that may write under ``prefix``; return how many."""
-        revoked = 0
+        """Expire now every credential (presigned URLs included) that may write under ``prefix``; return how many.
+
+        Returns once no request made with one of them is still being served (at most
+        ``REVOKE_SETTLE_SECONDS``): whatever such a request wrote is in storage by then.
+        """
         with self._lock:
-            for access_key, grant in list(self._grants.items()):
-                if not grant.admin and grant.reaches_under(prefix):
-                    self._grants[access_key] = replace(grant, expires_at=time.time())
-                    revoked += 1
-        return revoked
+            revoked = [key for key, grant in self._grants.items() if not grant.admin and grant.reaches_under(prefix)]
+            for access_key in revoked:
+                self._grants[access_key] = replace(self._grants[access_key], expires_at=time.time())
+            self._settled.wait_for(lambda: not any(self._in_flight[key] for key in revoked), REVOKE_SETTLE_SECONDS)
+        return len(revoked)
+
+    @contextlib.contextmanager
+    def serving(self, access_key: str) -> Iterator[None]:
+        """Hold a checked credential while its request is served; refused if it was revoked since the check."""
+        with self._lock:
+            grant = self._grants[access_key]
+            if grant.expires_at is not None and time.time() >= grant.expires_at:
+                raise S3Denied(400, "ExpiredToken", "The provided token has expired.")
+            self._in_flight[access_key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[access_key] -= 1
+                if not self._in_flight[access_key]:
+                    del self._in_flight[access_key]
+                self._settled.notify_all()
 
     def get(self, access_key: str) -> Grant | None:
         with self._lock:
@@ -340,12 +368,16 @@ class S3Gate:
     def __call__(self, environ, start_response):
         request = _Request.from_environ(environ)
         try:
-            self._authorise(request, environ)
+            access_key = self._authorise(request, environ)
+            if access_key is None:  # the emulator's own request
+                return self.app(environ, start_response)
+            with self.credentials.serving(access_key):
+                return self.app(environ, start_response)
         except S3Denied as denied:
             return self._refuse(denied, request, start_response)
-        return self.app(environ, start_response)
 
-    def _authorise(self, request: _Request, environ: dict) -> None:
+    def _authorise(self, request: _Request, environ: dict) -> str | None:
+        """Refuse the request unless allowed; the access key of the credential it uses, None for the admin's."""
         # As S3 does, a bucket that does not exist is named so before any credential is looked at.
         bucket, _, raw_key = request.raw_path.lstrip("/").partition("/")
         if bucket and _key_of(bucket) != self.bucket:
@@ -362,7 +394,7 @@ class S3Gate:
         if grant.admin:
             if in_query:
                 raise S3Denied(403, "AccessDenied", "The emulator's own credential signs no URL.")
-            return
+            return None
         if (grant.expires_at is not None and time.time() >= grant.expires_at) or (
             grant.alive is not None and not grant.alive()
         ):
@@ -380,6 +412,7 @@ class S3Gate:
             self._authorise_object(request, grant, _key_of(raw_key))
         else:
             self._authorise_bucket(request, grant, environ)
+        return access_key
 
     def _authorise_object(self, request: _Request, grant: Grant, key: str) -> None:
         _check_key(key)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
 import time
 
+import boto3
+import pytest
 import requests
+from botocore.exceptions import ClientError
 
 from htc_emulator import running
 
@@ -149,6 +154,66 @@ def test_retention_archives_then_deletes_idle_tasks_with_their_storage(client_fo
         assert emu.storage.delete_prefix(f"projects/{project_id}/tasks/{idle}/") == 0
         assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{kept}")["lifecycleStatus"] == "ACTIVE"
         assert api.delete(policy_path).status_code == 204 and api.get(policy_path).status_code == 404
+
+
+def test_the_retention_sweep_and_a_reactivation_are_decided_once(client_for, monkeypatch):
+    """Issue 19: reactivating an archived task while the sweep deleted its files was accepted (200), and so were an
+    upload and a new job; then the task was deleted anyway. Now, once the sweep has decided, every change is refused
+    and nothing it accepted is lost; a reactivation that comes first keeps the task."""
+    with running() as emu:  # an hour lasts an hour: the sweeper thread finds nothing due by itself
+        api = client_for(emu)
+        project_id = api.new_project(repositories=["opencv-htc-tutorial"])
+        doomed, kept = api.new_task(project_id), api.new_task(project_id)
+        task_path = f"/htc/projects/{project_id}/tasks/{{}}"
+        credentials = api.ok("GET", task_path.format(doomed) + "/storage/token")["credentials"]
+        s3 = s3_client(emu, credentials)
+        for task_id in (doomed, kept):
+            api.ok("PATCH", task_path.format(task_id), json={"lifecycleStatus": "ARCHIVED"})
+        # Archived tasks are deleted after an hour; nothing is archived by the policy (0: never).
+        api.request(
+            "PUT", f"/htc/projects/{project_id}/task-retention-policy", json={"archiveAfter": 0, "deleteAfter": 1}
+        )
+        # The task reactivated before the sweep looks at it is kept.
+        api.ok("PATCH", task_path.format(kept), json={"lifecycleStatus": "ACTIVE"})
+
+        deleting, release = threading.Event(), threading.Event()
+        delete_prefix = emu.storage.delete_prefix
+
+        def slow_delete_prefix(prefix: str) -> int:
+            deleting.set()
+            assert release.wait(60)
+            return delete_prefix(prefix)
+
+        monkeypatch.setattr(emu.storage, "delete_prefix", slow_delete_prefix)
+        three_hours_on = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)
+        sweep = threading.Thread(target=emu.backend.apply_retention, args=(three_hours_on, dt.timedelta(hours=1)))
+        sweep.start()
+        try:
+            assert deleting.wait(60)
+            reactivated = api.request("PATCH", task_path.format(doomed), json={"lifecycleStatus": "ACTIVE"})
+            assert reactivated.status_code == 400 and "deleted" in reactivated.json()["message"], reactivated.text
+            with pytest.raises(ClientError) as upload:
+                s3.put_object(Bucket=emu.bucket, Key=f"projects/{project_id}/tasks/{doomed}/late.txt", Body=b"x")
+            assert upload.value.response["Error"]["Code"] == "ExpiredToken"
+            assert api.get(task_path.format(doomed) + "/storage/token").status_code == 404
+            body = [{"jobName": "late", "htcJobDefinition": SLEEPER}]
+            assert api.post(task_path.format(doomed) + "/jobs/batch", json=body).status_code in (400, 404)
+            assert api.ok("GET", task_path.format(doomed))["lifecycleStatus"] == "ARCHIVED"  # until it is gone
+        finally:
+            release.set()
+            sweep.join(60)
+        assert api.ok("GET", task_path.format(doomed))["lifecycleStatus"] == "DELETED"
+        assert api.job_count(project_id, doomed) == 0
+        assert delete_prefix(f"projects/{project_id}/tasks/{doomed}/") == 0
+        assert api.ok("GET", task_path.format(kept))["lifecycleStatus"] == "ACTIVE"
+
+
+def s3_client(emu, credentials: dict):
+    return boto3.session.Session(
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=credentials["AWS_SESSION_TOKEN"],
+    ).client("s3", endpoint_url=emu.s3_endpoint, region_name="us-east-1")
 
 
 def test_workspace_retention_policy(api):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 
 import boto3
@@ -13,6 +14,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
+
+from htc_emulator import FaultInjector, running
 
 SLEEPER = {
     "imageName": "opencv-htc-tutorial:v1",
@@ -407,3 +410,23 @@ def test_deleting_a_task_ends_every_credential_its_jobs_got(api, emulator):
     assert can_read(shared_s3, emulator.bucket, shared)
     api.ok("DELETE", f"/htc/projects/{project_id}/tasks/{task_id}")
     assert error_code(shared_s3.get_object, Bucket=emulator.bucket, Key=shared) == "ExpiredToken"
+
+
+def test_deleting_a_task_waits_for_the_uploads_in_flight(client_for):
+    """An upload the gate let through before the task's deletion began lands before its objects are deleted:
+    nothing is left behind in a DELETED task's folder."""
+    with running(faults=FaultInjector(slow_seconds=3)) as emu:
+        api = client_for(emu)
+        project_id = api.new_project()
+        task_id = api.new_task(project_id)
+        token = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/token")
+        s3 = s3_for(emu, token)
+        key = prefix_of(token["storagePath"]) + "in-flight.txt"
+        emu.faults.script(["slow"], target="storage")  # the upload is held inside the gate for 3 s
+        upload = threading.Thread(target=s3.put_object, kwargs={"Bucket": emu.bucket, "Key": key, "Body": b"x"})
+        upload.start()
+        while not emu.faults.injected[("storage", "slow")]:
+            time.sleep(0.01)
+        api.ok("DELETE", f"/htc/projects/{project_id}/tasks/{task_id}")
+        upload.join(60)
+        assert emu.storage.delete_prefix(prefix_of(token["storagePath"])) == 0
