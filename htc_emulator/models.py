@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import job_rights, storage_rights
+from . import job_logs, job_rights, storage_rights
 from . import storage as storage_layout
 from .auth import WORKSPACE_ID, Principal
 from .errors import InvalidRequest, NotFound
@@ -149,7 +149,7 @@ class JobEvent:
     user_cancelled: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LogLine:
     at: dt.datetime
     message: str
@@ -177,6 +177,7 @@ class Job:
     cancel_requested: bool = False
     events: list[JobEvent] = field(default_factory=list)
     logs: list[LogLine] = field(default_factory=list)
+    log_bytes: int = 0  # what its log events cost, as job_logs counts them (past MAX_LOG_BYTES: spent)
 
     @property
     def status(self) -> str:
@@ -610,8 +611,17 @@ class Backend:
                 task.last_active_at = event.at
             return event
 
-    def append_log(self, job: Job, message: str) -> None:
-        job.logs.append(LogLine(now(), message))
+    def append_logs(self, job: Job, messages: list[str]) -> None:
+        """Add log events to the job's log, within its budget (:func:`htc_emulator.job_logs.within_budget`).
+
+        Only the thread of the job's running attempt calls this, so the budget needs no lock.
+        """
+        at = now()
+        for message in messages:
+            kept, job.log_bytes = job_logs.within_budget(job.log_bytes, message)
+            if kept is None:
+                return
+            job.logs.append(LogLine(at, kept))
 
     def advance(self, job: Job, status: str, reason: str) -> bool:
         """Move a queued job forward unless it was cancelled or finished meanwhile."""

@@ -25,6 +25,7 @@ import requests
 
 from .auth import TokenAuthority
 from .docker_engine import ContainerProcess, DockerEngine
+from .job_logs import LogSplitter
 from .launcher import JobProcess, ProcessLauncher
 from .local_images import DockerfileError, LocalImage
 from .models import Backend, Job
@@ -324,13 +325,13 @@ class Scheduler:
         return env
 
     def _pump_logs(self, job: Job, process: JobProcess | ContainerProcess, deadline: float | None) -> bool:
-        """stdout and stderr, merged like a container's log stream, one event per line, until the stream
-        closes (True) or ``deadline`` (``time.monotonic()``) passes (False).
+        """stdout and stderr, merged like a container's log stream, as log events (:mod:`htc_emulator.job_logs`),
+        until the stream closes (True) or ``deadline`` (``time.monotonic()``) passes (False).
 
         Read by the attempt's own thread: a reader thread per job cost more than the no-op job itself.
         """
         fd = process.stdout.fileno()
-        pending = b""
+        splitter = LogSplitter()
         while True:
             if deadline is not None:
                 remaining = deadline - time.monotonic()
@@ -339,18 +340,11 @@ class Scheduler:
             chunk = os.read(fd, LOG_CHUNK_BYTES)
             if not chunk:
                 process.stdout.close()
-                if pending:
-                    self._append_log(job, pending)
+                self.backend.append_logs(job, splitter.close())
                 return True
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                self._append_log(job, line)
-        if pending:  # a line cut at the deadline stays one event
-            self._append_log(job, pending)
+            self.backend.append_logs(job, splitter.feed(chunk))
+        self.backend.append_logs(job, splitter.close())  # a line cut at the deadline is one more line
         return False
-
-    def _append_log(self, job: Job, raw: bytes) -> None:
-        self.backend.append_log(job, raw.decode("utf-8", errors="replace").rstrip("\r"))
 
     @staticmethod
     def _container_name(job: Job) -> str:

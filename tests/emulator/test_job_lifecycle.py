@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import jwt
@@ -18,6 +19,7 @@ import pytest
 import requests
 
 from htc_emulator import running
+from htc_emulator.job_logs import MAX_EVENT_BYTES, MAX_LOG_BYTES
 
 JOB_SCRIPT = r"""
 import json, os, sys, time
@@ -43,6 +45,12 @@ elif mode == "flaky":
 elif mode == "lines":
     for i in range(int(os.environ["LINES"])):
         print(f"line {i}")
+elif mode == "long_lines":
+    block, length = os.environ["CHAR"] * 65536, int(os.environ["LENGTH"])
+    for _ in range(int(os.environ["LINES"])):
+        for _ in range(length // 65536):
+            sys.stdout.write(block)
+        sys.stdout.write(block[: length % 65536] + "\n")
 elif mode == "api":
     import requests
     base = os.environ["RESCALE_HTC_API_URL"] + "/htc/projects/"
@@ -317,6 +325,52 @@ def test_logs_page_sort_and_limit(fast, task):
     assert stamps == sorted(stamps)
     too_big = fast.get(path, params={"pageSize": 10001})
     assert too_big.status_code == 400 and "pageSize" in too_big.json()["errorDescription"]
+
+
+def long_lines(char: str, length: int, lines: int) -> dict:
+    """A job that prints ``lines`` lines of ``length`` times ``char``, with all the time it needs (10 min)."""
+    return definition("long_lines", timeout=60_000, CHAR=char, LENGTH=length, LINES=lines)
+
+
+def test_a_line_longer_than_an_event_is_split_as_the_awslogs_driver_splits_it(fast, task):
+    """CloudWatch takes events of at most 256 KiB less 26 bytes; Docker's awslogs driver cuts a longer line into
+    events of that size at character boundaries, and so does the emulator."""
+    project_id, task_id = task
+    accents = fast.submit(project_id, task_id, long_lines("\u00e9", 600_000, 1))
+    ascii_ = fast.submit(project_id, task_id, long_lines("x", MAX_EVENT_BYTES + 1, 1))
+    fast.wait_terminal(project_id, task_id, 2)
+    events = fast.logs(project_id, task_id, f"{accents}:0")[1:]
+    assert [len(e.encode()) for e in events] == [MAX_EVENT_BYTES] * 4 + [2 * 600_000 - 4 * MAX_EVENT_BYTES]
+    assert "".join(events) == "\u00e9" * 600_000
+    assert fast.logs(project_id, task_id, f"{ascii_}:0")[1:] == ["x" * MAX_EVENT_BYTES, "x"]
+
+
+def test_a_jobs_log_keeps_to_its_budget_and_says_where_it_stopped(fast, task):
+    project_id, task_id = task
+    parent = fast.submit(project_id, task_id, long_lines("y", 100_000, 100))
+    fast.wait_terminal(project_id, task_id, 1)
+    assert fast.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{parent}:0")["status"] == "SUCCEEDED"
+    events = fast.logs(project_id, task_id, f"{parent}:0")
+    assert sum(len(e.encode()) + 26 for e in events) <= MAX_LOG_BYTES
+    assert events[1:-1] == ["y" * 100_000] * (len(events) - 2) and len(events) > 10
+    assert events[-1].startswith("[htc-emulator] this job's log reached the emulator's limit of 4 MiB")
+
+
+def test_a_flood_on_one_line_is_read_in_bounded_memory_and_paged_in_bounded_answers(fast, task):
+    """Issue 19: a job printing 150 MB on one line grew the emulator by 151 MB, and ``logs?pageSize=1``
+    answered with all of it. The emulator runs in this process, so tracemalloc sees what it allocates."""
+    project_id, task_id = task
+    tracemalloc.start()
+    try:
+        parent = fast.submit(project_id, task_id, long_lines("z", 64 << 20, 1))
+        fast.wait_terminal(project_id, task_id, 1, timeout=600)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert fast.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{parent}:0")["status"] == "SUCCEEDED"
+    assert peak < 24 << 20, f"{peak >> 20} MiB at peak while a 64 MiB line went through"
+    page = fast.get(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{parent}:0/logs", params={"pageSize": 1})
+    assert page.status_code == 200 and len(page.content) < 2 * MAX_EVENT_BYTES
 
 
 def test_job_token_reaches_only_its_own_project_and_task(fast, task):
