@@ -146,6 +146,17 @@ def get_profile(profile: str | None = None, path: str | os.PathLike | None = Non
     return base_url.rstrip("/"), api_key
 
 
+def key_source(profile: str | None = None, path: str | os.PathLike | None = None) -> str:
+    """Where ``get_profile`` takes the API key from, in words for an error message; never the key itself.
+
+    Example: ``config.key_source()  # 'profile [default] of /home/me/.config/rescale/apiconfig'``
+    """
+    env_key_name = _env_key_name()
+    if env_key_name:
+        return f"${env_key_name}"
+    return f"profile [{_profile_name(profile)}] of {config_path(path)}"
+
+
 def htc_api_url(profile: str | None = None, path: str | os.PathLike | None = None) -> str:
     """The HTC API base URL: ``$RESCALE_HTC_API_URL``, else ``htcapibaseurl`` in the profile, else production.
 

@@ -42,6 +42,7 @@ from botocore.credentials import CredentialResolver, RefreshableCredentials
 from botocore.exceptions import ClientError
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError
 from urllib3.util.retry import Retry
 
 JOB_STATUSES = (
@@ -134,6 +135,15 @@ class HtcServerError(HtcError):
     """
 
 
+class HtcConnectionError(HtcError, requests.ConnectionError):
+    """No connection to the server: nothing listens there, its name does not resolve, or it does not answer.
+
+    The message names the URL and what to check. A ``requests.ConnectionError`` too, for code that catches that.
+
+    Needs: HtcError
+    """
+
+
 class HtcTimeoutError(HtcError, TimeoutError):
     """A wait gave up; ``history`` holds what was observed until then, when there is any.
 
@@ -165,6 +175,36 @@ def _description(response: requests.Response) -> str | None:
         # HTCRequestError and OAuth2ErrorResponse use errorDescription; other bodies vary.
         return next((str(body[k]) for k in ("errorDescription", "message", "detail", "error") if body.get(k)), None)
     return response.text[:500] or None
+
+
+def _connection_error(exc: requests.ConnectionError, url: str, api_url: str) -> HtcConnectionError:
+    """``exc`` in one line: which server could not be reached, why, and what to check."""
+    reason = exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else exc
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    if isinstance(reason, NameResolutionError):
+        why = f"the host name {parts.hostname!r} does not resolve"
+    elif isinstance(reason, NewConnectionError) and "refused" in str(reason).lower():
+        why = f"the connection was refused: nothing listens at {where}"
+    elif isinstance(reason, ConnectTimeoutError):
+        why = f"{where} did not answer in time"
+    else:
+        errno = re.search(r"\[Errno -?\d+\][^'\")]*", str(reason))
+        why = errno.group(0).strip() if errno else str(reason)[:200]
+    if not url.startswith(api_url):
+        return HtcConnectionError(f"cannot reach {parts.scheme}://{where}: {why}", url=_redact(url))
+    if parts.hostname in ("localhost", "127.0.0.1", "::1"):
+        check = (
+            "Is the server running? The local emulator starts with `make lab` (with JupyterLab) "
+            "or `python -m htc_emulator`; use the URL it prints."
+        )
+    else:
+        check = "Check the URL, your network connection and any proxy (HTTPS_PROXY)."
+    return HtcConnectionError(
+        f"cannot reach the HTC API at {api_url}: {why}. {check} The URL comes from config.htc_api_url() "
+        "($RESCALE_HTC_API_URL, else htcapibaseurl in your apiconfig profile).",
+        url=_redact(url),
+    )
 
 
 def _raise_for_status(response: requests.Response, with_body: bool = True) -> None:
@@ -205,6 +245,13 @@ class _HtcRetry(Retry):
     ``HtcSession.request`` call in progress (``_REQUEST_DEADLINE``).
     """
 
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        # A refused connection or a name that does not resolve does not mend in a minute: say so at once.
+        # (A connect timeout is a NewConnectionError's parent, and is retried: the network may come back.)
+        if isinstance(error, NewConnectionError):
+            raise MaxRetryError(_pool, url, error) from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
         if method.upper() == "POST" and status_code == 429:
             return True
@@ -227,17 +274,19 @@ class HtcSession(requests.Session):
     * inside a job, without a key, uses ``$RESCALE_HTC_BEARER_TOKEN`` as it is;
     * takes absolute URLs or paths relative to the base URL;
     * applies ``timeout`` (connect, read) to every request;
-    * retries connection errors, 429 and 5xx with exponential backoff and jitter,
-      honouring ``Retry-After`` (POST only on 429, see ``_HtcRetry``);
-    * raises a typed ``HtcError`` for every non-2xx response;
+    * retries 429, 5xx and what may mend (a connect timeout, a dropped connection) with
+      exponential backoff and jitter, honouring ``Retry-After`` (POST only on 429, see
+      ``_HtcRetry``); a refused connection or an unknown host is an ``HtcConnectionError`` at once;
+    * raises a typed ``HtcError`` for every non-2xx response; a refused API key is an
+      ``HtcUnauthorized`` that names ``key_source`` (where the key came from, e.g. ``config.key_source()``);
     * with ``deadline=`` (a ``time.monotonic()`` value) on a call, ends that call, its
       retries and their pauses by then, or raises ``HtcTimeoutError``.
 
-    Example: ``session = HtcSession(config.htc_api_url(), api_key)``
+    Example: ``session = HtcSession(config.htc_api_url(), api_key, key_source=config.key_source())``
 
-    Needs: _DeadlineReached, _description, _ERRORS, HtcBadRequest, HtcError, HtcForbidden, HtcNotFound, HtcRateLimited,
-    _HtcRetry, HtcServerError, HtcTimeoutError, HtcUnauthorized, _raise_for_status, _redact, _REQUEST_DEADLINE,
-    RETRY_STATUSES, _SECRET_PARAM
+    Needs: _connection_error, _DeadlineReached, _description, _ERRORS, HtcBadRequest, HtcConnectionError, HtcError,
+    HtcForbidden, HtcNotFound, HtcRateLimited, _HtcRetry, HtcServerError, HtcTimeoutError, HtcUnauthorized,
+    _raise_for_status, _redact, _REQUEST_DEADLINE, RETRY_STATUSES, _SECRET_PARAM
     """
 
     def __init__(
@@ -246,6 +295,7 @@ class HtcSession(requests.Session):
         api_key: str | None = None,
         *,
         job_token: str | None = None,
+        key_source: str | None = None,
         timeout: tuple[float, float] = (10, 60),
         max_retries: int = 6,
         backoff_factor: float = 1.0,
@@ -263,12 +313,15 @@ class HtcSession(requests.Session):
         self.timeout = timeout
         self.refresh_margin = refresh_margin
         self._api_key = api_key
+        self._key_source = key_source or "the api_key given to HtcSession"
         self._token = job_token
         # A job token is used as given: there is no key to renew it with.
         self._renew_at = float("inf") if api_key is None else 0.0
         self._token_lock = threading.Lock()
         retry = _HtcRetry(
             total=max_retries,
+            # Connect timeouts: a few tries, not a minute of silence before saying the host does not answer.
+            connect=min(2, max_retries),
             other=0,
             backoff_factor=backoff_factor,
             backoff_max=backoff_max,
@@ -300,12 +353,24 @@ class HtcSession(requests.Session):
 
     def _renew_token(self) -> None:
         started = time.monotonic()
-        response = super().request(
-            "GET",
-            f"{self.api_url}/auth/token",
-            timeout=self.timeout,
-            headers={"Authorization": f"Token {self._api_key}"},
-        )
+        url = f"{self.api_url}/auth/token"
+        try:
+            response = super().request(
+                "GET", url, timeout=self.timeout, headers={"Authorization": f"Token {self._api_key}"}
+            )
+        except requests.ConnectionError as exc:
+            raise _connection_error(exc, url, self.api_url) from None
+        if response.status_code == 401:
+            description = _description(response)
+            raise HtcUnauthorized(
+                f"the HTC API at {self.api_url} refused the API key from {self._key_source}"
+                f"{f' ({description})' if description else ''}. Check that it is this workspace's key, "
+                "not revoked and not a placeholder; a new key is made in the API section of your Rescale profile.",
+                status=401,
+                method="GET",
+                url=url,
+                description=description,
+            )
         _raise_for_status(response)
         body = response.json()
         lifetime = float(body["expiresIn"])
@@ -342,6 +407,8 @@ class HtcSession(requests.Session):
         except requests.RequestException as exc:
             if deadline is not None and time.monotonic() >= deadline:
                 raise HtcTimeoutError(f"deadline reached during {method} {_redact(url)}: {exc}") from None
+            if isinstance(exc, requests.ConnectionError) and not isinstance(exc, HtcConnectionError):
+                raise _connection_error(exc, url, self.api_url) from None
             raise
         finally:
             _REQUEST_DEADLINE.reset(call_deadline)

@@ -52,7 +52,7 @@ def ready_task(
     Returns ``(session, project_id, task_id, image, image_list_key)``.
     """
     images_dir = photos_folder(images_dir)
-    session = htc.HtcSession(api_url, config.get_profile()[1])
+    session = htc.HtcSession(api_url, config.get_profile()[1], key_source=config.key_source())
     project_id = session.post(
         f"{api_url}/htc/projects",
         json={

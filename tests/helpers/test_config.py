@@ -266,3 +266,14 @@ def test_env_key_needs_no_profile_in_a_present_file(apiconfig, monkeypatch):
     # A profile that is there still gives its settings.
     assert config.get_profile("eu", path=apiconfig)[0] == "https://eu.rescale.com"
     assert config.htc_api_url("eu", path=apiconfig) == "http://127.0.0.1:8123/api/v1"
+
+
+def test_key_source_names_the_variable_or_the_profile_and_file_never_the_key(apiconfig, monkeypatch):
+    assert config.key_source(path=apiconfig) == f"profile [default] of {apiconfig}"
+    monkeypatch.setenv("RESCALE_PROFILE", "eu")
+    assert config.key_source(path=apiconfig) == f"profile [eu] of {apiconfig}"
+    monkeypatch.setenv("RESCALE_API_TOKEN", KEY)
+    assert config.key_source(path=apiconfig) == "$RESCALE_API_TOKEN"
+    monkeypatch.setenv("RESCALE_API_KEY", OTHER_KEY)
+    assert config.key_source(path=apiconfig) == "$RESCALE_API_KEY"
+    assert config.get_profile(path=apiconfig)[1] == OTHER_KEY

@@ -157,15 +157,84 @@ def test_read_timeout_not_retried_for_post(faulty, faults):
     assert faults.injected[("api", "slow")] == 1
 
 
-def test_connection_errors_are_raised_after_retries():
+def pauses_between_retries(monkeypatch) -> list:
+    """Every pause the session's retries take, recorded instead of slept."""
+    pauses = []
+    monkeypatch.setattr(htc._HtcRetry, "sleep", lambda self, response=None: pauses.append(self.get_backoff_time()))
+    return pauses
+
+
+def test_a_refused_connection_fails_at_once_naming_the_url_and_what_to_check(monkeypatch):
     import socket
 
+    pauses = pauses_between_retries(monkeypatch)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound but not listening: connections are refused
-        session = htc.HtcSession(f"http://127.0.0.1:{port}/api/v1", "key", max_retries=2, backoff_factor=0.01)
-        with pytest.raises(requests.exceptions.ConnectionError):
+        url = f"http://127.0.0.1:{port}/api/v1"
+        session = htc.HtcSession(url, "key", max_retries=6)
+        with pytest.raises(requests.exceptions.ConnectionError) as err:
             session.get("/htc/regions")
+    message = str(err.value)
+    assert isinstance(err.value, htc.HtcConnectionError)
+    assert f"cannot reach the HTC API at {url}: the connection was refused" in message
+    assert f"nothing listens at 127.0.0.1:{port}" in message and "make lab" in message
+    assert "RESCALE_HTC_API_URL" in message and len(message) < 500
+    assert pauses == []  # no retry: nothing will listen there in a minute either
+
+
+def test_an_unknown_host_fails_at_once_and_says_what_to_check(monkeypatch):
+    pauses = pauses_between_retries(monkeypatch)
+    session = htc.HtcSession("https://no-such-host.invalid/api/v1", "key", max_retries=6)
+    with pytest.raises(htc.HtcConnectionError) as err:
+        session.get("/htc/regions")
+    message = str(err.value)
+    assert "cannot reach the HTC API at https://no-such-host.invalid/api/v1" in message
+    assert "'no-such-host.invalid' does not resolve" in message and "network" in message
+    assert "emulator" not in message and "make lab" not in message
+    assert pauses == []
+
+
+def test_a_connect_timeout_is_retried_a_few_times_not_for_a_minute(monkeypatch):
+    """A host that does not answer may come back: two more tries, then the error, not six."""
+    pauses = pauses_between_retries(monkeypatch)
+    attempts = []
+
+    def no_answer(address, *args, **kwargs):
+        attempts.append(address)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr("urllib3.util.connection.create_connection", no_answer)
+    session = htc.HtcSession("https://htc.example.org/api/v1", "key", max_retries=6)
+    with pytest.raises(htc.HtcConnectionError) as err:
+        session.get("/htc/regions")
+    assert "htc.example.org:443 did not answer in time" in str(err.value)
+    assert len(attempts) == 3 and len(pauses) == 2
+
+
+def test_a_refused_api_key_says_where_it_came_from(emulator, monkeypatch, tmp_path):
+    import config
+
+    wrong = "not-the-key-" + uuid.uuid4().hex
+    monkeypatch.setenv("RESCALE_API_KEY", wrong)
+    session = htc.HtcSession(emulator.api_url, config.get_profile()[1], key_source=config.key_source())
+    with pytest.raises(htc.HtcUnauthorized) as err:
+        session.get("/htc/regions")
+    assert f"the HTC API at {emulator.api_url} refused the API key from $RESCALE_API_KEY" in str(err.value)
+    assert "API section of your Rescale profile" in str(err.value) and wrong not in str(err.value)
+
+    monkeypatch.delenv("RESCALE_API_KEY")
+    monkeypatch.delenv("RESCALE_API_TOKEN", raising=False)
+    apiconfig = tmp_path / "apiconfig"
+    apiconfig.write_text(f"[mine]\napikey = {wrong}\n")
+    apiconfig.chmod(0o600)
+    monkeypatch.setenv("RESCALE_APICONFIG", str(apiconfig))
+    monkeypatch.setenv("RESCALE_PROFILE", "mine")
+    session = htc.HtcSession(emulator.api_url, config.get_profile()[1], key_source=config.key_source())
+    with pytest.raises(htc.HtcUnauthorized) as err:
+        session.bearer_token()
+    assert f"refused the API key from profile [mine] of {apiconfig}" in str(err.value)
+    assert err.value.status == 401 and wrong not in str(err.value)
 
 
 # --- token renewal
