@@ -3,6 +3,8 @@
 * the face tagger's batch definition (``tagging_batch``), a fresh group name (``unique_name``)
   and a batch's rough duration and size (``batch_estimate``);
 * the face results read the tutorial's way (``find_max_faces``, ``no_results_reason``);
+* Docker steps that end in Docker's own reason and the way out (``docker_build``,
+  ``docker_login``, ``docker_push``, ``require_buildx``), not in ``exit status 1``;
 * pictures: a photo, a chart of job statuses, a plotly figure with its static copy.
 
 The pictures need the notebook's packages (``pip install .[notebook]``: plotly, matplotlib,
@@ -19,6 +21,8 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -153,6 +157,162 @@ def no_results_reason(session: htc.HtcSession, project_id: str, task_id: str, gr
         f"no photo with a face in {where}: {sum(failed.values())} of {len(jobs)} jobs failed ({reasons}). "
         "Read one failed job's logs with get_logs."
     )
+
+
+# --- Docker ------------------------------------------------------------------------------
+
+DEFAULT_BASE_IMAGE = "python:3.12-slim"
+# Docker's advice to install buildx, printed before every legacy build's real output.
+_LEGACY_BUILDER_NOTE = re.compile(r"DEPRECATED: The legacy builder.*?docs\.docker\.com/go/buildx/\s*", re.DOTALL)
+
+
+class DockerError(RuntimeError):
+    """A docker command failed; the message holds Docker's own reason and the way out.
+
+    Needs: nothing else
+    """
+
+
+def _docker(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    # Secrets go on stdin (docker login --password-stdin), never among the arguments.
+    return subprocess.run(["docker", *args], input=stdin, capture_output=True, text=True)
+
+
+def _docker_reason(run: subprocess.CompletedProcess) -> str:
+    """The last lines Docker wrote to stderr (its reason), without the legacy builder's advertisement."""
+    text = _LEGACY_BUILDER_NOTE.sub("", run.stderr or "")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "--help' for more" not in line]
+    return "; ".join(lines[-3:])[-600:] or f"exit status {run.returncode}, nothing on stderr"
+
+
+def docker_unavailable() -> str | None:
+    """Why this machine cannot build or run the image with Docker, or None when an engine answers.
+
+    ``HTC_DOCKER=0`` in the environment leaves Docker out even where it answers.
+    Example: ``print(docker_unavailable() or "Docker answers")``
+
+    Needs: _docker, _docker_reason, _LEGACY_BUILDER_NOTE
+    """
+    if os.environ.get("HTC_DOCKER") == "0":
+        return "HTC_DOCKER=0 is set"
+    if shutil.which("docker") is None:
+        return "no docker command on PATH"
+    info = _docker("info", "--format", "{{.ServerVersion}}")
+    if info.returncode != 0:
+        return f"no Docker engine answers `docker info` ({_docker_reason(info)})"
+    return None
+
+
+def _failed_at_from(run: subprocess.CompletedProcess) -> bool:
+    """Whether a ``docker build`` stopped at its ``FROM``: the base image could not be had."""
+    steps = re.findall(r"^Step \d+/\d+ : (\w+)", run.stdout or "", re.MULTILINE)  # the legacy builder
+    return (bool(steps) and steps[-1].upper() == "FROM") or "failed to resolve source metadata" in (run.stderr or "")
+
+
+def docker_build(image: str, *, base_image: str | None = None, dockerfile: str = "docker/Dockerfile") -> str:
+    """``docker build`` of ``dockerfile`` (context: the current folder) tagged ``image``; returns the base used.
+
+    The base is ``base_image``, else ``$DOCKER_BASE_IMAGE``, else ``python:3.12-slim``. A base that
+    cannot be pulled (no registry reachable, a typo) raises ``DockerError`` saying how to choose another.
+    Example: ``docker_build("opencv-htc-tutorial:v1")``
+
+    Needs: DEFAULT_BASE_IMAGE, _docker, _docker_reason, DockerError, _failed_at_from, _LEGACY_BUILDER_NOTE
+    """
+    base = base_image or os.environ.get("DOCKER_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    build = _docker("build", "--build-arg", f"BASE_IMAGE={base}", "-f", dockerfile, "-t", image, ".")
+    if build.returncode == 0:
+        return base
+    if _failed_at_from(build):
+        raise DockerError(
+            f"docker build could not get the base image {base}: {_docker_reason(build)}\n"
+            f"Way out: set DOCKER_BASE_IMAGE to a Python 3 image this machine has (`docker images`) or can pull, "
+            f"e.g. os.environ['DOCKER_BASE_IMAGE'] = 'my-registry/python:3.12-slim', and run this cell again; "
+            "or set HTC_DOCKER=0 before starting JupyterLab to run the worker with this notebook's Python."
+        )
+    raise DockerError(f"docker build of {image} from {dockerfile} failed: {_docker_reason(build)}")
+
+
+def docker_login(registry_host: str, password: str) -> None:
+    """``docker login`` to a project's registry as user ``AWS``, the password on stdin, never on a command line.
+
+    A refused login raises ``DockerError`` with Docker's reason (the password is never in it).
+    Example: ``docker_login(repo["registryURI"].split("/")[0], registry_token)``
+
+    Needs: _docker, _docker_reason, DockerError, _LEGACY_BUILDER_NOTE
+    """
+    login = _docker("login", "--username", "AWS", "--password-stdin", registry_host, stdin=password)
+    if login.returncode != 0:
+        raise DockerError(
+            f"docker login to {registry_host} was refused: {_docker_reason(login)}\n"
+            "Way out: ask for a new registry token (GET .../container-registry/token; it expires after "
+            "12 hours) and log in to the host of this project's registryURI with it."
+        )
+
+
+def docker_push(reference: str) -> None:
+    """``docker push`` of a tagged image; a refusal raises ``DockerError`` with Docker's reason.
+
+    Example: ``docker_push(f"{registry_uri}opencv-htc-tutorial:v1")``
+
+    Needs: _docker, _docker_reason, DockerError, _LEGACY_BUILDER_NOTE
+    """
+    push = _docker("push", reference)
+    if push.returncode != 0:
+        raise DockerError(
+            f"docker push of {reference} failed: {_docker_reason(push)}\n"
+            "Way out: log in to this project's registry first (docker_login), and push to its registryURI."
+        )
+
+
+def require_buildx() -> str:
+    """The version of Docker's ``buildx`` plugin, which multi-architecture builds need; ``DockerError`` without it.
+
+    Example: ``require_buildx()  # 'github.com/docker/buildx v0.17.1 ...'``
+
+    Needs: _docker, _docker_reason, DockerError, _LEGACY_BUILDER_NOTE
+    """
+    version = _docker("buildx", "version")
+    if version.returncode != 0:
+        raise DockerError(
+            f"docker buildx is not installed: {_docker_reason(version)}\n"
+            "Way out: install Docker's buildx plugin (Docker Desktop has it; Debian 13 and Ubuntu: "
+            "apt-get install docker-buildx; elsewhere https://docs.docker.com/go/buildx/), or build each "
+            "architecture on a machine of that architecture and join them with `docker manifest create`."
+        )
+    return version.stdout.strip()
+
+
+def docker_buildx_push(
+    reference: str,
+    platforms: str = "linux/amd64,linux/arm64",
+    *,
+    base_image: str | None = None,
+    dockerfile: str = "docker/Dockerfile",
+    builder: str = "htc-tutorial",
+) -> None:
+    """Build ``dockerfile`` for every platform in ``platforms`` and push them as one tag (a manifest list).
+
+    Uses (and makes, the first time) the buildx builder ``builder``: the default builder
+    cannot hold several architectures. ``DockerError`` with Docker's reason when buildx is
+    missing or the build fails (another architecture also needs QEMU, or a builder on such a machine).
+    Example: ``docker_buildx_push(f"{registry_uri}opencv-htc-tutorial:v1")``
+
+    Needs: DEFAULT_BASE_IMAGE, _docker, _docker_reason, DockerError, _LEGACY_BUILDER_NOTE, require_buildx
+    """
+    require_buildx()
+    if _docker("buildx", "use", builder).returncode != 0:
+        created = _docker("buildx", "create", "--name", builder, "--use")
+        if created.returncode != 0:
+            raise DockerError(f"docker buildx create --name {builder} failed: {_docker_reason(created)}")
+    base = base_image or os.environ.get("DOCKER_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    platform_args = ["--platform", platforms, "--build-arg", f"BASE_IMAGE={base}", "-f", dockerfile]
+    build = _docker("buildx", "build", *platform_args, "-t", reference, "--push", ".")
+    if build.returncode != 0:
+        raise DockerError(
+            f"docker buildx build for {platforms} failed: {_docker_reason(build)}\n"
+            "Way out: for an architecture this machine lacks, install QEMU's binfmt handlers "
+            "(docker run --privileged --rm tonistiigi/binfmt --install all) or build on such a machine."
+        )
 
 
 # --- pictures ----------------------------------------------------------------------------

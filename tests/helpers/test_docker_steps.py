@@ -1,0 +1,85 @@
+"""tutorial_helpers' Docker steps: each failure ends in Docker's own reason and the way out.
+
+Every failure here is real: the docker CLI without its buildx plugin, a login the emulator's
+registry refuses, a base image that no registry serves. Docker's clients keep their state in a
+private ``DOCKER_CONFIG``, so nothing here touches the user's logins or plugins.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+import tutorial_helpers as tutorial
+from helpers.support import ROOT, new_project
+
+
+@pytest.fixture
+def docker_cli(monkeypatch, tmp_path, containers_or_skip):
+    """The real docker command with a private, empty client configuration (no logins, no user plugins)."""
+    if shutil.which("docker") is None:
+        containers_or_skip("no docker command on PATH")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    return tmp_path
+
+
+@pytest.fixture
+def docker_engine(docker_cli, containers_or_skip):
+    if tutorial.docker_unavailable() is not None:
+        containers_or_skip(tutorial.docker_unavailable())
+    return docker_cli
+
+
+def test_docker_unavailable_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("HTC_DOCKER", "0")
+    assert tutorial.docker_unavailable() == "HTC_DOCKER=0 is set"
+    monkeypatch.delenv("HTC_DOCKER")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert tutorial.docker_unavailable() == "no docker command on PATH"
+
+
+def test_a_missing_buildx_names_the_plugin_and_how_to_get_it(docker_cli):
+    if subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode == 0:
+        pytest.skip("this machine has buildx in a system plugin folder, which no DOCKER_CONFIG hides")
+    with pytest.raises(tutorial.DockerError) as err:
+        tutorial.require_buildx()
+    message = str(err.value)
+    first, way_out = message.split("\n")
+    # Docker's own words: "unknown command: docker buildx" (CLI 28) or "'buildx' is not a docker command".
+    assert first.startswith("docker buildx is not installed: docker: ") and "buildx" in first[40:]
+    assert "docker-buildx" in way_out and "docker manifest create" in way_out
+    with pytest.raises(tutorial.DockerError, match="docker buildx is not installed"):
+        tutorial.docker_buildx_push("127.0.0.1:1/never:v1")
+
+
+def test_a_refused_docker_login_shows_dockers_reason_and_never_the_password(emulator, session, docker_engine):
+    registry = emulator.scheduler.container_registry
+    if registry is None:
+        pytest.skip("the session emulator runs jobs as processes: it has no registry")
+    project_id = new_project(session, "opencv-htc-tutorial")
+    uri = session.get(f"/htc/projects/{project_id}").json()["containerRegistry"]
+    host = uri.split("/")[0]
+    wrong = "wrong-" + uuid.uuid4().hex
+    with pytest.raises(tutorial.DockerError) as err:
+        tutorial.docker_login(host, wrong)
+    message = str(err.value)
+    assert message.startswith(f"docker login to {host} was refused: ")
+    assert "unauthorized" in message.lower() and "container-registry/token" in message
+    assert wrong not in message
+    token = session.get(f"/htc/projects/{project_id}/container-registry/token").text
+    tutorial.docker_login(host, token)  # the project's own token logs in
+
+
+def test_a_base_image_that_cannot_be_pulled_says_how_to_choose_another(docker_engine, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    base = "127.0.0.1:1/no-such-base:v1"  # a registry where nothing listens
+    with pytest.raises(tutorial.DockerError) as err:
+        tutorial.docker_build(f"learner-probe-{uuid.uuid4().hex[:8]}:v1", base_image=base)
+    message = str(err.value)
+    assert message.startswith(f"docker build could not get the base image {base}: ")
+    assert "connection refused" in message.lower()
+    assert "DOCKER_BASE_IMAGE" in message and "HTC_DOCKER=0" in message
+    assert "legacy builder" not in message
