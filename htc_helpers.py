@@ -627,8 +627,13 @@ def _all_terminal(counts: dict[str, int], expected_jobs: int | None) -> bool:
     return total > 0 and done == total and total >= (expected_jobs or 0)
 
 
-def _watch_group(session, project_id, task_id, group, stop, *, expected_jobs, interval, timeout, progress):
-    """Poll group statistics until ``stop(counts)``; return the history and the last counts."""
+def _progress_bar(group: str, expected_jobs: int | None, progress: bool) -> tqdm:
+    # stdout, not stderr: a notebook shows stderr as an error box.
+    return tqdm(total=expected_jobs, desc=group, unit="job", disable=not progress, file=sys.stdout)
+
+
+def _watch_group(session, project_id, task_id, group, stop, bar, *, expected_jobs, interval, timeout):
+    """Poll group statistics until ``stop(counts)``, showing them on ``bar``; return the history and the last counts."""
     rows: list[tuple] = []
     counts = None
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -639,21 +644,19 @@ def _watch_group(session, project_id, task_id, group, stop, *, expected_jobs, in
             pd.DataFrame(rows, columns=["time", "status", "count"]),
         )
 
-    # stdout, not stderr: a notebook shows stderr as an error box.
-    with tqdm(total=expected_jobs, desc=group, unit="job", disable=not progress, file=sys.stdout) as bar:
-        while True:
-            try:  # a poll's retries end by the deadline too
-                counts = group_status_counts(session, project_id, task_id, group, deadline=deadline)
-            except HtcTimeoutError:
-                raise timed_out() from None
-            now = pd.Timestamp.now(tz="UTC")
-            rows += [(now, status, n) for status, n in counts.items()]
-            bar.total = max(sum(counts.values()), expected_jobs or 0)
-            bar.n = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
-            bar.set_postfix_str(", ".join(f"{s}={n}" for s, n in counts.items() if n))
-            if stop(counts):
-                return pd.DataFrame(rows, columns=["time", "status", "count"]), counts
-            time.sleep(_pause(interval, deadline, timed_out))
+    while True:
+        try:  # a poll's retries end by the deadline too
+            counts = group_status_counts(session, project_id, task_id, group, deadline=deadline)
+        except HtcTimeoutError:
+            raise timed_out() from None
+        now = pd.Timestamp.now(tz="UTC")
+        rows += [(now, status, n) for status, n in counts.items()]
+        bar.total = max(sum(counts.values()), expected_jobs or 0)
+        bar.n = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
+        bar.set_postfix_str(", ".join(f"{s}={n}" for s, n in counts.items() if n))
+        if stop(counts):
+            return pd.DataFrame(rows, columns=["time", "status", "count"]), counts
+        time.sleep(_pause(interval, deadline, timed_out))
 
 
 def monitor_group(
@@ -674,19 +677,20 @@ def monitor_group(
     Example: ``history = monitor_group(session, pid, tid, group, expected_jobs=1000, timeout=6 * 3600)``
 
     Needs: _all_terminal, group_status_counts, HtcError, HtcTimeoutError, JOB_STATUSES, _next_params, paginate, _pause,
-    STATUS_REFRESH_SECONDS, TERMINAL_STATUSES, WAIT_TIMEOUT_SECONDS, _watch_group
+    _progress_bar, STATUS_REFRESH_SECONDS, TERMINAL_STATUSES, WAIT_TIMEOUT_SECONDS, _watch_group
     """
-    history, _ = _watch_group(
-        session,
-        project_id,
-        task_id,
-        group,
-        lambda counts: _all_terminal(counts, expected_jobs),
-        expected_jobs=expected_jobs,
-        interval=interval,
-        timeout=timeout,
-        progress=progress,
-    )
+    with _progress_bar(group, expected_jobs, progress) as bar:
+        history, _ = _watch_group(
+            session,
+            project_id,
+            task_id,
+            group,
+            lambda counts: _all_terminal(counts, expected_jobs),
+            bar,
+            expected_jobs=expected_jobs,
+            interval=interval,
+            timeout=timeout,
+        )
     return history
 
 
@@ -720,12 +724,12 @@ def monitor_for_cancellation(
 
     The ratio is judged only once ``min_finished`` jobs have finished: one early failure
     is 100 %, and would cancel a healthy group. After a cancellation it waits for the group
-    to settle. Returns ``(cancelled, history)``. ``timeout`` (a day by default) covers the
-    watching and the settling together.
+    to settle, on the same progress bar, which ends where the group does. Returns
+    ``(cancelled, history)``. ``timeout`` (a day by default) covers the watching and the settling together.
     Example: ``cancelled, history = monitor_for_cancellation(session, pid, tid, group, timeout=6 * 3600)``
 
     Needs: _all_terminal, cancel_group, FAILED_STATUSES, group_status_counts, HtcError, HtcTimeoutError, JOB_STATUSES,
-    monitor_group, _next_params, paginate, _pause, STATUS_REFRESH_SECONDS, TERMINAL_STATUSES, WAIT_TIMEOUT_SECONDS,
+    _next_params, paginate, _pause, _progress_bar, STATUS_REFRESH_SECONDS, TERMINAL_STATUSES, WAIT_TIMEOUT_SECONDS,
     _watch_group
     """
 
@@ -735,35 +739,37 @@ def monitor_for_cancellation(
         return finished >= max(min_finished, 1) and failed / finished > max_failed_ratio
 
     started = time.monotonic()
-    history, counts = _watch_group(
-        session,
-        project_id,
-        task_id,
-        group,
-        lambda c: _all_terminal(c, expected_jobs) or too_many_failures(c),
-        expected_jobs=expected_jobs,
-        interval=interval,
-        timeout=timeout,
-        progress=progress,
-    )
-    if _all_terminal(counts, expected_jobs):
-        return False, history
-    cancel_group(session, project_id, task_id, group)
-    remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-    try:
-        settled = monitor_group(
+    watch = {"expected_jobs": expected_jobs, "interval": interval}
+    with _progress_bar(group, expected_jobs, progress) as bar:
+        history, counts = _watch_group(
             session,
             project_id,
             task_id,
             group,
-            expected_jobs=expected_jobs,
-            interval=interval,
-            timeout=remaining,
-            progress=progress,
+            lambda c: _all_terminal(c, expected_jobs) or too_many_failures(c),
+            bar,
+            timeout=timeout,
+            **watch,
         )
-    except HtcTimeoutError as exc:
-        exc.history = pd.concat([history, exc.history], ignore_index=True)
-        raise
+        if _all_terminal(counts, expected_jobs):
+            return False, history
+        cancel_group(session, project_id, task_id, group)
+        bar.set_description(f"{group} (cancelled)")
+        remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        try:
+            settled, _ = _watch_group(
+                session,
+                project_id,
+                task_id,
+                group,
+                lambda c: _all_terminal(c, expected_jobs),
+                bar,
+                timeout=remaining,
+                **watch,
+            )
+        except HtcTimeoutError as exc:
+            exc.history = pd.concat([history, exc.history], ignore_index=True)
+            raise
     return True, pd.concat([history, settled], ignore_index=True)
 
 

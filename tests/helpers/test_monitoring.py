@@ -96,6 +96,20 @@ def test_monitor_for_cancellation_judges_the_ratio_only_after_ten_finished(monke
     assert len(seen) == 4 and len(history) == 4 * len(htc.JOB_STATUSES)
 
 
+def test_monitor_for_cancellation_shows_one_bar_that_ends_where_the_group_does(monkeypatch, capsys):
+    """Watching, cancelling and settling on one progress bar: none is left frozen at the moment of the cancel."""
+    polls = iter([{"FAILED": 4, "SUCCEEDED": 6, "RUNNING": 10}, {"FAILED": 14, "SUCCEEDED": 6}])
+    monkeypatch.setattr(
+        htc, "group_status_counts", lambda *args, deadline: {**dict.fromkeys(htc.JOB_STATUSES, 0), **next(polls)}
+    )
+    monkeypatch.setattr(htc, "cancel_group", lambda *args: None)
+    nowhere = htc.HtcSession("http://127.0.0.1:9/api/v1", "k")  # never used: both calls are replaced
+    cancelled, _ = htc.monitor_for_cancellation(nowhere, "p", "t", "g", expected_jobs=20, interval=0)
+    bars = [line.split("\r")[-1] for line in capsys.readouterr().out.split("\n") if line.strip()]
+    assert cancelled and len(bars) == 1
+    assert bars[0].startswith("g (cancelled): 100%") and "20/20" in bars[0]
+
+
 # --- deadlines
 
 
