@@ -166,6 +166,8 @@ def refresh() -> None:
 def lab_command(port: int, notebook: Path) -> list[str]:
     """JupyterLab opening ``notebook`` (in the root or in build/), its kernels in the project root.
 
+    The URL it prints (its default URL, with the login token) opens the notebook itself, not the Launcher.
+
     The notebook's paths (data/, docker/, build/) are relative to the project root, and a kernel
     starts in its notebook's folder; so for a copy in build/, the file browser shows build/ and the
     kernels get the project root as theirs.
@@ -180,6 +182,7 @@ def lab_command(port: int, notebook: Path) -> list[str]:
         f"--port={port}",
         f"--ServerApp.root_dir={notebook.parent}",
         f"--MappingKernelManager.root_dir={ROOT}",
+        f"--LabApp.default_url=/lab/tree/{notebook.name}",
         str(notebook),
     ]
     # Containers and CI machines often run as root, which JupyterLab refuses without this flag.
@@ -198,7 +201,7 @@ def lab(port: int, scale: str) -> None:
         nbformat.write(notebook, path)
     with emulator_environment() as emu:
         print(f"HTC emulator: {emu.api_url}")
-        print(f"JupyterLab:   {path.relative_to(ROOT)} opens at the URL with a token that JupyterLab prints below")
+        print(f"JupyterLab:   open the URL JupyterLab prints below (.../lab/tree/{path.name}?token=...)")
         with contextlib.suppress(KeyboardInterrupt):
             subprocess.run(lab_command(port, path), check=False)
 

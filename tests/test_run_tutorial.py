@@ -57,6 +57,11 @@ def test_a_copy_in_build_gets_kernels_in_the_project_root():
     assert str(run_tutorial.BUILD / "tutorial-seed.ipynb") in command
 
 
+def test_the_url_make_lab_prints_opens_the_notebook_not_the_launcher():
+    """JupyterLab prints its default URL with the token: that URL is the notebook's."""
+    assert "--LabApp.default_url=/lab/tree/tutorial.ipynb" in run_tutorial.lab_command(8899, run_tutorial.NOTEBOOK)
+
+
 @pytest.mark.parametrize("args", [["refresh", "--scale", "seed"], ["run", "--scale", "huge"]])
 def test_scale_is_refused_for_refresh_and_unknown_scales(args, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["run_tutorial.py", *args])
