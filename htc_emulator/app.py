@@ -16,6 +16,7 @@ from .errors import install_error_handlers
 from .faults import FaultInjector
 from .recorder import ExchangeRecorder
 from .routes import API_PREFIX, auth, jobs, metrics, policies, projects, regions, statistics, storage, tasks
+from .routes.body_limit import BodyLimitMiddleware
 from .routes.dependencies import Services, get_principal
 from .routes.guard import auth_middleware
 
@@ -32,6 +33,7 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="Rescale HTC API emulator", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)
     authenticated = [Depends(get_principal)]
     app.include_router(auth.router)  # the tutorial's root URL
     app.include_router(projects.registry_token_router, dependencies=authenticated)  # the tutorial's root URL

@@ -25,6 +25,14 @@ class NotFound(Exception):
     """An id that names nothing (HTTP 404)."""
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A request body past its operation's limit (HTTP 413), raised as soon as it is read that far."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"this operation takes a body of at most {limit} bytes")
+        self.limit = limit
+
+
 class InvalidRequest(Exception):
     """A request the platform would refuse (HTTP 400), naming where the bad value is.
 
@@ -55,6 +63,13 @@ def request_error(status: int, error_type: str, description: str, message: str |
 def oauth2_error(status: int, error: str, description: str, headers: dict | None = None) -> JSONResponse:
     """An ``OAuth2ErrorResponse`` body."""
     return JSONResponse({"error": error, "errorDescription": description}, status, headers=headers)
+
+
+def payload_too_large(limit: int) -> JSONResponse:
+    """413 for a request body past its operation's limit (:mod:`htc_emulator.routes.body_limit`)."""
+    return request_error(
+        413, "PAYLOAD_TOO_LARGE", "Request body too large", f"this operation takes a body of at most {limit} bytes"
+    )
 
 
 def unauthenticated(exc: AuthenticationError) -> JSONResponse:
@@ -102,6 +117,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PermissionDenied)
     async def _forbidden(request: Request, exc: PermissionDenied) -> JSONResponse:
         return forbidden(exc)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return payload_too_large(exc.limit)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

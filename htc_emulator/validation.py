@@ -20,6 +20,12 @@ from .errors import InvalidRequest
 MAX_BATCHES_PER_REQUEST = 100
 MAX_JOBS_PER_BATCH = 1000
 
+# Request bodies, in bytes: past its operation's limit a body is refused (413) before more of it is
+# read, so no request, authenticated or not, can make the emulator hold more than this.
+MAX_BODY_BYTES = 1 << 20  # every operation but the two below
+MAX_JOB_BATCH_BODY_BYTES = 8 << 20  # POST .../jobs/batch: up to 100 batch definitions
+MAX_TOKEN_FORM_BYTES = 64 << 10  # POST /oauth2/token: a form with a grant type and a client secret
+
 # An int32 in decimal ASCII digits, with an optional minus sign.
 _SPEC_INTEGER = re.compile(r"-?[0-9]{1,10}")
 _INT32 = range(-(2**31), 2**31)

@@ -24,6 +24,8 @@ from htc_emulator import running
 from htc_emulator.app import create_app
 from htc_emulator.routes import API_PREFIX
 from htc_emulator.routes.dependencies import Services
+from htc_emulator.validation import MAX_TOKEN_FORM_BYTES
+from tests.support.partial_bodies import answer_before_the_body_ends
 
 
 def test_api_key_exchange_needs_the_token_scheme_and_the_right_key(api, emulator):
@@ -80,6 +82,17 @@ def test_oauth2_client_credentials(api, emulator):
     for form, auth, error in refusals:
         response = requests.post(url, data=form, auth=auth, timeout=30)
         assert response.status_code == 400 and response.json()["error"] == error
+
+
+def test_a_token_request_without_credentials_is_refused_before_its_body_is_read(emulator):
+    """Issue 19: 200 MB posted to /oauth2/token with no credentials was read whole before the 400 (the emulator
+    grew by 400-640 MB). A form there is a grant type and a client secret: past 64 KiB it is refused at once."""
+    url = emulator.api_url + "/oauth2/token"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for attempt in ({"declared": 200 << 20}, {"chunk": b"x" * (MAX_TOKEN_FORM_BYTES + 1)}):
+        status, body = answer_before_the_body_ends(url, form, **attempt)
+        assert status == 413 and body["errorType"] == "PAYLOAD_TOO_LARGE", (attempt.keys(), body)
+        assert str(MAX_TOKEN_FORM_BYTES) in body["message"]
 
 
 # --- bearer tokens ---------------------------------------------------------------

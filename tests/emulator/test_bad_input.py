@@ -13,6 +13,8 @@ import json
 import pytest
 
 from htc_emulator.errors import InvalidRequest
+from htc_emulator.validation import MAX_BODY_BYTES, MAX_JOB_BATCH_BODY_BYTES
+from tests.support.partial_bodies import answer_before_the_body_ends
 from tests.support.refusals import DEFINITION, assert_bad_request, assert_refused, batch, counts, job_batch
 
 
@@ -33,6 +35,40 @@ def test_malformed_json_is_a_400_and_creates_nothing(api, place):
         api.job_count(project_id, task_id),
     )
     assert after == before
+
+
+# --- request bodies past their operation's limit --------------------------------------------
+
+
+def padded(body, size: int) -> bytes:
+    """``body`` as JSON, padded with whitespace (still the same JSON) to ``size`` bytes."""
+    text = json.dumps(body).encode()
+    return text + b" " * (size - len(text))
+
+
+def test_request_bodies_past_their_operations_limit_are_refused_and_change_nothing(api, runnable_place):
+    project_id, task_id = runnable_place
+    before = counts(api, project_id, task_id)
+    project = {"projectName": "p", "projectDescription": "d"}
+    json_body = {"Content-Type": "application/json"}
+    for size in (MAX_BODY_BYTES + 1, 50 << 20):
+        refused = api.post("/htc/projects", data=padded(project, size), headers=json_body, request_valid=None)
+        assert refused.status_code == 413 and refused.json()["errorType"] == "PAYLOAD_TOO_LARGE", refused.text
+        assert str(MAX_BODY_BYTES) in refused.json()["message"]
+    # Sent without a length, a body is counted as it is read and refused once past the limit.
+    bearer = {**json_body, "Authorization": f"Bearer {api.token}"}
+    status, body = answer_before_the_body_ends(
+        api.emu.api_url + "/htc/projects", bearer, chunk=padded(project, MAX_BODY_BYTES + 1)
+    )
+    assert status == 413 and str(MAX_BODY_BYTES) in body["message"]
+    # A batch request may be larger: up to 100 batch definitions.
+    jobs = f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch"
+    accepted = api.post(jobs, data=padded(batch(), MAX_BODY_BYTES * 2), headers=json_body, request_valid=None)
+    assert accepted.status_code == 200, accepted.text
+    refused = api.post(jobs, data=padded(batch(), MAX_JOB_BATCH_BODY_BYTES + 1), headers=json_body, request_valid=None)
+    assert refused.status_code == 413 and str(MAX_JOB_BATCH_BODY_BYTES) in refused.json()["message"]
+    after = counts(api, project_id, task_id)
+    assert after == (before[0], before[1], before[2] + 1)  # the one accepted batch, nothing else
 
 
 # --- text that could not be served back --------------------------------------------------
