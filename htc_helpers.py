@@ -801,7 +801,7 @@ def task_storage_token(session: HtcSession, project_id: str, task_id: str, regio
 def _aws_region(rescale_region: str | None) -> str:
     """``AWS_EU_WEST_1`` -> ``eu-west-1``; anything else -> ``us-east-1``, S3's default, not the machine's AWS settings.
 
-    The rule the worker shares (tests/test_shared_rules.py).
+    The rule the worker shares (tests/project/test_shared_rules.py).
     """
     name = (rescale_region or "").removeprefix("AWS_")
     if rescale_region and rescale_region.startswith("AWS_") and name:
@@ -928,7 +928,7 @@ def _safe_key(key: str) -> str:
     """One rule both ways: no key may leave the storage path on upload, or the target directory on download.
 
     Refused: an empty, ``.`` or ``..`` segment (so also an empty key, a leading or trailing ``/``, ``a//b``),
-    a backslash, a NUL. The rule the worker and the emulator share (tests/test_shared_rules.py).
+    a backslash, a NUL. The rule the worker and the emulator share (tests/project/test_shared_rules.py).
     """
     if "\\" in key or "\x00" in key or any(segment in ("", ".", "..") for segment in key.split("/")):
         raise ValueError(f"refusing object key that would leave the target directory or the storage path: {key!r}")
@@ -1036,7 +1036,8 @@ def delete_objects(
 
 def _parse_image_list(text: str) -> list[str]:
     """One key a line: lines end at ``\\n`` (or ``\\r\\n``) only, since U+2028, ``\\x1c``, ``\\x85``... may be in a
-    file name; ASCII blanks around a key go, blank lines are skipped. The worker's rule (tests/test_shared_rules.py).
+    file name; ASCII blanks around a key go, blank lines are skipped. The worker's rule
+    (tests/project/test_shared_rules.py).
     """
     return [key for key in (line.strip(" \t\r\f\v") for line in text.split("\n")) if key]
 

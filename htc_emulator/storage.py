@@ -56,7 +56,7 @@ def safe_relative_key(path: str) -> str:
 
     Empty paths, absolute paths, empty, ``.`` and ``..`` segments, backslashes and NULs
     are refused: a key must stay inside the prefix it is joined to. The rule the client and
-    the worker share (tests/test_shared_rules.py).
+    the worker share (tests/project/test_shared_rules.py).
     """
     if not path or path.startswith("/") or "\\" in path or "\x00" in path:
         raise InvalidObjectKey(f"object path must be relative and non-empty, without backslash or NUL: {path!r}")

@@ -1,4 +1,4 @@
-"""The Docker engine wrapper: how a job's container is started (the containers themselves: tests/test_docker.py)."""
+"""The Docker engine wrapper: how a job's container is started (the containers themselves: tests/containers/)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from face_data.ground_truth import iou, match, precision_recall
 from face_data.registries import FetchError
 from face_data.sources import Photo, Source, all_sources, read_dlib_boxes
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 needs_data = pytest.mark.skipif(
     not (DATA / "ground_truth.json").is_file(), reason="data/ not fetched: run `make data` (python -m face_data.fetch)"
 )

@@ -11,8 +11,8 @@ import time
 import pytest
 
 import htc_helpers as htc
-from helpers.support import new_project, new_task
 from htc_emulator import running
+from tests.helpers.support import new_project, new_task
 
 RETRY_AFTER = 10  # seconds the faulty server asks for; every wait below has less than that left
 WAIT = 4

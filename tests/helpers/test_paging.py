@@ -6,7 +6,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 import htc_helpers as htc
-from helpers.support import new_project, new_task, record_responses
+from tests.helpers.support import new_project, new_task, record_responses
 
 
 def test_next_page_keeps_the_parameters_and_takes_only_the_page_index():

@@ -7,7 +7,7 @@ import pytest
 import config
 import htc_helpers as htc
 import quickstart
-from helpers.support import DATA
+from tests.helpers.support import DATA
 
 
 def test_the_photos_are_the_projects_own_from_any_folder(tmp_path, monkeypatch):

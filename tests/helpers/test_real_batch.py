@@ -7,7 +7,7 @@ import pytest
 
 import htc_helpers as htc
 import tutorial_helpers as tutorial
-from helpers.support import DATA, new_project, new_task
+from tests.helpers.support import DATA, new_project, new_task
 
 TUTORIAL_IMAGE = "opencv-htc-tutorial:v1"
 

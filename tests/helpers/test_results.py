@@ -7,7 +7,7 @@ import pytest
 
 import htc_helpers as htc
 import tutorial_helpers as tutorial
-from helpers.support import new_project, new_task, results
+from tests.helpers.support import new_project, new_task, results
 
 
 def test_missing_results_names_absent_and_failed_images_in_input_order():

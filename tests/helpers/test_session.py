@@ -8,7 +8,7 @@ import pytest
 import requests
 
 import htc_helpers as htc
-from helpers.support import ROOT, fast_session, new_project, new_task, record_responses
+from tests.helpers.support import ROOT, fast_session, new_project, new_task, record_responses
 
 
 def test_session_needs_key_or_job_token(monkeypatch):

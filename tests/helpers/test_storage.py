@@ -8,7 +8,7 @@ import pytest
 
 import config
 import htc_helpers as htc
-from helpers.support import fast_session, new_project, new_task, record_responses, rewrite_json
+from tests.helpers.support import fast_session, new_project, new_task, record_responses, rewrite_json
 
 
 def make_tree(root: Path) -> dict[str, bytes]:

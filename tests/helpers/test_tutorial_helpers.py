@@ -11,7 +11,7 @@ import pytest
 
 import htc_helpers as htc
 import tutorial_helpers as tutorial
-from helpers.support import results
+from tests.helpers.support import results
 
 
 def test_unique_name_differs_every_call_and_keeps_the_prefix():

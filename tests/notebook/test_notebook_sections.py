@@ -19,7 +19,7 @@ from nbclient.exceptions import CellExecutionError
 
 from run_tutorial import emulator_environment, to_html
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = nbformat.read(ROOT / "tutorial.ipynb", as_version=4)
 PREAMBLE = re.compile(r"On its own:\s*`([^`]+)`")
 # A papermill-style override after the Parameters cell keeps the batches small.

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Spelled in parts, so that this file does not name the folder it looks for.
 OUTSIDE_REFERENCES = tuple(prefix + "shared" for prefix in ("../", "/work/"))
 

@@ -1,0 +1,1 @@
+"""The face_tagger worker: on its own, as an HTC job, and as a batch."""

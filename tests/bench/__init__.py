@@ -1,0 +1,1 @@
+"""The benchmarks' bookkeeping (bench/results.py): regressions flagged, the README's figures the recorded ones."""

@@ -1,0 +1,1 @@
+"""The photo set (face_data): the fetch, the augmentation, the scale-up, the scoring."""
