@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 import tutorial_helpers as tutorial
-from helpers.support import ROOT, new_project
+from tests.helpers.support import ROOT, new_project
 
 
 @pytest.fixture
