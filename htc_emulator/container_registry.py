@@ -16,6 +16,10 @@ platform's registry relies on the platform for who may push and pull:
 
 An unknown password gets 401 from the token server, so ``docker login``
 fails; a project's password grants nothing on another project's repositories.
+
+The registry runs under :mod:`htc_emulator.tether`: when the emulator ends, even
+killed, the registry stops and its folder (configuration, signing certificate,
+the images pushed) is removed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -50,6 +55,7 @@ USERNAME = "AWS"
 PASSWORD_LIFETIME = 12 * 3600
 BEARER_LIFETIME = 300
 REGISTRY_EXECUTABLE = "docker-registry"
+TETHER = Path(__file__).with_name("tether.py")
 
 
 def project_namespace(project_id: str) -> str:
@@ -139,11 +145,23 @@ class ContainerRegistry:
         }
         # JSON is YAML: the registry reads this file as its configuration.
         (self._dir / "config.yml").write_text(json.dumps(config))
-        # Its log goes to a file: a pipe nobody reads would fill up and stall the registry.
+        # Its log goes to a file: a pipe nobody reads would fill up and stall the registry. The tether's stdin
+        # is a pipe only this process holds: it closes when this process ends, however it ends.
         log = self._dir / "registry.log"
         with log.open("wb") as log_file:
             self._process = subprocess.Popen(
-                [self.executable, "serve", str(self._dir / "config.yml")], stdout=log_file, stderr=subprocess.STDOUT
+                [
+                    sys.executable,
+                    str(TETHER),
+                    str(self._dir),
+                    "--",
+                    self.executable,
+                    "serve",
+                    str(self._dir / "config.yml"),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -160,12 +178,12 @@ class ContainerRegistry:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+        if self._process is not None:
+            self._process.stdin.close()  # as if this process had ended: the tether stops the registry
             try:
-                self._process.wait(timeout=10)
+                self._process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self._process.kill()
+                self._process.kill()  # and the registry with it (its parent-death signal)
                 self._process.wait()
         self._token_server.shutdown()
         self._token_server.server_close()

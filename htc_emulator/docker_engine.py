@@ -18,22 +18,29 @@ import subprocess
 import threading
 from pathlib import Path
 
+from . import leftovers
+
 
 class DockerEngine:
     """Runs job attempts as real containers on a Docker engine.
 
     Every container carries the label ``htc-emulator.<instance>``, so the
-    emulator can remove whatever one of its jobs left when it stops. Secrets
+    emulator can remove whatever one of its jobs left when it stops, and
+    ``htc-emulator.owner.<owner>`` (:mod:`htc_emulator.leftovers`), so that the
+    next emulator to start removes those of one that was killed. Secrets
     reach the container as ``-e NAME`` (the value is taken from the docker
     client's environment), never as values on the command line, and registry
     credentials go through a private client configuration file.
     """
 
     LABEL = "htc-emulator"
+    # Labels without a value (no "=" in the arguments): the marker, and the marker and the owner as one key.
+    OWNER_LABEL = "htc-emulator.owner"
 
     def __init__(self, executable: str = "docker", instance: str | None = None) -> None:
         self.executable = executable
         self.instance = instance or secrets.token_hex(6)
+        self.owner = leftovers.current_owner()
 
     def _docker(self, *args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -84,6 +91,10 @@ class DockerEngine:
             container_name,
             "--label",
             f"{self.LABEL}.{self.instance}",
+            "--label",
+            self.OWNER_LABEL,
+            "--label",
+            f"{self.OWNER_LABEL}.{self.owner}",
         ]
         if vcpus:
             argv += ["--cpus", f"{min(float(vcpus), float(os.cpu_count() or 1)):g}"]
@@ -114,6 +125,21 @@ class DockerEngine:
         if names:
             self._docker("image", "rm", *names)
         return names
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove the containers of emulators that are provably gone (killed); returns their ids."""
+        listed = self._docker("ps", "--all", "--filter", f"label={self.OWNER_LABEL}", "--format", "{{.ID}} {{.Labels}}")
+        ids = []
+        for container, _, labels in (line.partition(" ") for line in listed.stdout.splitlines()):
+            keys = (label.partition("=")[0] for label in labels.split(","))
+            owners = [
+                key.removeprefix(f"{self.OWNER_LABEL}.") for key in keys if key.startswith(f"{self.OWNER_LABEL}.")
+            ]
+            if owners and leftovers.is_gone(owners[0]):
+                ids.append(container)
+        if ids:
+            self._docker("rm", "--force", *ids)
+        return ids
 
     def remove_all(self) -> list[str]:
         """Remove every container of this emulator instance; returns their ids."""

@@ -146,6 +146,7 @@ def running(
             raise RuntimeError("docker=True, but no Docker engine answers `docker info`")
         if not ContainerRegistry.available():
             raise RuntimeError("docker=True needs a registry: install Debian's docker-registry")
+        engine.remove_leftovers()  # the containers of emulators that were killed
 
     storage = scheduler = server = thread = sweeper = container_registry = None
     try:

@@ -1,10 +1,14 @@
 """The worker image: its definition against the project, then (where an engine answers) the built image itself."""
 
 import json
+import os
 import re
+import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -276,3 +280,87 @@ def test_an_image_never_pushed_cannot_be_pulled(docker_emu):
     api.wait_terminal(project_id, task_id, 1, timeout=120)
     job = api.job(project_id, task_id, f"{parent}:0")
     assert job["status"] == "FAILED" and job["statusReason"].startswith("CannotPullContainerError"), job
+
+
+# --- a killed emulator ---------------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid``, as /proc has them now."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
+
+
+def test_a_killed_emulator_leaves_no_registry_and_the_next_one_removes_its_containers(
+    worker_image, docker_config, client_for
+):
+    """Issue 19: after ``kill -9`` of ``python -m htc_emulator --docker`` mid-job, the job's container was still up,
+    docker-registry still answered and its folder stayed in /tmp. Now the registry and its folder go with the
+    emulator, and the next emulator to start removes the containers of one that is provably gone."""
+    from htc_emulator import running
+
+    key = secrets.token_hex(20)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "htc_emulator", "--docker"],
+        cwd=ROOT,
+        env={**os.environ, "HTC_EMULATOR_API_KEY": key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    container = "none yet"
+    try:
+        with process.stdout:
+            banner = ""
+            while not banner.endswith("Stop with Ctrl+C.\n"):
+                line = process.stdout.readline()
+                assert line, f"the emulator exited: {banner}"
+                banner += line
+        api_url = re.search(r"API base URL : (\S+)", banner)[1]
+        emu = SimpleNamespace(api_url=api_url, root_url=api_url.removesuffix("/api/v1"), api_key=key)
+        api = client_for(emu)
+        project_id, _ = pushed_project(emu, api, worker_image, docker_config)
+        task_id = api.new_task(project_id)
+        parent = api.submit(project_id, task_id, container_job(["sleep", "600"]))
+        container = f"htc-emulator-{parent}-0-1"
+        deadline = time.monotonic() + 300
+        while not docker("ps", "--quiet", "--filter", f"name={container}", "--filter", "status=running").stdout:
+            assert time.monotonic() < deadline, "the job's container never ran"
+            time.sleep(0.2)
+        registry = [pid for pid in descendants(process.pid) if command_line(pid)[0] == "docker-registry"]
+        assert len(registry) == 1, [command_line(pid) for pid in descendants(process.pid)]
+        folder = Path(command_line(registry[0])[-2]).parent  # docker-registry serve <folder>/config.yml
+        assert folder.is_dir()
+
+        process.kill()  # SIGKILL: nothing of the emulator runs after this
+        process.wait()
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{registry[0]}").exists() or folder.exists():
+            assert time.monotonic() < deadline, "the registry or its folder outlived the emulator"
+            time.sleep(0.1)
+        # The container is the engine's: it runs on until an emulator that knows its owner is gone removes it.
+        assert docker("ps", "--quiet", "--filter", f"name={container}").stdout.split()
+        with running(docker=True):
+            assert docker("ps", "--all", "--quiet", "--filter", f"name={container}").stdout.split() == []
+    finally:
+        process.kill()
+        process.wait()
+        docker("rm", "--force", container)
