@@ -163,15 +163,20 @@ def test_authentication_comes_before_input_validation(api, emulator):
 
 
 def test_expired_tokens_are_refused(client_for):
-    with running(token_lifetime=1) as emu:
+    with running(token_lifetime=2) as emu:
         client = client_for(emu)
+        # A token's times are whole seconds: one fetched late in a second would have most of a second less to
+        # live, so it is fetched early in one (and lives 1.9 s or more, far longer than the call that uses it).
+        while time.time() % 1 >= 0.1:
+            time.sleep(0.01)
         body = client.ok(
             "GET", emu.root_url + "/auth/token", auth=None, headers={"Authorization": f"Token {emu.api_key}"}
         )
-        assert body["expiresIn"] == 1
+        assert body["expiresIn"] == 2
         token = body["tokenValue"]
         assert client.get("/htc/storage", auth=token).status_code == 200
-        time.sleep(2.1)
+        expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+        time.sleep(max(0.0, expires + 0.1 - time.time()))
         expired = client.get("/htc/storage", auth=token, request_valid=None)
         assert expired.status_code == 401 and "expired" in expired.json()["errorDescription"]
 

@@ -98,7 +98,9 @@ def task(fast):
     return project_id, fast.new_task(project_id)
 
 
-def definition(mode: str, *, timeout: int = 60, **envs) -> dict:
+def definition(mode: str, *, timeout: int = 60_000, **envs) -> dict:
+    """A job of the image doing ``mode``; 60,000 s last 10 minutes here, so that no job a test expects to end
+    on its own is cut short by a busy machine (the timeout tests give their sleeping jobs 60 s: 0.6 s)."""
     pairs = [{"name": "MODE", "value": mode}] + [{"name": k, "value": str(v)} for k, v in envs.items()]
     return {
         "imageName": "jobs:v1",
@@ -206,7 +208,7 @@ def test_timeout_kills_the_process(fast, task):
 
 def test_cancel_kills_running_and_fails_pending_jobs_of_one_group(fast, task):
     project_id, task_id = task
-    sleepers = fast.submit(project_id, task_id, definition("sleep", timeout=600), batch_size=4, group="doomed")
+    sleepers = fast.submit(project_id, task_id, definition("sleep"), batch_size=4, group="doomed")
     path = f"/htc/projects/{project_id}/tasks/{task_id}/jobs"
 
     def two_running():
@@ -248,7 +250,7 @@ def test_a_job_cancelled_while_starting_never_shows_running(fast, task, monkeypa
         return prepare(job, *args)
 
     monkeypatch.setattr(scheduler, "_job_environment", cancel_then_prepare)
-    parent = fast.submit(project_id, task_id, definition("sleep", timeout=600))
+    parent = fast.submit(project_id, task_id, definition("sleep"))
     fast.wait_terminal(project_id, task_id, 1)
     assert seen == [("STARTING", 200)]
     history = events(fast, project_id, task_id, f"{parent}:0")
@@ -328,8 +330,8 @@ def test_logs_page_sort_and_limit(fast, task):
 
 
 def long_lines(char: str, length: int, lines: int) -> dict:
-    """A job that prints ``lines`` lines of ``length`` times ``char``, with all the time it needs (10 min)."""
-    return definition("long_lines", timeout=60_000, CHAR=char, LENGTH=length, LINES=lines)
+    """A job that prints ``lines`` lines of ``length`` times ``char``."""
+    return definition("long_lines", CHAR=char, LENGTH=length, LINES=lines)
 
 
 def test_a_line_longer_than_an_event_is_split_as_the_awslogs_driver_splits_it(fast, task):
@@ -378,9 +380,7 @@ def test_job_token_reaches_only_its_own_project_and_task(fast, task):
     other_task = fast.new_task(project_id)
     other_project = fast.new_project()
     # 60 s: nine requests do not fit in the module's usual 0.6 s on a loaded machine.
-    parent = fast.submit(
-        project_id, task_id, definition("api", timeout=6000, OTHER_PROJECT=other_project, OTHER_TASK=other_task)
-    )
+    parent = fast.submit(project_id, task_id, definition("api", OTHER_PROJECT=other_project, OTHER_TASK=other_task))
     fast.wait_terminal(project_id, task_id, 1)
     assert fast.job(project_id, task_id, f"{parent}:0")["status"] == "SUCCEEDED"
     codes = json.loads(fast.logs(project_id, task_id, f"{parent}:0")[-1])
@@ -403,7 +403,7 @@ def test_job_token_reaches_only_its_own_project_and_task(fast, task):
 
 def test_deleting_a_task_kills_its_jobs(fast, task):
     project_id, task_id = task
-    parent = fast.submit(project_id, task_id, definition("sleep", timeout=600))
+    parent = fast.submit(project_id, task_id, definition("sleep"))
     wait_for(lambda: fast.logs(project_id, task_id, f"{parent}:0"))
     pid = int(fast.logs(project_id, task_id, f"{parent}:0")[0].split()[-1])
     fast.ok("DELETE", f"/htc/projects/{project_id}/tasks/{task_id}")

@@ -122,8 +122,11 @@ def test_dimensions_constrain_where_jobs_may_run(api):
 
 
 def test_retention_archives_then_deletes_idle_tasks_with_their_storage(client_for):
-    with running(time_scale=0.0005) as emu:  # an hour lasts 1.8 s
-        api = client_for(emu)
+    """The retention rule, applied at chosen instants of the emulator's clock (as the sweeper thread applies it at
+    each tick), so that what it finds depends on the policy and the tasks' activity, not on how fast the machine is
+    (the thread itself: the next test)."""
+    with running() as emu:  # an hour lasts an hour: the sweeper thread finds nothing due by itself
+        api, hour = client_for(emu), dt.timedelta(hours=1)
         project_id = api.new_project()
         kept, idle = api.new_task(project_id), api.new_task(project_id)
         url = api.ok(
@@ -142,18 +145,45 @@ def test_retention_archives_then_deletes_idle_tasks_with_their_storage(client_fo
         )
         set_policy = api.request("PUT", policy_path, json={"archiveAfter": 1, "deleteAfter": 1})
         assert set_policy.status_code == 201 and api.ok("GET", policy_path)["archiveAfter"] == 1
+        tasks = emu.backend.tasks
+
+        def activity(task_id: str) -> None:
+            """A PATCH to ACTIVE is activity: it keeps a task ACTIVE an hour longer."""
+            before = tasks[task_id].last_active_at
+            while tasks[task_id].last_active_at == before:  # the clock moves on: activity is later than before
+                api.ok("PATCH", f"/htc/projects/{project_id}/tasks/{task_id}", json={"lifecycleStatus": "ACTIVE"})
+
         seen = []
-        deadline = time.monotonic() + 60
-        while (status := api.ok("GET", f"/htc/projects/{project_id}/tasks/{idle}")["lifecycleStatus"]) != "DELETED":
-            seen.append(status)
-            assert time.monotonic() < deadline, seen[-1]
-            # Activity keeps the other task ACTIVE: a PATCH to ACTIVE is activity.
-            api.ok("PATCH", f"/htc/projects/{project_id}/tasks/{kept}", json={"lifecycleStatus": "ACTIVE"})
-            time.sleep(0.1)
-        assert "ARCHIVED" in seen
+        activity(kept)
+        # Between the two tasks' last activity, an hour on: the idle one is due for archiving, the other is not.
+        emu.backend.apply_retention(
+            tasks[idle].last_active_at + hour + (tasks[kept].last_active_at - tasks[idle].last_active_at) / 2, hour
+        )
+        seen.append(api.ok("GET", f"/htc/projects/{project_id}/tasks/{idle}")["lifecycleStatus"])
+        assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{kept}")["lifecycleStatus"] == "ACTIVE"
+        activity(kept)
+        # An hour after it was archived the idle task is due for deletion; the other one was active since.
+        emu.backend.apply_retention(tasks[idle].archived_at + hour, hour)
+        seen.append(api.ok("GET", f"/htc/projects/{project_id}/tasks/{idle}")["lifecycleStatus"])
+        assert seen == ["ARCHIVED", "DELETED"]
         assert emu.storage.delete_prefix(f"projects/{project_id}/tasks/{idle}/") == 0
         assert api.ok("GET", f"/htc/projects/{project_id}/tasks/{kept}")["lifecycleStatus"] == "ACTIVE"
         assert api.delete(policy_path).status_code == 204 and api.get(policy_path).status_code == 404
+
+
+def test_the_retention_sweeper_applies_the_policies_on_the_emulators_clock(client_for):
+    with running(time_scale=0.0005) as emu:  # an hour lasts 1.8 s
+        api = client_for(emu)
+        project_id = api.new_project()
+        task_id = api.new_task(project_id)
+        api.request(
+            "PUT", f"/htc/projects/{project_id}/task-retention-policy", json={"archiveAfter": 1, "deleteAfter": 1}
+        )
+        deadline = time.monotonic() + 60
+        while (task := api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}"))["lifecycleStatus"] != "DELETED":
+            assert time.monotonic() < deadline, task
+            time.sleep(0.1)
+        assert task["archivedAt"] <= task["deletedAt"]
 
 
 def test_the_retention_sweep_and_a_reactivation_are_decided_once(client_for, monkeypatch):
