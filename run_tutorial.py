@@ -29,6 +29,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 
+import tutorial_helpers
 from htc_emulator import running
 from htc_emulator.container_registry import ContainerRegistry
 from htc_emulator.docker_engine import DockerEngine
@@ -53,7 +54,8 @@ def container_mode() -> dict[str, str] | None:
     """Where a Docker engine answers (always in CI: HTC_REQUIRE_DOCKER=1), the variables for container mode.
 
     The notebook then builds, pushes and runs its jobs as containers; DOCKER_BASE_IMAGE is the
-    base its build uses (python:3.12-slim, or the stand-in built here where that cannot be pulled).
+    base its build uses (python:3.12-slim, or the stand-in built here where that cannot be pulled),
+    DOCKER_PLATFORMS this machine's platform alone: the emulator's registry and jobs run no other.
     """
     required = os.environ.get("HTC_REQUIRE_DOCKER") == "1"
     # HTC_DOCKER=0 keeps process mode even where an engine answers.
@@ -62,7 +64,7 @@ def container_mode() -> dict[str, str] | None:
     ):
         return None
     base = container_build.choose_base("docker", ROOT / "docker" / "Dockerfile")
-    return {"DOCKER_BASE_IMAGE": base}
+    return {"DOCKER_BASE_IMAGE": base, "DOCKER_PLATFORMS": tutorial_helpers.host_platform()}
 
 
 @contextlib.contextmanager

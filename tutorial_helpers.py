@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -313,6 +314,36 @@ def docker_buildx_push(
             "Way out: for an architecture this machine lacks, install QEMU's binfmt handlers "
             "(docker run --privileged --rm tonistiigi/binfmt --install all) or build on such a machine."
         )
+
+
+def host_platform() -> str:
+    """This machine's platform in Docker's words (``linux/amd64``, ``linux/arm64``).
+
+    Example: ``host_platform()  # 'linux/amd64'``
+
+    Needs: nothing else
+    """
+    machine = platform.machine().lower()
+    return "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def docker_publish(reference: str, image: str, platforms: str) -> None:
+    """Push ``image`` (built here) as ``reference``, for every platform in ``platforms``.
+
+    This machine's platform alone needs no buildx: the image built here is tagged and pushed.
+    Any other set is built anew with buildx and pushed as one tag (``docker_buildx_push``).
+    Example: ``docker_publish(f"{registry_uri}{IMAGE}", IMAGE, "linux/amd64,linux/arm64")``
+
+    Needs: DEFAULT_BASE_IMAGE, _docker, docker_buildx_push, docker_push, _docker_reason, DockerError, host_platform,
+    _LEGACY_BUILDER_NOTE, require_buildx
+    """
+    if platforms.replace(" ", "") != host_platform():
+        docker_buildx_push(reference, platforms)
+        return
+    tagged = _docker("tag", image, reference)
+    if tagged.returncode != 0:
+        raise DockerError(f"docker tag {image} {reference} failed: {_docker_reason(tagged)}")
+    docker_push(reference)
 
 
 # --- pictures ----------------------------------------------------------------------------

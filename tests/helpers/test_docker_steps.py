@@ -53,6 +53,8 @@ def test_a_missing_buildx_names_the_plugin_and_how_to_get_it(docker_cli):
     assert "docker-buildx" in way_out and "docker manifest create" in way_out
     with pytest.raises(tutorial.DockerError, match="docker buildx is not installed"):
         tutorial.docker_buildx_push("127.0.0.1:1/never:v1")
+    with pytest.raises(tutorial.DockerError, match="docker buildx is not installed"):
+        tutorial.docker_publish("127.0.0.1:1/never:v1", "never:v1", "linux/amd64,linux/arm64")
 
 
 def test_a_refused_docker_login_shows_dockers_reason_and_never_the_password(emulator, session, docker_engine):
@@ -83,3 +85,16 @@ def test_a_base_image_that_cannot_be_pulled_says_how_to_choose_another(docker_en
     assert "connection refused" in message.lower()
     assert "DOCKER_BASE_IMAGE" in message and "HTC_DOCKER=0" in message
     assert "legacy builder" not in message
+
+
+def test_publishing_for_this_machine_alone_pushes_the_image_built_here(emulator, session, docker_engine, worker_image):
+    """No buildx needed for one platform, this machine's: the registry then lists the image READY."""
+    if emulator.scheduler.container_registry is None:
+        pytest.skip("the session emulator runs jobs as processes: it has no registry")
+    project_id = new_project(session, "opencv-htc-tutorial")
+    uri = session.get(f"/htc/projects/{project_id}").json()["containerRegistry"]
+    tutorial.docker_login(uri.split("/")[0], session.get(f"/htc/projects/{project_id}/container-registry/token").text)
+    tutorial.docker_publish(f"{uri}opencv-htc-tutorial:v1", worker_image, tutorial.host_platform())
+    status = session.get(f"/htc/projects/{project_id}/container-registry/images/opencv-htc-tutorial:v1").json()
+    assert status["status"] == "READY"
+    subprocess.run(["docker", "rmi", f"{uri}opencv-htc-tutorial:v1"], capture_output=True)
