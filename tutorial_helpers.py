@@ -179,6 +179,23 @@ def _docker(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     return subprocess.run(["docker", *args], input=stdin, capture_output=True, text=True)
 
 
+# A build's steps, as the legacy builder ("Step 2/9 : FROM ...") and BuildKit ("#5 [2/9] RUN ...") print them.
+_BUILD_STEP = re.compile(r"^(Step \d+/\d+ : |#\d+ \[)")
+
+
+def _docker_build_steps(*args: str) -> subprocess.CompletedProcess:
+    """A docker build command whose steps are printed as they start; its whole output is in ``stderr``."""
+    output = []
+    with subprocess.Popen(
+        ["docker", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as build:
+        for line in build.stdout:
+            output.append(line)
+            if _BUILD_STEP.match(line):
+                print(line.rstrip()[:120], flush=True)
+    return subprocess.CompletedProcess(build.args, build.returncode, "", "".join(output))
+
+
 def _docker_reason(run: subprocess.CompletedProcess) -> str:
     """The last lines Docker wrote to stderr (its reason), without the legacy builder's advertisement."""
     text = _LEGACY_BUILDER_NOTE.sub("", run.stderr or "")
@@ -206,8 +223,9 @@ def docker_unavailable() -> str | None:
 
 def _failed_at_from(run: subprocess.CompletedProcess) -> bool:
     """Whether a ``docker build`` stopped at its ``FROM``: the base image could not be had."""
-    steps = re.findall(r"^Step \d+/\d+ : (\w+)", run.stdout or "", re.MULTILINE)  # the legacy builder
-    return (bool(steps) and steps[-1].upper() == "FROM") or "failed to resolve source metadata" in (run.stderr or "")
+    output = (run.stdout or "") + (run.stderr or "")
+    steps = re.findall(r"^Step \d+/\d+ : (\w+)", output, re.MULTILINE)  # the legacy builder
+    return (bool(steps) and steps[-1].upper() == "FROM") or "failed to resolve source metadata" in output
 
 
 def docker_build(image: str, *, base_image: str | None = None, dockerfile: str = "docker/Dockerfile") -> str:
@@ -215,12 +233,14 @@ def docker_build(image: str, *, base_image: str | None = None, dockerfile: str =
 
     The base is ``base_image``, else ``$DOCKER_BASE_IMAGE``, else ``python:3.12-slim``. A base that
     cannot be pulled (no registry reachable, a typo) raises ``DockerError`` saying how to choose another.
+    Each step is printed as it starts: a first build takes minutes.
     Example: ``docker_build("opencv-htc-tutorial:v1")``
 
-    Needs: DEFAULT_BASE_IMAGE, _docker, _docker_reason, DockerError, _failed_at_from, _LEGACY_BUILDER_NOTE
+    Needs: _BUILD_STEP, DEFAULT_BASE_IMAGE, _docker_build_steps, _docker_reason, DockerError, _failed_at_from,
+    _LEGACY_BUILDER_NOTE
     """
     base = base_image or os.environ.get("DOCKER_BASE_IMAGE") or DEFAULT_BASE_IMAGE
-    build = _docker("build", "--build-arg", f"BASE_IMAGE={base}", "-f", dockerfile, "-t", image, ".")
+    build = _docker_build_steps("build", "--build-arg", f"BASE_IMAGE={base}", "-f", dockerfile, "-t", image, ".")
     if build.returncode == 0:
         return base
     if _failed_at_from(build):
@@ -298,7 +318,8 @@ def docker_buildx_push(
     missing or the build fails (another architecture also needs QEMU, or a builder on such a machine).
     Example: ``docker_buildx_push(f"{registry_uri}opencv-htc-tutorial:v1")``
 
-    Needs: DEFAULT_BASE_IMAGE, _docker, _docker_reason, DockerError, _LEGACY_BUILDER_NOTE, require_buildx
+    Needs: _BUILD_STEP, DEFAULT_BASE_IMAGE, _docker, _docker_build_steps, _docker_reason, DockerError,
+    _LEGACY_BUILDER_NOTE, require_buildx
     """
     require_buildx()
     if _docker("buildx", "use", builder).returncode != 0:
@@ -307,7 +328,7 @@ def docker_buildx_push(
             raise DockerError(f"docker buildx create --name {builder} failed: {_docker_reason(created)}")
     base = base_image or os.environ.get("DOCKER_BASE_IMAGE") or DEFAULT_BASE_IMAGE
     platform_args = ["--platform", platforms, "--build-arg", f"BASE_IMAGE={base}", "-f", dockerfile]
-    build = _docker("buildx", "build", *platform_args, "-t", reference, "--push", ".")
+    build = _docker_build_steps("buildx", "build", *platform_args, "-t", reference, "--push", ".")
     if build.returncode != 0:
         raise DockerError(
             f"docker buildx build for {platforms} failed: {_docker_reason(build)}\n"
@@ -334,8 +355,8 @@ def docker_publish(reference: str, image: str, platforms: str) -> None:
     Any other set is built anew with buildx and pushed as one tag (``docker_buildx_push``).
     Example: ``docker_publish(f"{registry_uri}{IMAGE}", IMAGE, "linux/amd64,linux/arm64")``
 
-    Needs: DEFAULT_BASE_IMAGE, _docker, docker_buildx_push, docker_push, _docker_reason, DockerError, host_platform,
-    _LEGACY_BUILDER_NOTE, require_buildx
+    Needs: _BUILD_STEP, DEFAULT_BASE_IMAGE, _docker, _docker_build_steps, docker_buildx_push, docker_push,
+    _docker_reason, DockerError, host_platform, _LEGACY_BUILDER_NOTE, require_buildx
     """
     if platforms.replace(" ", "") != host_platform():
         docker_buildx_push(reference, platforms)

@@ -98,3 +98,19 @@ def test_publishing_for_this_machine_alone_pushes_the_image_built_here(emulator,
     status = session.get(f"/htc/projects/{project_id}/container-registry/images/opencv-htc-tutorial:v1").json()
     assert status["status"] == "READY"
     subprocess.run(["docker", "rmi", f"{uri}opencv-htc-tutorial:v1"], capture_output=True)
+
+
+def test_a_build_prints_its_steps_as_they_start(docker_engine, monkeypatch, tmp_path, capsys):
+    """A first build takes minutes: each step shows up as it starts, not all at the end."""
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nENV A=1\nENV B=2\n")
+    monkeypatch.chdir(tmp_path)
+    base = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True)
+    local = [name for name in base.stdout.split() if not name.endswith(":<none>")]
+    if not local:
+        pytest.skip("no local image to build on")
+    image = f"learner-probe-{uuid.uuid4().hex[:8]}:v1"
+    assert tutorial.docker_build(image, base_image=local[0]) == local[0]
+    steps = [line for line in capsys.readouterr().out.splitlines() if "ENV" in line]
+    subprocess.run(["docker", "rmi", image], capture_output=True)
+    assert len(steps) == 2 and steps[0].endswith("ENV A=1")
