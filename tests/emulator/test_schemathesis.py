@@ -164,16 +164,17 @@ def small_runnable_batches(ctx, body):
 def test_sequences_through_the_links(emulator, openapi_spec, bearer, monkeypatch):
     reached = set()
     schema = load_schema(emulator, openapi_spec, [GenerationMode.POSITIVE])
-    # Schemathesis starts sequences only at operations it deems likely to succeed, and its name
-    # heuristic reads `projectName` as a reference to a "Project" resource nobody creates. The
-    # workflow starts at POST /htc/projects, so that operation is declared a starting point.
+    # Sequences start where the workflow does, at POST /htc/projects, and go on through the links only.
+    # Schemathesis's own choice of starting points misses it (its name heuristic reads `projectName` as a
+    # reference to a "Project" resource nobody creates) and includes the batch submit, whose sequences spent
+    # their steps on 404s for made-up ids: whether the others then reached the cancel depended on what
+    # earlier tests had left in the session's emulator (it passed in one order and failed in another).
     schema.hook("map_body")(small_runnable_batches)
     schema.hook("map_query")(lambda ctx, query: {"group": "sequence"} if ctx.operation.label == BATCH else query)
-    likely_root = schemathesis_stateful.is_likely_root_transition
     monkeypatch.setattr(
         schemathesis_stateful,
         "is_likely_root_transition",
-        lambda operation, *rest: operation.label == "POST /htc/projects" or likely_root(operation, *rest),
+        lambda operation, *rest: operation.label == "POST /htc/projects",
     )
 
     class Sequences(schema.as_state_machine()):
