@@ -1,13 +1,16 @@
-"""One HTC emulator for the whole test session, notebook included.
+"""One HTC emulator for the whole test session, notebook included, started only when a collected test needs it.
 
-nbval's cells are not pytest functions, so fixtures never run for them:
-the emulator starts in ``pytest_sessionstart`` and its settings go into
-``os.environ``, which the notebook's kernel inherits when nbval starts it.
-This file sits at the project root so that ``pytest tutorial.ipynb`` alone
-gets the emulator too. It is the emulator ``make run`` uses, with the same
-settings (``run_tutorial.emulator_environment``). Tests reach it through the
-``emulator`` fixture; tests that need other settings (short tokens, faults,
-time scale) start their own with ``htc_emulator.running(...)``.
+nbval's cells are not pytest functions, so fixtures never run for them: when the
+collected items include a notebook cell, or a test that uses the ``emulator`` fixture
+(directly or through other fixtures), the emulator starts once collection is done,
+before any test runs, and its settings go into ``os.environ``, which the notebook's
+kernel inherits when nbval starts it. A run that needs none of it (``--collect-only``,
+the worker's or the data's tests alone) starts nothing and never asks for a Docker
+engine. This file sits at the project root so that ``pytest tutorial.ipynb`` alone
+gets the emulator too. It is the emulator ``make run`` uses, with the same settings
+(``run_tutorial.emulator_environment``). Tests reach it through the ``emulator``
+fixture; tests that need other settings (short tokens, faults, time scale) start
+their own with ``htc_emulator.running(...)``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from htc_emulator import ExchangeRecorder
+from htc_emulator import Emulator, ExchangeRecorder
 from run_tutorial import emulator_environment
 
 _session: dict = {}
@@ -24,10 +27,25 @@ _session: dict = {}
 SUMMARY_TAG = "test-summary"
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    # Every exchange is kept for tests/emulator/test_contract_audit.py, which checks them all against the spec.
-    context = emulator_environment(recorder=ExchangeRecorder())
-    _session.update(emulator=context.__enter__(), context=context)
+def needs_session_emulator(item: pytest.Item) -> bool:
+    """A notebook cell (its kernel reads the emulator's settings from the environment), or a test using ``emulator``."""
+    return item.path.suffix == ".ipynb" or "emulator" in getattr(item, "fixturenames", ())
+
+
+def start_session_emulator() -> Emulator:
+    """Start the session emulator once, and put its settings into ``os.environ``."""
+    if "emulator" not in _session:
+        # Every exchange is kept for tests/emulator/test_contract_audit.py, which checks them all against the spec.
+        context = emulator_environment(recorder=ExchangeRecorder())
+        _session.update(emulator=context.__enter__(), context=context)
+    return _session["emulator"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Before the first test, not at its first use: a test's own emulator_environment restores os.environ as it
+    # found it, so the session's settings set inside one would be gone for every later test and the notebook.
+    if not session.config.option.collectonly and any(needs_session_emulator(item) for item in session.items):
+        start_session_emulator()
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
@@ -86,4 +104,4 @@ def pytest_terminal_summary(terminalreporter) -> None:
 @pytest.fixture(scope="session")
 def emulator():
     """The session's running emulator (the one the environment points at)."""
-    return _session["emulator"]
+    return start_session_emulator()
