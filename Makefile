@@ -11,7 +11,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
 
-.PHONY: run lab test lint refresh data venv venv-dev chromium docker-tools bench clean
+.PHONY: run lab test check lint refresh data venv venv-dev chromium docker-tools bench clean
 
 # SCALE=seed: 5,000 images over 1,000 jobs, the original tutorial's scale (build/tutorial-seed.*).
 SCALE ?= default
@@ -26,6 +26,11 @@ lab: venv data
 
 test: lint venv-dev data chromium
 	$(PY) -m pytest
+
+# The fast tier, between edits: lint, then the tests marked neither slow nor docker (pytest.ini, tests/README.md):
+# no Docker engine, no browser, no notebook run, no fresh venv. Jobs run as processes even where an engine answers.
+check: lint venv-dev data
+	HTC_DOCKER=0 HTC_REQUIRE_DOCKER=0 $(PY) -m pytest tests -m "not slow and not docker"
 
 # ruff, configured in pyproject.toml: the linter and the formatter, both clean.
 lint: venv-dev

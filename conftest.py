@@ -48,8 +48,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         start_session_emulator()
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
-    """Run the session audit after everything else, the notebook included."""
+    """Run the session audit after everything else, the notebook included; the notebook's cells are ``slow``."""
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("session_audit") is not None)
 
 

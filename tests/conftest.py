@@ -46,6 +46,16 @@ def api(emulator, client_for) -> ContractClient:
 
 # .ci/run sets this: in CI a missing engine fails the container tests instead of skipping them.
 REQUIRE_DOCKER = "HTC_REQUIRE_DOCKER"
+# A test that asks for one of these fixtures needs a Docker engine, wherever it lives: it is marked `docker`.
+DOCKER_FIXTURES = frozenset({"worker_image", "containers_or_skip"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list) -> None:
+    """Mark ``docker`` every test that needs a Docker engine, before ``-m`` selects (``make check`` leaves them out)."""
+    for item in items:
+        if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
 
 
 def skip_without_containers(reason: str) -> None:

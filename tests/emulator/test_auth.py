@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import jwt
+import pytest
 import requests
 import uvicorn
 from cryptography.hazmat.primitives import serialization
@@ -162,6 +163,7 @@ def test_authentication_comes_before_input_validation(api, emulator):
     assert response.status_code == 401
 
 
+@pytest.mark.slow
 def test_expired_tokens_are_refused(client_for):
     with running(token_lifetime=2) as emu:
         client = client_for(emu)

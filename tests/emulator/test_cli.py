@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from htc_emulator.local_images import PROJECT_ROOT
@@ -51,6 +52,7 @@ def read_banner(process: subprocess.Popen, timeout: float = 60) -> str:
     raise AssertionError(f"no banner; stdout={''.join(lines)!r} stderr={process.stderr.read()!r}")
 
 
+@pytest.mark.slow
 def test_cli_serves_until_interrupted(tmp_path):
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text('FROM python:3.12-slim\nCMD ["python", "-c", "pass"]\n')
@@ -91,6 +93,7 @@ def test_cli_serves_until_interrupted(tmp_path):
     assert key not in err and bearer not in err + out
 
 
+@pytest.mark.slow
 def test_cli_stops_on_sigterm_and_writes_nothing_secret_to_stderr():
     process = start("--fault-rate", "0.5", "--fault-kinds", "429")
     try:
@@ -100,6 +103,7 @@ def test_cli_stops_on_sigterm_and_writes_nothing_secret_to_stderr():
     assert process.returncode == 0 and err == ""
 
 
+@pytest.mark.slow
 def test_cli_stops_on_ctrl_c_when_started_in_the_background():
     """A shell script's background job starts with SIGINT ignored; Ctrl+C (SIGINT) must still stop it."""
     process = start(preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
@@ -110,6 +114,7 @@ def test_cli_stops_on_ctrl_c_when_started_in_the_background():
     assert process.returncode == 0
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_arguments():
     for args in (["--image", "no-equals-sign"], ["--fault-script", "418"], ["--image", "x:v1=/no/such/Dockerfile"]):
         result = subprocess.run(

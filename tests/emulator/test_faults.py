@@ -60,6 +60,7 @@ def test_fault_rate_is_seeded_and_can_be_cleared(faulty):
     assert all(faulty.get("/htc/regions").status_code == 200 for _ in range(10))
 
 
+@pytest.mark.slow
 def test_storage_faults_hit_s3_clients_but_not_the_api(faulty):
     emu = faulty.emu
     project_id = faulty.new_project()

@@ -415,6 +415,7 @@ def test_deleting_a_task_kills_its_jobs(fast, task):
     assert refused.status_code == 404
 
 
+@pytest.mark.slow
 def test_status_refresh_delay_holds_statuses_until_the_next_tick(job_image, client_for):
     with running(images=job_image, refresh_delay=5.0, concurrency=1) as emu:
         client = client_for(emu)

@@ -315,6 +315,7 @@ def test_nothing_a_job_started_outlives_the_emulator(job_image, client_for, tmp_
     assert not [pid for pid in pids if pid_alive(pid)]
 
 
+@pytest.mark.slow
 def test_a_timeout_sends_sigterm_then_sigkill_after_the_grace_period(emu, task, tmp_path):
     ignores, ignored_term = submit(emu, task, tmp_path, "ignore", timeout=60)
     obeys, obeyed_term = submit(emu, task, tmp_path, "obey", timeout=60)

@@ -51,6 +51,7 @@ def test_job_submit_list_get_events_logs_cancel(api, noop_image):
     assert cancel.status_code == 200 and cancel.content == b""
 
 
+@pytest.mark.slow
 def test_paging_past_one_page_with_absolute_next_links(api, noop_image):
     project_id = api.new_project(repositories=["noop"])
     task_id = api.new_task(project_id)
@@ -257,6 +258,7 @@ _fields = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(body=st.one_of(_json, st.lists(_fields, min_size=1, max_size=2)))
 def test_arbitrary_batch_bodies_never_crash_or_half_apply(api, place, body):

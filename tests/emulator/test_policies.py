@@ -121,6 +121,7 @@ def test_dimensions_constrain_where_jobs_may_run(api):
 # --- task retention ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_retention_archives_then_deletes_idle_tasks_with_their_storage(client_for):
     """The retention rule, applied at chosen instants of the emulator's clock (as the sweeper thread applies it at
     each tick), so that what it finds depends on the policy and the tasks' activity, not on how fast the machine is

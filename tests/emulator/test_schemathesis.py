@@ -27,6 +27,9 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.support.spec import corrected_spec, load_spec
 
+# Hundreds of generated requests and sequences (about 3 minutes here): the full suite's, not make check's.
+pytestmark = pytest.mark.slow
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

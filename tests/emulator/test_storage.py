@@ -159,6 +159,7 @@ def test_s3_refuses_what_does_not_exist(api, layout, emulator, monkeypatch):
     assert missing.value.response["Error"]["Code"] == "NoSuchKey"
 
 
+@pytest.mark.slow
 def test_a_presigned_url_puts_its_one_key_and_nothing_else(api, layout, emulator, monkeypatch):
     """Issue 19's attack: a presigned PUT plus an unsigned ``x-amz-copy-source`` copied another project's file."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", emulator.s3_endpoint)

@@ -136,6 +136,7 @@ def test_project_credentials_reach_their_project_only(api, emulator, world):
     }
 
 
+@pytest.mark.slow
 def test_a_job_reads_the_shared_files_and_writes_its_task_only(api, emulator, world):
     projects, tasks, places = world
     parent = api.submit(projects[0], tasks[0], SLEEPER)
@@ -198,6 +199,7 @@ def test_scoped_credentials_cannot_copy_delete_or_list_their_way_out(api, emulat
     s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": places["task"] + "copy.txt"}]})
 
 
+@pytest.mark.slow
 def test_unknown_keys_bad_signatures_and_wrong_session_tokens_are_refused(api, emulator, world):
     projects, _, places = world
     credentials = api.ok("GET", f"/htc/projects/{projects[0]}/storage/token")["credentials"]
@@ -244,6 +246,7 @@ def wait_until_past(expiration: str, at_most: float) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_credentials_expire_with_the_job_token_that_got_them(api, emulator, world):
     projects, tasks, places = world
     parent = api.submit(projects[0], tasks[0], SLEEPER)
@@ -369,6 +372,7 @@ def test_streamed_uploads_with_chunk_signatures_are_refused_as_not_implemented(a
     assert s3.get_object(Bucket=emulator.bucket, Key=key)["Body"].read() == b"plain"
 
 
+@pytest.mark.slow
 def test_a_jobs_credentials_end_when_its_job_token_does(api, emulator, world, monkeypatch):
     """Credentials a job token got stop working on the S3 side as soon as the token does (its job ended and the
     afterlife passed), not when their own hour is up."""
@@ -416,6 +420,7 @@ def test_deleting_a_task_ends_every_credential_its_jobs_got(api, emulator):
     assert error_code(shared_s3.get_object, Bucket=emulator.bucket, Key=shared) == "ExpiredToken"
 
 
+@pytest.mark.slow
 def test_deleting_a_task_waits_for_the_uploads_in_flight(client_for):
     """An upload the gate let through before the task's deletion began lands before its objects are deleted:
     nothing is left behind in a DELETED task's folder."""

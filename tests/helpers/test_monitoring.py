@@ -177,6 +177,7 @@ def test_wait_for_job_keeps_its_deadline_through_retry_after(task, faults):
     assert faults.injected[("api", "429")] == 1
 
 
+@pytest.mark.slow
 def test_requests_outside_a_wait_still_retry_as_before(task, faults):
     session, project_id, _ = task
     faults.script(["429"], path=r"/tasks$")
@@ -184,6 +185,7 @@ def test_requests_outside_a_wait_still_retry_as_before(task, faults):
     assert faults.injected[("api", "429")] == 1
 
 
+@pytest.mark.slow
 def test_a_deadline_is_an_argument_of_the_call_and_ends_with_it(task, faults):
     """``deadline=`` bounds that call's retries and pauses; the next call without one retries as before."""
     session, project_id, task_id = task

@@ -129,6 +129,7 @@ def needs_line(names: set[str]) -> str:
     return "Needs: " + ", ".join(sorted(names, key=lambda n: ("." in n, n.lstrip("_").lower())))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", MODULES)
 def test_every_public_name_states_what_a_copy_needs(module):
     path = ROOT / module

@@ -33,6 +33,7 @@ def test_without_photos_it_says_how_to_point_at_them_before_creating_anything(em
         quickstart.ready_task(config.htc_api_url(), tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_ready_task_from_another_folder_leaves_that_folder_alone(emulator, tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     photos.mkdir()

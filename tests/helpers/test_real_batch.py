@@ -52,6 +52,7 @@ def tutorial_project(session, tmp_path_factory):
     return project_id, images + ["not-uploaded.jpg"]
 
 
+@pytest.mark.slow
 def test_worker_batch_is_monitored_collected_and_checked(session, tutorial_project):
     project_id, listed = tutorial_project
     task_id = new_task(session, project_id)

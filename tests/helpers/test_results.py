@@ -93,6 +93,7 @@ def test_collect_results_of_an_empty_task(session):
     assert htc.missing_results(["a.jpg"], df) == ["a.jpg"]
 
 
+@pytest.mark.slow
 def test_collect_results_rejects_a_corrupt_manifest(session, tmp_path):
     project_id = new_project(session)
     task_id = new_task(session, project_id)

@@ -19,6 +19,7 @@ def make_tree(root: Path) -> dict[str, bytes]:
     return files
 
 
+@pytest.mark.slow
 def test_storage_round_trip_shared_and_task(session, tmp_path):
     project_id = new_project(session)
     task_id = new_task(session, project_id)
@@ -43,6 +44,7 @@ def without_storage_path(token):
     token.pop("storagePath")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task_path", ["as served", "bare key prefix"])
 def test_task_storage_found_through_regional_storage_without_storage_path(emulator, tmp_path, task_path):
     plain = htc.HtcSession(emulator.api_url, emulator.api_key)
@@ -118,6 +120,7 @@ def test_storage_credentials_renewed_when_they_expire(session, tmp_path, monkeyp
     session.hooks["response"].clear()
 
 
+@pytest.mark.slow
 def test_storage_transfers_survive_injected_s3_errors(faulty, faults, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", faulty.s3_endpoint)  # this emulator's S3, not the session's
     session = fast_session(faulty)
@@ -163,6 +166,7 @@ def test_upload_refuses_the_keys_download_refuses_and_stores_nothing(emulator, t
 # --- deleting
 
 
+@pytest.mark.slow
 def test_delete_objects_removes_only_the_named_keys(emulator, tmp_path):
     session = htc.HtcSession(config.htc_api_url(), config.get_profile()[1])
     project_id = session.post(

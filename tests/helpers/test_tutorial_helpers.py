@@ -105,6 +105,7 @@ def test_plot_status_history_drops_always_zero_statuses():
     assert fig.layout.yaxis.type != "log"
 
 
+@pytest.mark.slow
 def test_static_png_draws_line_and_bar_figures():
     line = px.line(x=[1, 2, 3], y=[3, 1, 2], title="line")
     bars = px.bar(x=["a", "b", "a", "b"], y=[1, 2, 3, 4], color=["p", "p", "q", "q"], barmode="group")

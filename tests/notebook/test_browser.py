@@ -200,6 +200,7 @@ def describe(state: dict) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
 def test_run_all_cells_in_jupyterlab(jupyterlab):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout

@@ -68,11 +68,13 @@ def test_every_copyable_section_states_its_preamble():
         assert preamble(tag).count("\n") == 0
 
 
+@pytest.mark.slow
 def test_batch_submit_and_monitor_section():
     result = run_section("batch", '{"counts": htc.group_status_counts(session, PROJECT_ID, TASK_ID, GROUP)}')
     assert {status: n for status, n in result["counts"].items() if n} == {"SUCCEEDED": 6}
 
 
+@pytest.mark.slow
 def test_gather_section_finds_the_winner():
     result = run_section(
         "gather",
@@ -85,6 +87,7 @@ def test_gather_section_finds_the_winner():
     assert result["winner_faces"] == result["most"] >= 1
 
 
+@pytest.mark.slow
 def test_download_section_fetches_the_winner():
     result = run_section(
         "download", '{"path": str(downloaded[0]), "winner": winner, "size": downloaded[0].stat().st_size}'
@@ -93,6 +96,7 @@ def test_download_section_fetches_the_winner():
     assert result["size"] > 0
 
 
+@pytest.mark.slow
 def test_overhead_section_times_three_job_sizes():
     result = run_section(
         "overhead",
@@ -104,6 +108,7 @@ def test_overhead_section_times_three_job_sizes():
     assert result["status"] == "DELETED"
 
 
+@pytest.mark.slow
 def test_cancel_section_cancels_the_failing_group():
     result = run_section(
         "cancel",
@@ -116,6 +121,7 @@ def test_cancel_section_cancels_the_failing_group():
     assert result["to_the_end"]["FAILED"] > 0
 
 
+@pytest.mark.slow
 def test_gather_section_explains_a_batch_whose_jobs_all_failed():
     """Every job fails (its image list is missing): the gather section names the failures, no IndexError."""
     broken_batch = (
@@ -155,6 +161,7 @@ def test_every_plot_has_a_static_image_beside_it():
     assert all("image/png" in o["data"] for o in plots)
 
 
+@pytest.mark.slow
 def test_html_report_loads_nothing_from_the_network():
     html = to_html(NOTEBOOK)
     assert not re.findall(r"<(?:script|link)[^>]+(?:src|href)=\"(?:https?:)?//", html)

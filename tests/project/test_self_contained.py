@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 # Spelled in parts, so that this file does not name the folder it looks for.
 OUTSIDE_REFERENCES = tuple(prefix + "shared" for prefix in ("../", "/work/"))
@@ -47,6 +49,7 @@ def run_in(copy: Path, *command: str, timeout: float) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.slow
 def test_a_copy_with_nothing_beside_it_runs(tmp_path):
     """Spec loading, the emulator the suite and ``make run`` start, and the contract tests' fixtures."""
     copy = tmp_path / "alone" / "project"

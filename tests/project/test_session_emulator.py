@@ -14,6 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Each check starts pytest in a fresh interpreter (about 2 minutes here).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK, NEEDS_IT, NEEDS_NOTHING = "tutorial.ipynb", "tests/emulator/test_regions.py", "tests/face_data/test_coco.py"
 PROBE = r"""

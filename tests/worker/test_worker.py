@@ -117,6 +117,7 @@ def test_json_mode_prints_one_object_per_image(tmp_path, face_photo):
     assert lines[1]["status"] == "error" and "not found" in lines[1]["error"]
 
 
+@pytest.mark.slow
 def test_scale_factor_comes_from_flag_or_env(tmp_path, face_photo):
     out = ("--output-dir", str(tmp_path))
     coarse = run_worker("--json", *out, "--scale-factor", "1.5", str(face_photo), cwd=tmp_path)
@@ -205,6 +206,7 @@ def test_simulated_failures_are_reproducible_and_near_the_rate():
     assert all(ft.simulated_failure(1.0, i) is not None for i in range(200))
 
 
+@pytest.mark.slow
 def test_detection_recall_on_the_labelled_photos(detector, truth, tmp_path):
     from face_data.ground_truth import match
 
@@ -254,6 +256,7 @@ def capped_memory():
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+@pytest.mark.slow
 def test_an_image_too_large_for_memory_is_refused_from_its_header(tmp_path, face_photo):
     small = blank_png(tmp_path / "small.png", 300, 200)
     assert cv2.imread(str(small)).shape == (200, 300, 3)  # the generator writes real PNGs
@@ -273,6 +276,7 @@ def test_an_image_too_large_for_memory_is_refused_from_its_header(tmp_path, face
     assert good["status"] == "ok" and good["faces"] >= 1
 
 
+@pytest.mark.slow
 def test_the_pixel_limit_is_a_setting_and_covers_jpeg(tmp_path, face_photo):
     height, width = cv2.imread(str(face_photo)).shape[:2]
     env = {"PATH": "/usr/bin:/bin", "MAX_IMAGE_PIXELS": str(width * height - 1)}

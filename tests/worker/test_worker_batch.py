@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import boto3
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_COUNT = 7
@@ -34,6 +35,7 @@ def s3_client(token: dict, endpoint: str):
     ).client("s3", endpoint_url=endpoint, region_name="eu-west-1")
 
 
+@pytest.mark.slow
 def test_face_tagger_batch_tags_every_listed_image(api, emulator):
     project_id = api.new_project(regions=["AWS_EU_WEST_1"], repositories=["opencv-htc-tutorial"])
     assert "opencv-htc-tutorial:v1" in api.ok("GET", f"/htc/projects/{project_id}/container-registry/images")["images"]

@@ -19,6 +19,9 @@ import htc_helpers as htc
 from face_tagger import face_tagger as ft
 from htc_emulator import running
 
+# The real worker as HTC jobs, killed, timed out and retried on emulators of their own (about 3 minutes here).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "face_tagger" / "face_tagger.py"
 IMAGE = "opencv-htc-tutorial:v1"
