@@ -75,7 +75,9 @@ def container_jobs_by_task(emulator) -> list[str]:
     statuses: dict[str, Counter] = defaultdict(Counter)
     references: dict[str, set] = defaultdict(set)
     for job_id, reference in list(scheduler.container_jobs.items()):
-        job = backend.jobs[job_id]
+        job = backend.jobs.get(job_id)
+        if job is None:  # deleted after its retention period
+            continue
         statuses[job.task_id][job.status] += 1
         references[job.task_id].add(reference)
     return [

@@ -38,11 +38,19 @@ from tools import container_build
 ROOT = Path(__file__).resolve().parent
 NOTEBOOK = ROOT / "tutorial.ipynb"
 BUILD = ROOT / "build"
-# The notebook's failure demo uses the spec's 60 s minimum timeout; a time scale of 0.1 makes
-# that 6 s here: short for the hanging jobs, and still ample for a healthy job on a busy machine.
-EMULATOR_SETTINGS = {"images": {"opencv-htc-tutorial:v1": "docker/Dockerfile"}, "time_scale": 0.1}
+# The notebook runs against the idealised emulator until it survives the platform's profile (issue 17:
+# its readiness loop takes the image's 404 for an error). Its clock is 100 times as fast as the
+# platform's. Jobs run at this machine's speed, so their timeouts have a scale of their own: the
+# notebook's failure demo uses the spec's 60 s minimum, and 0.1 makes that 6 s here: short for the
+# hanging jobs, and still ample for a healthy job on a busy machine.
+EMULATOR_SETTINGS = {
+    "images": {"opencv-htc-tutorial:v1": "docker/Dockerfile"},
+    "profile": "ideal",
+    "time_scale": 0.01,
+    "timeout_scale": 0.1,
+}
 # A container's start counts towards its timeout: 0.5 (60 s become 30 s) leaves healthy jobs room on a busy machine.
-CONTAINER_TIME_SCALE = 0.5
+CONTAINER_TIMEOUT_SCALE = 0.5
 MOST_FACES_TAG = "most-faces"
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
@@ -77,7 +85,7 @@ def emulator_environment(**settings):
     container_env = container_mode() if settings.get("docker", True) else None
     settings.setdefault("docker", container_env is not None)
     if container_env is not None:
-        settings.setdefault("time_scale", CONTAINER_TIME_SCALE)
+        settings.setdefault("timeout_scale", CONTAINER_TIMEOUT_SCALE)
     with running(**{**EMULATOR_SETTINGS, **settings}) as emu, tempfile.TemporaryDirectory() as tmp:
         apiconfig = Path(tmp) / "apiconfig"
         emu.write_apiconfig(apiconfig)

@@ -47,16 +47,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--docker", action="store_true", help="run jobs as real containers (needs a Docker engine)")
     parser.add_argument(
+        "--ideal",
+        action="store_true",
+        help="the idealised emulator: none of the platform's rough edges (statuses at once, images READY "
+        "at once, no start latency, plain log pages, cancel at once); default: behave as the platform does",
+    )
+    parser.add_argument(
         "--time-scale",
         type=float,
         default=1.0,
-        help="multiply every job's execTimeoutSeconds by this (e.g. 0.01: 60 s becomes 0.6 s)",
+        help="the emulator's clock: the platform's delays (30 s status refresh, image replication, instance "
+        "starts) and retention hours last this many times as long (e.g. 0.01: 30 s become 0.3 s)",
+    )
+    parser.add_argument(
+        "--timeout-scale",
+        type=float,
+        help="multiply every job's execTimeoutSeconds and the stop grace period by this (default: --time-scale)",
     )
     parser.add_argument(
         "--refresh-delay",
         type=float,
-        default=0.0,
-        help="job statuses refresh only every this many seconds (the platform: 30)",
+        help="job statuses refresh only every this many real seconds (default: the profile's 30 s, scaled)",
     )
     parser.add_argument("--apiconfig", help="also write an apiconfig profile to this file (mode 0600)")
     parser.add_argument("--profile", default="default", help="apiconfig profile name (default: default)")
@@ -105,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             images=dict(args.image),
             time_scale=args.time_scale,
+            timeout_scale=args.timeout_scale,
             refresh_delay=args.refresh_delay,
+            profile="ideal" if args.ideal else "platform",
             faults=injector,
             port=args.port,
             docker=args.docker,
@@ -114,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  API base URL : {emu.api_url}")
             print(f"  API key      : {emu.api_key}")
             print(f"  S3 endpoint  : {emu.s3_endpoint} (bucket {emu.bucket})")
+            print(f"  behaves as   : {emu.profile.name} (clock x{emu.time_scale:g})")
             for name in emu.images.names():
                 print(f"  image        : {name} <- {emu.images.get(name).dockerfile}")
             if args.apiconfig:

@@ -7,12 +7,21 @@ can verify a token with any JWKS client, as with the platform's.
 A user token (from ``GET /auth/token``) reaches everything the API key's
 owner can. A job token, injected into each running job as
 ``RESCALE_HTC_BEARER_TOKEN``, names its project, task and job; what it may
-do, and for how long, is decided in :mod:`htc_emulator.job_rights`.
+do, and for how long, is decided in :mod:`htc_emulator.job_rights`. Its
+user-defined claims are named ``userDefined_<name>``, as on the platform. A
+job also gets a refresh token (``RESCALE_HTC_REFRESH_TOKEN``), which
+``GET /auth/token`` exchanges (``Authorization: Refresh <token>``) for a fresh
+job token while the job lives; it is not a bearer token itself. Sources:
+:mod:`htc_emulator.platform_profile`.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import json
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +29,8 @@ from dataclasses import dataclass
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+
+from .platform_profile import USER_CLAIM_PREFIX
 
 ISSUER = "htc-emulator"
 ALGORITHM = "RS256"
@@ -84,6 +95,7 @@ class TokenAuthority:
         self._private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._public_key = self._private_key.public_key()
         self.key_id = str(uuid.uuid4())
+        self._refresh_key = secrets.token_bytes(32)
 
     def jwks(self) -> dict:
         """The JSON Web Key Set that verifies every token this authority signs."""
@@ -92,6 +104,11 @@ class TokenAuthority:
 
     def _sign(self, claims: dict) -> str:
         return jwt.encode(claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self.key_id})
+
+    @staticmethod
+    def scheme(authorization: str | None) -> str:
+        """The scheme of an ``Authorization`` header, lower-case (``token``, ``refresh``, ``bearer``)."""
+        return (authorization or "").partition(" ")[0].lower()
 
     def check_api_key(self, authorization: str | None) -> None:
         """Accept only ``Authorization: Token <api key>``."""
@@ -126,9 +143,9 @@ class TokenAuthority:
         lifetime: int,
         extra_claims: dict[str, str] | None = None,
     ) -> str:
-        """A JWT scoped to one job's project and task."""
+        """A JWT scoped to one job's project and task; ``extra_claims`` (the job's ``claims``) as ``userDefined_*``."""
         now = int(time.time())
-        claims = dict(extra_claims or {})
+        claims = {USER_CLAIM_PREFIX + name: value for name, value in (extra_claims or {}).items()}
         claims.update(
             {
                 "iss": ISSUER,
@@ -145,6 +162,35 @@ class TokenAuthority:
             }
         )
         return self._sign(claims)
+
+    def refresh_token(self, *, project_id: str, task_id: str, job_id: str, lifetime: int) -> str:
+        """A job's refresh token: what ``Authorization: Refresh`` exchanges for a fresh job token.
+
+        Opaque to its holder (the platform's is too), so an HMAC, not a JWT: one per job, and an
+        RSA signature would double what signing costs a job's start.
+        """
+        body = json.dumps([project_id, task_id, job_id, int(time.time()) + max(1, int(lifetime))]).encode()
+        return f"{_b64(body)}.{_b64(self._refresh_mac(body))}"
+
+    def refresh_principal(self, authorization: str | None) -> Principal:
+        """The job whose refresh token ``Authorization: Refresh <token>`` carries, while it is valid."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "refresh" or not token.strip():
+            raise AuthenticationError("expected header 'Authorization: Refresh <token>'")
+        body_part, _, mac_part = token.strip().partition(".")
+        try:
+            body, mac = _unb64(body_part), _unb64(mac_part)
+            if not hmac.compare_digest(mac, self._refresh_mac(body)):
+                raise ValueError("not signed here")
+            project_id, task_id, job_id, expires_at = json.loads(body)
+        except ValueError:
+            raise AuthenticationError("invalid refresh token") from None
+        if expires_at <= time.time():
+            raise AuthenticationError("refresh token expired")
+        return Principal(kind="job", project_id=project_id, task_id=task_id, job_id=job_id, expires_at=expires_at)
+
+    def _refresh_mac(self, body: bytes) -> bytes:
+        return hmac.new(self._refresh_key, body, hashlib.sha256).digest()
 
     def payload(self, authorization: str | None) -> dict:
         """The verified claims of ``Authorization: Bearer <jwt>``."""
@@ -176,3 +222,12 @@ class TokenAuthority:
                 expires_at=claims["exp"],
             )
         return Principal(kind="user", expires_at=claims["exp"])
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    """Raises ValueError (binascii.Error) for what is not base64url."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -6,6 +6,12 @@ it is made; :func:`apply` turns a copy of the spec into the one the emulator
 actually answers by, which is what the contract checks, the session audit and
 the Schemathesis run validate against. Nothing else in the package may depart
 from the spec without an entry here.
+
+What the real platform does beyond the spec where it is awkward (refresh ticks,
+image replication, start latency, CloudWatch log pages, best-effort cancel,
+``userDefined_`` claims, the ``Refresh`` scheme, null ``organizationCode``, jobs
+deleted 60 days after they end), each with its public source, is the one module
+beside this one: :mod:`htc_emulator.platform_profile`.
 """
 
 from __future__ import annotations
@@ -18,7 +24,13 @@ DEVIATIONS = {
     "original tutorial reads a list of {region, supportedArchitectures}",
     "StorageAccessToken.storagePath": "storage tokens carry storagePath (the task's folder for a task token, the "
     "shared folder for a project token) beside projectSharedStoragePath, "
-    "because the original tutorial reads it",
+    "because the original tutorial reads it; a profile with storage_path_in_tokens=False leaves it out, "
+    "as the spec reads (htc_emulator.platform_profile)",
+    "HTC-Emulator-Time-Scale": "every answer carries this header: how many real seconds one second of the "
+    "platform lasts here, so that clients scale the platform's periods (htc_emulator.platform_profile)",
+    "RESCALE_HTC_REFRESH_TOKEN": "every job also gets this variable, which GET /auth/token exchanges "
+    "(Authorization: Refresh) for a fresh job token; rescalehtc reads it in containers, the spec's list "
+    "of injected variables does not name it (htc_emulator.platform_profile)",
     "PresignedPutUrlResponse.url": "a URI string; the spec describes a serialized java.net.URL object, "
     "which no client can use",
     "400 everywhere": "bad input is a 400 HTCRequestError naming the field on every operation; the spec lists "
@@ -71,7 +83,7 @@ NULL_WITHOUT_VALUE = {
     ],
 }
 # Properties a response may leave out, by the deviation above that allows it.
-MAY_BE_ABSENT = {"next": "last page without next"}
+MAY_BE_ABSENT = {"next": "last page without next", "storagePath": "StorageAccessToken.storagePath"}
 
 _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTCRequestError"}}}}
 _METHODS = ("get", "put", "post", "patch", "delete")

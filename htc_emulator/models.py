@@ -6,8 +6,10 @@ takes its lock or reads its dictionaries. The HTTP layer
 (:mod:`htc_emulator.routes`) validates input, calls one of these methods and
 shapes the result with :mod:`htc_emulator.views`. A job's status history is
 its list of events: the current status, reason, failure code and timestamps
-are all read from it, which is also how a delayed status refresh is imitated
-(see :meth:`Backend.visible_time`).
+are all read from it, which is also how the platform's status refresh is imitated
+(see :meth:`Backend.visible_time`). How the platform behaves where it is awkward
+(refresh ticks, best-effort cancel, jobs deleted after they end) is the
+backend's :class:`~htc_emulator.platform_profile.PlatformProfile`.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import functools
 import json
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import job_logs, job_rights, storage_rights
+from . import auth, job_logs, job_rights, storage_rights
 from . import storage as storage_layout
 from .auth import WORKSPACE_ID, Principal
 from .errors import InvalidRequest, NotFound
+from .log_pages import LogPages
+from .platform_profile import IDEAL, PlatformProfile
 from .policies import (
     WORKSPACE_REGIONS,
     Limit,
@@ -102,7 +106,11 @@ class Project:
     regions: list[str]
     region_settings: list[dict]
     created_at: dt.datetime
+    organization_code: str | None = auth.ORGANIZATION_CODE
+    # Repository name -> when the project created it.
     repositories: dict[str, dt.datetime] = field(default_factory=dict)
+    # Pushed image (repository:tag) -> when the platform first saw it: its replication starts then.
+    images_seen: dict[str, dt.datetime] = field(default_factory=dict)
 
     @property
     def folder_path(self) -> str:
@@ -201,6 +209,14 @@ class Job:
 
 
 @dataclass(frozen=True)
+class CancelRequest:
+    """A cancel the platform has accepted (200) and applies at its next refresh tick."""
+
+    task_id: str
+    job_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Metrics:
     """Counts of the platform's state at one instant (what ``GET /htc/metrics`` serves)."""
 
@@ -214,16 +230,20 @@ class Backend:
     """All state, with the operations the API offers on it.
 
     ``executor`` (the scheduler, which runs the jobs) is set by whoever
-    assembles the emulator; without one, submitted jobs wait.
+    assembles the emulator; without one, submitted jobs wait. ``profile`` is on the
+    emulator's clock (:meth:`PlatformProfile.on_clock`): its durations are real seconds.
     """
 
     def __init__(
-        self, storage: Storage, refresh_delay: float = 0.0, max_jobs_per_task: int = MAX_JOBS_PER_TASK
+        self, storage: Storage, profile: PlatformProfile = IDEAL, max_jobs_per_task: int = MAX_JOBS_PER_TASK
     ) -> None:
         if max_jobs_per_task < 1:
             raise ValueError("max_jobs_per_task must be at least 1")
+        if profile.status_refresh_seconds < 0:
+            raise ValueError("the status refresh period must not be negative")
         self.storage = storage
-        self.refresh_delay = refresh_delay
+        self.profile = profile
+        self.refresh_delay = profile.status_refresh_seconds
         self.max_jobs_per_task = max_jobs_per_task
         self.started_at = now()
         self.lock = threading.RLock()
@@ -233,6 +253,10 @@ class Backend:
         self._task_jobs: dict[str, list[Job]] = {}
         self.executor: Executor | None = None
         self.policies = Policies()
+        self._pending_cancels: list[CancelRequest] = []
+        self.log_pages = LogPages()
+        # Jobs in the order they reached a terminal status (the last status a job has): what retention deletes.
+        self._ended: deque[Job] = deque()
 
     # --- time -----------------------------------------------------------
 
@@ -247,6 +271,11 @@ class Backend:
         elapsed = (now() - self.started_at).total_seconds()
         ticks = int(elapsed // self.refresh_delay)
         return self.started_at + dt.timedelta(seconds=ticks * self.refresh_delay)
+
+    def seconds_to_next_tick(self) -> float:
+        """How long until the next refresh tick (``refresh_delay`` > 0)."""
+        elapsed = (now() - self.started_at).total_seconds()
+        return self.refresh_delay - elapsed % self.refresh_delay
 
     # --- projects and repositories -----------------------------------------
 
@@ -266,6 +295,9 @@ class Backend:
         ) or [DEFAULT_REGION]
         project = Project(str(uuid.uuid4()), name, description, regions, region_settings, now())
         with self.lock:
+            every = self.profile.null_organization_code_every
+            if every and (len(self.projects) + 1) % every == 0:
+                project.organization_code = None
             self.projects[project.project_id] = project
         return project
 
@@ -299,6 +331,16 @@ class Backend:
         """The names of the project's repositories, sorted."""
         with self.lock:
             return sorted(self.project(project_id).repositories)
+
+    def repository_created_at(self, project_id: str, repository: str) -> dt.datetime | None:
+        """When the project created this repository, if it did."""
+        with self.lock:
+            return self.project(project_id).repositories.get(repository)
+
+    def image_first_seen(self, project_id: str, image_name: str) -> dt.datetime:
+        """When the platform first saw this pushed image in the project (now, if this is the first time)."""
+        with self.lock:
+            return self.project(project_id).images_seen.setdefault(image_name, now())
 
     def has_repository(self, project_id: str, repository: str) -> bool:
         """Whether the project exists and created this repository (what its registry password may touch)."""
@@ -414,7 +456,9 @@ class Backend:
         writes in flight, so each one lands before the objects are deleted, or is refused), its objects
         are deleted, and only then is it DELETED: a task seen DELETED has no storage left.
         """
-        self.cancel(task.project_id, task.task_id, group=None, require_live=False)
+        with self.lock:
+            jobs = self._unfinished(task.task_id, None)
+        self._cancel_jobs(jobs)
         self.storage.revoke(task.folder_path)
         self.storage.delete_prefix(task.folder_path)
         with self.lock:
@@ -592,6 +636,13 @@ class Backend:
             lines.reverse()
         return lines
 
+    def job_log_page(
+        self, project_id: str, task_id: str, job_id: str, token: str | None, page_size: int, *, newest_first: bool
+    ) -> tuple[list[LogLine], str | None]:
+        """One page of a job's log as CloudWatch serves it (:mod:`htc_emulator.log_pages`), and the next token."""
+        lines = self.job_logs(project_id, task_id, job_id, newest_first=newest_first)
+        return self.log_pages.page(job_id, lines, token, page_size, newest_first=newest_first)
+
     def transition(
         self,
         job: Job,
@@ -606,6 +657,8 @@ class Backend:
         with self.lock:
             event = JobEvent(str(uuid.uuid4()), now(), status, reason, failure_code, container, user_cancelled)
             job.events.append(event)
+            if status in TERMINAL and self.profile.job_retention_seconds:
+                self._ended.append(job)
             task = self.tasks.get(job.task_id)
             if task is not None:
                 task.last_active_at = event.at
@@ -668,17 +721,41 @@ class Backend:
             self.transition(job, status, reason, failure_code=failure_code, container=container)
             return False
 
-    def cancel(self, project_id: str, task_id: str, group: str | None, *, require_live: bool = True) -> int:
-        """Cancel every unfinished job of the task (or of one group in it).
+    def cancel(self, project_id: str, task_id: str, group: str | None) -> int:
+        """Accept a cancel of the task's (or one group's) unfinished jobs; returns how many it names.
 
-        Queued jobs fail at once; running ones are killed and fail when
-        their process ends. Returns how many jobs were affected.
+        With the profile's best-effort cancel the request waits for the next refresh tick
+        (:meth:`apply_pending_cancels`), and jobs may finish meanwhile; otherwise it is applied
+        at once: queued jobs fail, running ones are stopped and fail when their process ends.
         """
+        with self.lock:
+            self.live_task(project_id, task_id)
+            jobs = self._unfinished(task_id, group)
+            if self.profile.best_effort_cancel:
+                self._pending_cancels.append(CancelRequest(task_id, tuple(job.job_id for job in jobs)))
+                return len(jobs)
+        return self._cancel_jobs(jobs)
+
+    def apply_pending_cancels(self) -> int:
+        """Apply the cancels accepted since the last refresh tick to their jobs that have not ended; how many."""
+        with self.lock:
+            requests, self._pending_cancels = self._pending_cancels, []
+            jobs = [self.jobs[job_id] for request in requests for job_id in request.job_ids if job_id in self.jobs]
+        return self._cancel_jobs(jobs)
+
+    def _unfinished(self, task_id: str, group: str | None) -> list[Job]:
+        return [
+            job
+            for job in self._task_jobs[task_id]
+            if job.status not in TERMINAL and (group is None or job.group == group)
+        ]
+
+    def _cancel_jobs(self, jobs: list[Job]) -> int:
+        """Queued jobs fail as cancelled; running ones are stopped (SIGTERM, then SIGKILL after the grace period)."""
         to_kill, affected = [], 0
         with self.lock:
-            (self.live_task if require_live else self.task)(project_id, task_id)
-            for job in self._task_jobs[task_id]:
-                if job.status in TERMINAL or job.cancel_requested or (group is not None and job.group != group):
+            for job in jobs:
+                if job.status in TERMINAL or job.cancel_requested:
                     continue
                 job.cancel_requested = True
                 affected += 1
@@ -692,6 +769,19 @@ class Backend:
             for job in to_kill:
                 self.executor.kill(job)
         return affected
+
+    def delete_ended_jobs(self, at: dt.datetime) -> int:
+        """Delete the jobs that reached a terminal status ``job_retention_seconds`` before ``at``; how many."""
+        kept_for = dt.timedelta(seconds=self.profile.job_retention_seconds)
+        expired: dict[str, set[str]] = {}
+        with self.lock:
+            while self._ended and self._ended[0].events[-1].at + kept_for <= at:
+                job = self._ended.popleft()
+                del self.jobs[job.job_id]
+                expired.setdefault(job.task_id, set()).add(job.job_id)
+            for task_id, job_ids in expired.items():
+                self._task_jobs[task_id] = [job for job in self._task_jobs[task_id] if job.job_id not in job_ids]
+        return sum(map(len, expired.values()))
 
     # --- statistics ---------------------------------------------------------
 

@@ -6,6 +6,12 @@ RUNNABLE jobs in submission order and run one attempt each: STARTING, then
 RUNNING once the process exists, then SUCCEEDED or FAILED (or back to
 RUNNABLE when ``retryStrategy.maxRetries`` allows another attempt).
 Processes are started, contained and stopped by :mod:`htc_emulator.launcher`.
+
+Each worker thread stands for one of the platform's instances: under the
+platform profile a job waits (RUNNABLE) while a cold instance starts, and
+(STARTING) while its image is pulled onto an instance that has not run it
+(:mod:`htc_emulator.platform_profile`). A job's timeout and its stop grace
+period bound real work, so they have a scale of their own (``timeout_scale``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -27,8 +34,9 @@ from .auth import TokenAuthority
 from .docker_engine import ContainerProcess, DockerEngine
 from .job_logs import LogSplitter
 from .launcher import JobProcess, ProcessLauncher
-from .local_images import DockerfileError, LocalImage
+from .local_images import DockerfileError, LocalImage, normalize_image_name
 from .models import Backend, Job
+from .platform_profile import IDEAL, PlatformProfile
 from .project_images import ProjectImages
 
 INTAKE_RECHECK_SECONDS = 0.1
@@ -38,6 +46,14 @@ JOB_TOKEN_GRACE_SECONDS = 600
 STOP_GRACE_SECONDS = 10
 MIB = 1 << 20
 LOG_CHUNK_BYTES = 1 << 16
+
+
+@dataclass
+class Instance:
+    """One job slot seen as the platform's instance: cold until started, warm while it keeps busy."""
+
+    idle_since: float | None = None  # time.monotonic() when its last attempt ended; None: never started
+    images: set[str] = field(default_factory=set)  # pulled onto it
 
 
 class Scheduler:
@@ -55,11 +71,12 @@ class Scheduler:
         api_url: str,
         s3_endpoint: str,
         concurrency: int | None = None,
-        time_scale: float = 1.0,
+        timeout_scale: float = 1.0,
         docker: DockerEngine | None = None,
+        profile: PlatformProfile = IDEAL,
     ) -> None:
-        if time_scale <= 0:
-            raise ValueError("time_scale must be positive")
+        if timeout_scale <= 0:
+            raise ValueError("timeout_scale must be positive")
         self.backend = backend
         self.images = images
         self.tokens = tokens
@@ -68,7 +85,8 @@ class Scheduler:
         self.concurrency = concurrency or os.cpu_count() or 1
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.time_scale = time_scale
+        self.timeout_scale = timeout_scale
+        self.profile = profile
         self.docker = docker
         # Jobs run pushed images (as containers) only where a Docker engine runs them.
         self.container_registry = images.container_registry if docker is not None else None
@@ -84,7 +102,7 @@ class Scheduler:
         self._stopping = threading.Event()
         self._threads = [threading.Thread(target=self._intake_loop, name="htc-intake", daemon=True)]
         self._threads += [
-            threading.Thread(target=self._worker_loop, name=f"htc-worker-{i}", daemon=True)
+            threading.Thread(target=self._worker_loop, args=(Instance(),), name=f"htc-worker-{i}", daemon=True)
             for i in range(self.concurrency)
         ]
         for thread in self._threads:
@@ -104,7 +122,7 @@ class Scheduler:
 
     @property
     def stop_grace(self) -> float:
-        return STOP_GRACE_SECONDS * self.time_scale
+        return STOP_GRACE_SECONDS * self.timeout_scale
 
     def stop(self) -> None:
         """Kill running jobs and stop the threads (queued jobs stay queued)."""
@@ -141,12 +159,33 @@ class Scheduler:
                 if self.backend.advance(job, "RUNNABLE", "Waiting for capacity"):
                     self._runnable.put(job)
 
-    def _worker_loop(self) -> None:
+    def _worker_loop(self, instance: Instance) -> None:
         while (job := self._runnable.get()) is not None:
-            if self._stopping.is_set() or not self.backend.claim_for_start(job):
+            if self._stopping.is_set() or not self._start_instance(instance):
                 continue
-            if self._run_attempt(job) and not self._stopping.is_set():
+            if not self.backend.claim_for_start(job) or not self._pull_image(instance, job):
+                instance.idle_since = time.monotonic()
+                continue
+            rerun = self._run_attempt(job)
+            instance.idle_since = time.monotonic()
+            if rerun and not self._stopping.is_set():
                 self._runnable.put(job)
+
+    def _start_instance(self, instance: Instance) -> bool:
+        """Wait while a cold instance starts (the job stays RUNNABLE); False if the emulator stops meanwhile."""
+        idle = None if instance.idle_since is None else time.monotonic() - instance.idle_since
+        if not self.profile.instance_start_seconds or (idle is not None and idle <= self.profile.instance_idle_seconds):
+            return True
+        instance.images.clear()  # a new instance has pulled nothing
+        return not self._stopping.wait(self.profile.instance_start_seconds)
+
+    def _pull_image(self, instance: Instance, job: Job) -> bool:
+        """Wait while the job's image is pulled onto an instance that has not run it (the job is STARTING)."""
+        image = normalize_image_name(job.definition["imageName"])
+        if not self.profile.image_pull_seconds or image in instance.images:
+            return True
+        instance.images.add(image)
+        return not self._stopping.wait(self.profile.image_pull_seconds)
 
     # --- one attempt ----------------------------------------------------------
 
@@ -239,7 +278,7 @@ class Scheduler:
         # job under the backend's lock. A cancel after that finds the process in _running.
         if self._stopping.is_set() or not self.backend.advance(job, "RUNNING", f"Running attempt {job.attempt}"):
             process.stop(0)
-        deadline = time.monotonic() + job.timeout_seconds * self.time_scale
+        deadline = time.monotonic() + job.timeout_seconds * self.timeout_scale
         timed_out = not self._pump_logs(job, process, deadline)
         if not timed_out:
             try:  # the log closed; the job may still run (it closed its streams) until the deadline
@@ -302,13 +341,9 @@ class Scheduler:
         else:
             env = {**self._base_environment(workdir), **image.env}
         env.update({pair["name"]: pair["value"] for pair in job.definition.get("envs", [])})
-        token = self.tokens.job_token(
-            project_id=job.project_id,
-            task_id=job.task_id,
-            job_id=job.job_id,
-            lifetime=int(job.timeout_seconds * self.time_scale) + JOB_TOKEN_GRACE_SECONDS,
-            extra_claims=job.claims,
-        )
+        lifetime = int(job.timeout_seconds * self.timeout_scale) + JOB_TOKEN_GRACE_SECONDS
+        ids = {"project_id": job.project_id, "task_id": job.task_id, "job_id": job.job_id}
+        token = self.tokens.job_token(**ids, lifetime=lifetime, extra_claims=job.claims)
         env.update(
             {
                 "AWS_BATCH_JOB_ARRAY_INDEX": str(job.index),
@@ -318,6 +353,7 @@ class Scheduler:
                 "RESCALE_HTC_TASK_ID": job.task_id,
                 "RESCALE_HTC_REGION": job.region,
                 "RESCALE_HTC_BEARER_TOKEN": token,
+                "RESCALE_HTC_REFRESH_TOKEN": self.tokens.refresh_token(**ids, lifetime=lifetime),
                 "RESCALE_HTC_API_URL": self.api_url,
                 "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
             }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import dataclasses
 import os
 import secrets
 import threading
@@ -25,8 +26,10 @@ from .docker_engine import DockerEngine
 from .faults import FaultInjector
 from .local_images import LocalImage, LocalImages
 from .models import MAX_JOBS_PER_TASK, Backend
+from .platform_profile import PlatformProfile, profile_named
 from .project_images import ProjectImages
 from .recorder import ExchangeRecorder
+from .refresh import RefreshTicker
 from .retention import RetentionSweeper
 from .routes import API_PREFIX
 from .routes.dependencies import Services
@@ -50,6 +53,7 @@ class Emulator:
         faults: FaultInjector,
         scheduler: Scheduler,
         recorder: ExchangeRecorder | None = None,
+        time_scale: float = 1.0,
     ) -> None:
         self.root_url = root_url
         self.api_url = root_url + API_PREFIX
@@ -62,6 +66,9 @@ class Emulator:
         self.faults = faults
         self.scheduler = scheduler
         self.recorder = recorder
+        self.time_scale = time_scale
+        # The profile on the emulator's clock: every duration in real seconds.
+        self.profile = backend.profile
 
     def env(self) -> dict[str, str]:
         """The variables a client needs: API URL, API key, S3 endpoint."""
@@ -108,32 +115,50 @@ def running(
     concurrency: int | None = None,
     images: Mapping[str, ImageSource] | None = None,
     time_scale: float = 1.0,
-    refresh_delay: float = 0.0,
+    refresh_delay: float | None = None,
     faults: FaultInjector | Mapping | None = None,
     port: int = 0,
     docker: bool = False,
     recorder: ExchangeRecorder | None = None,
     max_jobs_per_task: int = MAX_JOBS_PER_TASK,
+    profile: str | PlatformProfile = "platform",
+    timeout_scale: float | None = None,
 ) -> Iterator[Emulator]:
     """Start an emulator for the ``with`` block and stop it afterwards.
 
+    ``profile`` is how the platform behaves where it is awkward
+    (:mod:`htc_emulator.platform_profile`): ``"platform"`` (refresh ticks, image
+    replication, start latency, CloudWatch log pages, best-effort cancel...), or
+    ``"ideal"`` for a kind emulator without them (what benchmarks measure against),
+    or a :class:`~htc_emulator.platform_profile.PlatformProfile`.
+    ``time_scale`` is the emulator's clock: every duration of the profile, and the
+    hours of task-retention policies, last ``time_scale`` times as long as on the
+    platform (0.01: the 30 s status refresh lasts 0.3 s); every answer says so in
+    its ``HTC-Emulator-Time-Scale`` header. ``timeout_scale`` (default:
+    ``time_scale``) does the same for each job's ``execTimeoutSeconds`` and the 10 s
+    stop grace period, which bound real work and so may need more room.
+    ``refresh_delay`` (real seconds) replaces the profile's status refresh period.
     ``images`` maps ``name:tag`` to a Dockerfile path, or to a
     ``(dockerfile, build context)`` pair; relative paths are taken from the
     project root (the parent of ``htc_emulator/``), which is also the
-    default build context. ``time_scale`` multiplies every job's
-    ``execTimeoutSeconds`` and the hours of task-retention policies;
-    ``refresh_delay`` (seconds) makes job statuses
-    change only at refresh ticks. ``faults`` is a :class:`FaultInjector` or
+    default build context. ``faults`` is a :class:`FaultInjector` or
     the settings for :meth:`FaultInjector.from_config`. ``docker=True`` needs
     a Docker engine and Debian's ``docker-registry``: a real registry then
     runs on loopback behind the container-registry endpoints, and jobs whose
-    image was pushed there run as containers (registered images still run
-    as processes). A
+    image was pushed there run as containers (under the platform profile the
+    registry holds pushed images only; with ``"ideal"`` registered images still
+    run, as processes). A
     ``recorder`` keeps every HTTP exchange, injected faults included.
     ``max_jobs_per_task`` bounds what one task (and so one request) can hold.
     """
-    if refresh_delay < 0:
+    if refresh_delay is not None and refresh_delay < 0:
         raise ValueError("refresh_delay must not be negative")
+    timeout_scale = time_scale if timeout_scale is None else timeout_scale
+    if time_scale <= 0 or timeout_scale <= 0:
+        raise ValueError("time_scale and timeout_scale must be positive")
+    clocked = profile_named(profile).on_clock(time_scale)
+    if refresh_delay is not None:
+        clocked = dataclasses.replace(clocked, status_refresh_seconds=refresh_delay)
     api_key = api_key or secrets.token_hex(20)
     tokens = TokenAuthority(api_key, token_lifetime)
     injector = faults if isinstance(faults, FaultInjector) else FaultInjector.from_config(faults or {})
@@ -148,17 +173,17 @@ def running(
             raise RuntimeError("docker=True needs a registry: install Debian's docker-registry")
         engine.remove_leftovers()  # the containers of emulators that were killed
 
-    storage = scheduler = server = thread = sweeper = container_registry = None
+    storage = scheduler = server = thread = sweeper = ticker = container_registry = None
     try:
         storage = Storage(wrap=lambda app: injector.wsgi(app, ADMIN_ACCESS_KEY))
-        backend = Backend(storage, refresh_delay=refresh_delay, max_jobs_per_task=max_jobs_per_task)
+        backend = Backend(storage, profile=clocked, max_jobs_per_task=max_jobs_per_task)
         if engine is not None:
             container_registry = ContainerRegistry(backend.has_repository)
             container_registry.start()
-        project_images = ProjectImages(backend, local_images, container_registry)
+        project_images = ProjectImages(backend, local_images, container_registry, clocked)
         services = Services(backend=backend, tokens=tokens, storage=storage, images=project_images)
         config = uvicorn.Config(
-            asgi_app(services, injector, recorder),
+            asgi_app(services, injector, recorder, time_scale),
             host="127.0.0.1",
             port=port,
             lifespan="off",
@@ -182,11 +207,14 @@ def running(
             api_url=root_url + API_PREFIX,
             s3_endpoint=storage.endpoint,
             concurrency=concurrency,
-            time_scale=time_scale,
+            timeout_scale=timeout_scale,
             docker=engine,
+            profile=clocked,
         )
         backend.executor = scheduler
         sweeper = RetentionSweeper(backend, time_scale)
+        if RefreshTicker.needed(backend):
+            ticker = RefreshTicker(backend)
         yield Emulator(
             root_url=root_url,
             api_key=api_key,
@@ -196,6 +224,7 @@ def running(
             faults=injector,
             scheduler=scheduler,
             recorder=recorder,
+            time_scale=time_scale,
         )
     finally:
         if server is not None:
@@ -205,6 +234,8 @@ def running(
             scheduler.stop()
         if sweeper is not None:
             sweeper.stop()
+        if ticker is not None:
+            ticker.stop()
         if storage is not None:
             storage.stop()
         if container_registry is not None:

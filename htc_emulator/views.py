@@ -48,7 +48,7 @@ def project_view(project: Project, registry_host: str) -> dict:
         ],
         "createdBy": auth.USER_ID,
         "workspaceId": auth.WORKSPACE_ID,
-        "organizationCode": auth.ORGANIZATION_CODE,
+        "organizationCode": project.organization_code,
         "createdAt": isotime(project.created_at),
         "containerRegistry": registry_uri(project.project_id, registry_host),
         "repositories": sorted(project.repositories),
@@ -75,9 +75,9 @@ def storage_option_view(bucket: str, region: str) -> dict:
     return {"storageName": bucket, "region": region, "provider": "AWS"}
 
 
-def storage_token_view(grant: StorageGrant, project_id: str, bucket: str) -> dict:
-    """A StorageAccessToken (plus ``storagePath``: see htc_emulator.deviations)."""
-    return {
+def storage_token_view(grant: StorageGrant, project_id: str, bucket: str, with_storage_path: bool = True) -> dict:
+    """A StorageAccessToken (plus ``storagePath``, unless told not to: see htc_emulator.deviations)."""
+    view = {
         "projectSharedStoragePath": grant.shared_path,
         "storagePath": grant.storage_path,
         "projectId": project_id,
@@ -88,12 +88,17 @@ def storage_token_view(grant: StorageGrant, project_id: str, bucket: str) -> dic
         "credentials": grant.credentials,
         "provider": "AWS",
     }
+    if not with_storage_path:
+        del view["storagePath"]
+    return view
 
 
-def storage_tokens_view(default_region: str, grants: list[StorageGrant], project_id: str, bucket: str) -> dict:
+def storage_tokens_view(
+    default_region: str, grants: list[StorageGrant], project_id: str, bucket: str, with_storage_path: bool = True
+) -> dict:
     return {
         "defaultRegion": default_region,
-        "regionStores": [storage_token_view(grant, project_id, bucket) for grant in grants],
+        "regionStores": [storage_token_view(grant, project_id, bucket, with_storage_path) for grant in grants],
     }
 
 

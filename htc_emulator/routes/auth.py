@@ -8,22 +8,42 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 
-from .. import views
-from ..auth import AuthenticationError
+from .. import job_rights, views
+from ..auth import AuthenticationError, TokenAuthority
 from ..errors import oauth2_error
-from .dependencies import TokensDep
+from ..models import Backend
+from .dependencies import BackendDep, TokensDep
 
 router = APIRouter()
 
 
 @router.get("/auth/token")
-def get_token(request: Request, tokens: TokensDep) -> dict:
+def get_token(request: Request, tokens: TokensDep, backend: BackendDep) -> dict:
+    """A user token for ``Authorization: Token <API key>``; a job token for ``Refresh <the job's refresh token>``."""
+    authorization = request.headers.get("authorization")
     try:
-        tokens.check_api_key(request.headers.get("authorization"))
+        if tokens.scheme(authorization) == "refresh":
+            return _refreshed_job_token(tokens, backend, authorization)
+        tokens.check_api_key(authorization)
     except AuthenticationError as exc:
         return oauth2_error(401, "invalid_client", str(exc))
     token, expires_in = tokens.user_token()
     return {"tokenValue": token, "expiresIn": expires_in}
+
+
+def _refreshed_job_token(tokens: TokenAuthority, backend: Backend, authorization: str) -> dict:
+    """A fresh token for the job a refresh token names, while that job lives (401 once it is over)."""
+    principal = tokens.refresh_principal(authorization)
+    job_rights.require_live_job(principal, backend)
+    _, job = backend.token_subjects(principal.task_id, principal.job_id)
+    token = tokens.job_token(
+        project_id=job.project_id,
+        task_id=job.task_id,
+        job_id=job.job_id,
+        lifetime=tokens.token_lifetime,
+        extra_claims=job.claims,
+    )
+    return {"tokenValue": token, "expiresIn": tokens.token_lifetime}
 
 
 @router.get("/auth/whoami")

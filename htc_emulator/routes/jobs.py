@@ -10,9 +10,9 @@ from fastapi.responses import Response
 from .. import views
 from ..errors import NotFound
 from ..schemas import JobStatus, JobSubmitRequest, ViewType
-from ..validation import MAX_BATCHES_PER_REQUEST, group_name
-from .dependencies import BackendDep
-from .paging import page
+from ..validation import MAX_BATCHES_PER_REQUEST, group_name, query_integer
+from .dependencies import BackendDep, ImagesDep
+from .paging import MAX_PAGE_SIZE, body, page
 
 router = APIRouter()
 
@@ -22,6 +22,7 @@ JOBS = "/htc/projects/{projectId}/tasks/{taskId}/jobs"
 @router.post(f"{JOBS}/batch")
 def submit_jobs(
     backend: BackendDep,
+    images: ImagesDep,
     projectId: str,
     taskId: str,
     body: Annotated[list[JobSubmitRequest], Body(max_length=MAX_BATCHES_PER_REQUEST)],
@@ -29,6 +30,8 @@ def submit_jobs(
 ) -> list:
     group = group_name(group)
     batches = [b.model_dump(exclude_unset=True) for b in body]
+    backend.live_task(projectId, taskId)  # an unknown or deleted task is a 404 before any image is looked at
+    images.require_ready(projectId, batches)
     submitted = backend.submit(projectId, taskId, group, batches)
     return [
         views.submit_view(
@@ -85,8 +88,12 @@ def get_job_logs(
     pageSize: str = "100",
     sort: str = Query("desc", pattern="^(asc|desc)$"),
 ) -> dict:
-    lines = backend.job_logs(projectId, taskId, jobId, newest_first=sort == "desc")
-    return page(request, lines, pageIndex, pageSize, views.log_view)
+    if not backend.profile.cloudwatch_log_pages:
+        lines = backend.job_logs(projectId, taskId, jobId, newest_first=sort == "desc")
+        return page(request, lines, pageIndex, pageSize, views.log_view)
+    size = query_integer("pageSize", pageSize, 1, MAX_PAGE_SIZE)
+    lines, following = backend.job_log_page(projectId, taskId, jobId, pageIndex, size, newest_first=sort == "desc")
+    return body(request, [views.log_view(line) for line in lines], following)
 
 
 @router.post(f"{JOBS}/cancel")

@@ -16,7 +16,13 @@ def page(request: Request, items: list, page_index: str | None, page_size: str, 
     page_size = query_integer("pageSize", page_size, 1, MAX_PAGE_SIZE)
     offset = page_offset(page_index)
     chunk = items[offset : offset + page_size]
-    body = {"items": [render(item) for item in chunk] if render else chunk}
-    if offset + page_size < len(items):
-        body["next"] = str(request.url.include_query_params(pageIndex=str(offset + page_size)))
-    return body
+    following = str(offset + page_size) if offset + page_size < len(items) else None
+    return body(request, [render(item) for item in chunk] if render else chunk, following)
+
+
+def body(request: Request, items: list, following: str | None) -> dict:
+    """``{items, next}``: ``next`` is this request's URL with ``pageIndex`` ``following``; none on the last page."""
+    answer = {"items": items}
+    if following is not None:
+        answer["next"] = str(request.url.include_query_params(pageIndex=following))
+    return answer

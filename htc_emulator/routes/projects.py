@@ -85,12 +85,14 @@ def list_images(images: ImagesDep, projectId: str) -> dict:
 
 @router.get("/htc/projects/{projectId}/container-registry/images/{imageName:path}")
 def get_image_status(images: ImagesDep, projectId: str, imageName: str) -> Response:
-    if not images.is_ready(projectId, imageName):
+    status = images.status(projectId, imageName)
+    if status is None:
         return JSONResponse(
             {
                 "errorType": "IMAGE_UNAVAILABLE",
-                "errorDescription": f"Image {imageName} is unavailable. Please check the image name.",
+                "errorDescription": f"Image {imageName} is unavailable. Please check the image name. "
+                "If the image was pushed recently, try again at a later time",
             },
             404,
         )
-    return JSONResponse({"status": "READY"})
+    return JSONResponse({"status": status})

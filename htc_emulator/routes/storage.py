@@ -20,7 +20,12 @@ TASK = "/htc/projects/{projectId}/tasks/{taskId}/storage"
 
 @router.get(f"{PROJECT}/token")
 def project_storage_token(backend: BackendDep, storage: StorageDep, principal: PrincipalDep, projectId: str) -> dict:
-    return views.storage_token_view(backend.storage_grant(projectId, None, principal), projectId, storage.bucket)
+    return views.storage_token_view(
+        backend.storage_grant(projectId, None, principal),
+        projectId,
+        storage.bucket,
+        backend.profile.storage_path_in_tokens,
+    )
 
 
 @router.get(f"{PROJECT}/token/{{region}}")
@@ -28,13 +33,15 @@ def project_storage_token_in(
     backend: BackendDep, storage: StorageDep, principal: PrincipalDep, projectId: str, region: SupportedRescaleRegion
 ) -> dict:
     grant = backend.storage_grant(projectId, None, principal, region)
-    return views.storage_token_view(grant, projectId, storage.bucket)
+    return views.storage_token_view(grant, projectId, storage.bucket, backend.profile.storage_path_in_tokens)
 
 
 @router.get(f"{PROJECT}/tokens")
 def project_storage_tokens(backend: BackendDep, storage: StorageDep, principal: PrincipalDep, projectId: str) -> dict:
     default_region, grants = backend.storage_grants(projectId, None, principal)
-    return views.storage_tokens_view(default_region, grants, projectId, storage.bucket)
+    return views.storage_tokens_view(
+        default_region, grants, projectId, storage.bucket, backend.profile.storage_path_in_tokens
+    )
 
 
 @router.get(f"{PROJECT}/presigned-url")
@@ -46,7 +53,12 @@ def project_presigned_url(backend: BackendDep, projectId: str, filePath: str = Q
 def task_storage_token(
     backend: BackendDep, storage: StorageDep, principal: PrincipalDep, projectId: str, taskId: str
 ) -> dict:
-    return views.storage_token_view(backend.storage_grant(projectId, taskId, principal), projectId, storage.bucket)
+    return views.storage_token_view(
+        backend.storage_grant(projectId, taskId, principal),
+        projectId,
+        storage.bucket,
+        backend.profile.storage_path_in_tokens,
+    )
 
 
 @router.get(f"{TASK}/token/{{region}}")
@@ -59,7 +71,7 @@ def task_storage_token_in(
     region: SupportedRescaleRegion,
 ) -> dict:
     grant = backend.storage_grant(projectId, taskId, principal, region)
-    return views.storage_token_view(grant, projectId, storage.bucket)
+    return views.storage_token_view(grant, projectId, storage.bucket, backend.profile.storage_path_in_tokens)
 
 
 @router.get(f"{TASK}/tokens")
@@ -67,7 +79,9 @@ def task_storage_tokens(
     backend: BackendDep, storage: StorageDep, principal: PrincipalDep, projectId: str, taskId: str
 ) -> dict:
     default_region, grants = backend.storage_grants(projectId, taskId, principal)
-    return views.storage_tokens_view(default_region, grants, projectId, storage.bucket)
+    return views.storage_tokens_view(
+        default_region, grants, projectId, storage.bucket, backend.profile.storage_path_in_tokens
+    )
 
 
 @router.get(f"{TASK}/regional-storage")

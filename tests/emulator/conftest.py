@@ -14,8 +14,9 @@ def place(api):
 
 @pytest.fixture(scope="module")
 def runnable_place(api):
-    """A project with the tutorial image's repository and a task: jobs submitted there run."""
+    """A project with the tutorial image's repository, the image READY, and a task: jobs submitted there run."""
     project_id = api.new_project(repositories=["opencv-htc-tutorial"])
+    api.wait_image_ready(project_id, "opencv-htc-tutorial:v1")
     return project_id, api.new_task(project_id)
 
 

@@ -2,7 +2,10 @@
 
 One emulator for the module with ``time_scale=0.01`` (the spec's minimum
 timeout of 60 s becomes 0.6 s) and two job slots, and a small image whose
-script does what the ``MODE`` variable says.
+script does what the ``MODE`` variable says. These tests are about how jobs
+run, so the emulator is the idealised one (statuses at once, no start
+latency, cancel at once); the platform's profile has its own tests
+(``test_platform_profile.py``).
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def job_image(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def fast(job_image, client_for):
     """An emulator with short timeouts, two job slots, and a client for it."""
-    with running(images=job_image, time_scale=0.01, concurrency=2) as emu:
+    with running(images=job_image, time_scale=0.01, concurrency=2, profile="ideal") as emu:
         yield client_for(emu)
 
 
@@ -417,7 +420,7 @@ def test_deleting_a_task_kills_its_jobs(fast, task):
 
 @pytest.mark.slow
 def test_status_refresh_delay_holds_statuses_until_the_next_tick(job_image, client_for):
-    with running(images=job_image, refresh_delay=5.0, concurrency=1) as emu:
+    with running(images=job_image, refresh_delay=5.0, concurrency=1, profile="ideal") as emu:
         client = client_for(emu)
         project_id = client.new_project(repositories=["jobs"])
         task_id = client.new_task(project_id)

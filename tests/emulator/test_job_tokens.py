@@ -116,10 +116,9 @@ def test_a_job_token_stops_working_when_its_task_is_deleted(api):
 def test_a_job_token_stops_working_soon_after_its_job_ends(api, monkeypatch):
     from htc_emulator import job_rights
 
-    project_id = api.new_project()
+    project_id = api.new_project(repositories=["opencv-htc-tutorial"])
     task_id = api.new_task(project_id)
-    # No repository in the project: the job fails as soon as it is started.
-    job_id, token = job_token_for(api, project_id, task_id, DEFINITION)
+    job_id, token = job_token_for(api, project_id, task_id, DEFINITION)  # a job that ends at once
     api.wait_terminal(project_id, task_id, 1)
     path = f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs"
     assert api.get(path, auth=token).status_code == 200  # within the afterlife

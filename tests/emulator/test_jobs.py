@@ -31,6 +31,7 @@ def test_job_submit_list_get_events_logs_cancel(api, noop_image):
             "retryStrategy": {"maxRetries": 0},
         }
     ]
+    api.wait_image_ready(project_id, NOOP["imageName"])
     echo = api.ok("POST", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body, params={"group": "g1"})
     assert len(echo) == 1
     parent = echo[0]["parentJobId"]
@@ -99,10 +100,11 @@ def test_job_list_filters(api, noop_image):
     assert full["commands"] == ["python", "-c", "raise SystemExit(4)"] and full["container"]["exitCode"] == 4
 
 
-def test_a_batch_without_group_reads_back_with_group_null(api, place):
+def test_a_batch_without_group_reads_back_with_group_null(api, runnable_place):
     """A third-party client reads a batch's and a job's `group` unconditionally."""
-    project_id, task_id = place
-    body = [{"htcJobDefinition": {"imageName": "nothere:v1", "commands": ["true"]}}]
+    project_id, task_id = runnable_place
+    api.wait_image_ready(project_id, "opencv-htc-tutorial:v1")
+    body = [{"htcJobDefinition": {"imageName": "opencv-htc-tutorial:v1", "commands": ["true"]}}]
     [echo] = api.ok("POST", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body)
     assert echo["group"] is None and echo["jobName"] is None and echo["batchSize"] == 1
     job = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{echo['parentJobId']}:0")
@@ -219,7 +221,7 @@ def test_more_than_100_batch_definitions_are_refused(api, runnable_place):
 
 
 def test_a_task_holds_a_bounded_number_of_jobs(client_for):
-    with running(max_jobs_per_task=5, concurrency=1) as emu:
+    with running(max_jobs_per_task=5, concurrency=1, profile="ideal") as emu:  # about the bound, not the platform
         api = client_for(emu)
         project_id = api.new_project()
         task_id = api.new_task(project_id)

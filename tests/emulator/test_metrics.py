@@ -4,9 +4,10 @@ from __future__ import annotations
 
 
 def test_metrics_count_the_real_state(api):
-    project_id = api.new_project()
+    project_id = api.new_project(repositories=["opencv-htc-tutorial"])
     task_id = api.new_task(project_id)
-    api.submit(project_id, task_id, {"imageName": "nothere:v1"}, batch_size=2)
+    failing = {"imageName": "opencv-htc-tutorial:v1", "commands": ["python", "-c", "raise SystemExit(1)"]}
+    api.submit(project_id, task_id, failing, batch_size=2)
     api.wait_terminal(project_id, task_id, 2)
     response = api.get("/htc/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")

@@ -103,6 +103,7 @@ def test_dimensions_constrain_where_jobs_may_run(api):
     assert created.status_code == 201 and created.json()[0]["derived"]["architecture"] == "X86"
     assert api.ok("GET", path) == created.json()
     body = [{"htcJobDefinition": {**SLEEPER, "architecture": "AARCH64"}}]
+    api.wait_image_ready(project_id, SLEEPER["imageName"])  # else the image, not the dimension, is refused
     refused = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body)
     assert refused.status_code == 400 and "AARCH64" in refused.json()["message"]
     assert (

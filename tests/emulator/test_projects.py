@@ -56,6 +56,7 @@ def test_container_registry(api, emulator, noop_image):
         assert len(token.text) >= 20
     images = api.ok("GET", f"/htc/projects/{project_id}/container-registry/images")
     assert noop_image in images["images"]
+    api.wait_image_ready(project_id, noop_image)  # replicated (404, then PENDING: test_platform_profile.py)
     assert api.ok("GET", f"/htc/projects/{project_id}/container-registry/images/{noop_image}") == {"status": "READY"}
     missing = api.get(f"/htc/projects/{project_id}/container-registry/images/nothere:v1")
     assert missing.status_code == 404 and missing.json()["errorType"] == "IMAGE_UNAVAILABLE"

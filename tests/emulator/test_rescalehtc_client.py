@@ -12,6 +12,7 @@ import time
 
 import pytest
 from rescalehtc import HtcSession, api, htcjobs, htctasks
+from rescalehtc.exceptions import HtcException
 from rescalehtc.htcprojects import HtcProject
 
 IMAGE = "opencv-htc-tutorial:v1"
@@ -34,6 +35,22 @@ def wait_for(rescale, task, done, timeout=120) -> list:
     return jobs
 
 
+def image_status_once_known(rescale, project_id: str, timeout: float = 60) -> dict:
+    """The image's status once the platform knows it: until then its GET is a 404, on which rescalehtc raises.
+
+    (rescalehtc's own wait at submit reads PENDING, but not the 404 that comes first after a push.)
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = api.get_htc_projects_container_registry_images(rescale, project_id, IMAGE)
+        except HtcException:
+            status = None
+        if status == {"status": "READY"} or time.monotonic() > deadline:
+            return status
+        time.sleep(0.05)
+
+
 def test_rescalehtc_main_flow(rescale):
     project = HtcProject(
         api.post_htc_projects(
@@ -46,6 +63,7 @@ def test_rescalehtc_main_flow(rescale):
         "successfullyCreated"
     ]
     assert IMAGE in api.get_htc_projects_container_registry_images(rescale, project_id)["images"]
+    assert image_status_once_known(rescale, project_id) == {"status": "READY"}
     assert api.get_htc_projects_container_registry_images(rescale, project_id, IMAGE) == {"status": "READY"}
 
     task = htctasks.create_task_with_name(rescale, project, "rescalehtc-flow", "a batch and its jobs")

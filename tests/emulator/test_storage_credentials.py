@@ -380,8 +380,7 @@ def test_a_jobs_credentials_end_when_its_job_token_does(api, emulator, world, mo
 
     projects, _, places = world
     task_id = api.new_task(projects[0])
-    # The image's repository is missing: the job fails as soon as it is started.
-    parent = api.submit(projects[0], task_id, {**SLEEPER, "imageName": "missing:v1"})
+    parent = api.submit(projects[0], task_id, {**SLEEPER, "commands": ["python", "-c", "pass"]})  # ends at once
     api.wait_terminal(projects[0], task_id, 1)
     job_token = emulator.scheduler.tokens.job_token(
         project_id=projects[0], task_id=task_id, job_id=f"{parent}:0", lifetime=600

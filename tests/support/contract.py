@@ -8,6 +8,7 @@ the ``client_for`` and ``api`` fixtures (``tests/conftest.py``) make them.
 from __future__ import annotations
 
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 
@@ -104,9 +105,27 @@ class ContractClient:
         task = self.ok("POST", f"/htc/projects/{project_id}/tasks", json={"taskName": "t", "taskDescription": "d"})
         return task["taskId"]
 
+    def wait_image_ready(self, project_id: str, image_name: str, timeout: float = 60) -> None:
+        """Poll the image's status until READY: the platform refuses a batch naming an image it is replicating.
+
+        Until then the status is a 404 (not known yet) or PENDING.
+        """
+        deadline = time.monotonic() + timeout
+        path = f"/htc/projects/{project_id}/container-registry/images/{image_name}"
+        while True:
+            response = self.request("GET", path, request_valid=None)
+            if response.status_code == 200 and response.json()["status"] == "READY":
+                return
+            assert response.status_code in (200, 404), f"GET {path}: {response.status_code} {response.text}"
+            assert time.monotonic() < deadline, f"{image_name} not READY after {timeout} s: {response.text}"
+            time.sleep(0.05)
+
     def submit(
         self, project_id: str, task_id: str, definition: dict, *, batch_size: int = 1, group: str | None = None, **extra
     ) -> str:
+        """Submit one batch of ``definition`` (once its image is READY, where the emulator checks); its parentJobId."""
+        if self.emu.profile.images_checked_at_submit:
+            self.wait_image_ready(project_id, definition["imageName"])
         body = [{"jobName": "test", "batchSize": batch_size, "htcJobDefinition": definition, **extra}]
         params = {"group": group} if group else None
         submitted = self.ok("POST", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body, params=params)
@@ -131,9 +150,12 @@ class ContractClient:
         return self.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}")
 
     def logs(self, project_id: str, task_id: str, job_id: str) -> list[str]:
-        body = self.ok(
-            "GET",
-            f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs",
-            params={"sort": "asc", "pageSize": 10000},
-        )
-        return [line["message"] for line in body["items"]]
+        """Every line of the job's log so far, oldest first: pages followed through ``next`` (some are empty)."""
+        params = {"sort": "asc", "pageSize": 10000}
+        lines = []
+        while True:
+            body = self.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs", params=params)
+            lines += [line["message"] for line in body["items"]]
+            if "next" not in body:
+                return lines
+            params["pageIndex"] = parse_qs(urlsplit(body["next"]).query)["pageIndex"][0]

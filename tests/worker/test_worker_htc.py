@@ -320,10 +320,12 @@ def test_a_killed_job_keeps_what_it_saved_as_it_went(long_chunk, tmp_path):
 def stopping_platform():
     """An emulator whose scaled timeouts and grace period fit this test (60 s become 30 s, the grace 5 s).
 
-    The session's scale (0.1) leaves a stopped job 1 s to save its work, which a busy machine
-    may not give it; 5 s is ample for a manifest and the last few outputs.
+    The session's timeout scale (0.1) leaves a stopped job 1 s to save its work, which a busy
+    machine may not give it; 5 s is ample for a manifest and the last few outputs. The platform's
+    own delays run on the session's fast clock (0.01).
     """
-    with running(images={IMAGE: "docker/Dockerfile"}, time_scale=0.5, faults={"slow_seconds": 1.0}) as emu:
+    settings = {"time_scale": 0.01, "timeout_scale": 0.5, "faults": {"slow_seconds": 1.0}}
+    with running(images={IMAGE: "docker/Dockerfile"}, **settings) as emu:
         yield emu
 
 
@@ -344,6 +346,7 @@ def test_a_job_that_times_out_on_the_platform_keeps_what_it_finished(stopping_pl
     ).json()
     project_id = project["projectId"]
     session.post(f"/htc/projects/{project_id}/container-registry/repo/opencv-htc-tutorial")
+    htc.wait_for_image(session, project_id, IMAGE)
     task_id = session.post(
         f"/htc/projects/{project_id}/tasks", json={"taskName": "timeout", "taskDescription": "stopped jobs"}
     ).json()["taskId"]
