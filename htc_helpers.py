@@ -60,6 +60,19 @@ TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "POD_SUCCEEDED", "POD_FAIL
 FAILED_STATUSES = frozenset({"FAILED", "POD_FAILED"})
 # The platform refreshes job statuses every 30 s; polling faster only adds load.
 STATUS_REFRESH_SECONDS = 30
+# A cold platform starts an instance and pulls the image before a job runs (RUNNABLE, then
+# STARTING): minutes. A wait for jobs allows this on top of their own run time.
+COLD_START_SECONDS = 600
+# After a push the platform answers 404 for an image, then PENDING while it replicates it, then
+# READY. Rescale's own client (rescalehtc) asks every 10 s and gives up after 5 minutes.
+IMAGE_POLL_SECONDS = 10
+IMAGE_READY_TIMEOUT_SECONDS = 600
+# An emulator of the platform that runs a faster clock says in this header of every answer how many
+# real seconds one of the platform's lasts there; the platform sends none (its seconds are real ones).
+TIME_SCALE_HEADER = "HTC-Emulator-Time-Scale"
+# CloudWatch, where job logs come from, can answer a page with no lines and a `next` all the same;
+# this many in a row is a server that never ends.
+MAX_EMPTY_PAGES = 100
 # Waits give up after a day unless told otherwise (timeout=None waits for ever): a job lost
 # on the platform, or an expected_jobs larger than what was submitted, would poll without end.
 WAIT_TIMEOUT_SECONDS = 86400
@@ -280,13 +293,15 @@ class HtcSession(requests.Session):
     * raises a typed ``HtcError`` for every non-2xx response; a refused API key is an
       ``HtcUnauthorized`` that names ``key_source`` (where the key came from, e.g. ``config.key_source()``);
     * with ``deadline=`` (a ``time.monotonic()`` value) on a call, ends that call, its
-      retries and their pauses by then, or raises ``HtcTimeoutError``.
+      retries and their pauses by then, or raises ``HtcTimeoutError``;
+    * knows how fast the API's clock runs (``time_scale``): 1.0 on the platform, less on an
+      emulator that says so in its answers' ``HTC-Emulator-Time-Scale`` header.
 
     Example: ``session = HtcSession(config.htc_api_url(), api_key, key_source=config.key_source())``
 
     Needs: _connection_error, _DeadlineReached, _description, _ERRORS, HtcBadRequest, HtcConnectionError, HtcError,
     HtcForbidden, HtcNotFound, HtcRateLimited, _HtcRetry, HtcServerError, HtcTimeoutError, HtcUnauthorized,
-    _raise_for_status, _redact, _REQUEST_DEADLINE, RETRY_STATUSES, _SECRET_PARAM
+    _raise_for_status, _redact, _REQUEST_DEADLINE, RETRY_STATUSES, _SECRET_PARAM, TIME_SCALE_HEADER
     """
 
     def __init__(
@@ -318,6 +333,7 @@ class HtcSession(requests.Session):
         # A job token is used as given: there is no key to renew it with.
         self._renew_at = float("inf") if api_key is None else 0.0
         self._token_lock = threading.Lock()
+        self._time_scale: float | None = None
         retry = _HtcRetry(
             total=max_retries,
             # Connect timeouts: a few tries, not a minute of silence before saying the host does not answer.
@@ -340,6 +356,24 @@ class HtcSession(requests.Session):
 
     def __repr__(self) -> str:
         return f"<HtcSession {self.api_url} ({'API key' if self._api_key else 'job token'})>"
+
+    @property
+    def time_scale(self) -> float:
+        """How many real seconds one second of the platform's lasts at this API: 1.0 on the platform.
+
+        An emulator that runs a faster clock says so in every answer; this asks once if no answer came yet.
+        Example: ``time.sleep(30 * session.time_scale)``
+        """
+        if self._time_scale is None:
+            self.get("/auth/token/whoami")
+        return self._time_scale
+
+    def _note_clock(self, response: requests.Response) -> None:
+        try:
+            scale = float(response.headers.get(TIME_SCALE_HEADER, 1.0))
+        except ValueError:
+            scale = 1.0
+        self._time_scale = scale if 0 < scale < float("inf") else 1.0
 
     def bearer_token(self) -> str:
         """The current bearer token, renewed first when it is about to expire.
@@ -372,6 +406,7 @@ class HtcSession(requests.Session):
                 description=description,
             )
         _raise_for_status(response)
+        self._note_clock(response)
         body = response.json()
         lifetime = float(body["expiresIn"])
         self._token = body["tokenValue"]
@@ -412,6 +447,8 @@ class HtcSession(requests.Session):
             raise
         finally:
             _REQUEST_DEADLINE.reset(call_deadline)
+        if self._is_api_url(url):
+            self._note_clock(response)
         _raise_for_status(response, with_body=self._is_api_url(url))
         return response
 
@@ -454,16 +491,18 @@ def paginate(
 ) -> list:
     """All items of a list endpoint, page after page, to the end or until ``max_items``.
 
-    A server whose ``next`` names a page already fetched, or that sends the previous page
-    again, would be followed for ever: that is an ``HtcError`` instead. ``deadline`` (a
+    The end is a page without ``next``; a page with no items but a ``next`` is not the end
+    (job logs come from CloudWatch, which answers such pages). A server whose ``next`` names a
+    page already fetched, that sends the previous page again, or ``MAX_EMPTY_PAGES`` empty
+    pages in a row, would be followed for ever: that is an ``HtcError`` instead. ``deadline`` (a
     ``time.monotonic()`` value) goes to every page's request (see ``HtcSession.request``).
     Example: ``tasks = paginate(session, f"/htc/projects/{project_id}/tasks", {"pageSize": 500})``
 
-    Needs: HtcError, _next_params
+    Needs: HtcError, MAX_EMPTY_PAGES, _next_params
     """
     items: list = []
     params = dict(params or {})
-    fetched, previous = set(), None
+    fetched, previous, empty_in_a_row = set(), None, 0
     while max_items is None or len(items) < max_items:
         page_index = params.get("pageIndex")
         if page_index in fetched:
@@ -478,12 +517,26 @@ def paginate(
         page = body.get("items") or []
         if page and page == previous:
             raise HtcError(f"paging of {url} does not end: page {page_index!r} repeats the page before it")
+        empty_in_a_row = 0 if page else empty_in_a_row + 1
+        if empty_in_a_row > MAX_EMPTY_PAGES:
+            raise HtcError(f"paging of {url} does not end: {empty_in_a_row} empty pages in a row")
         items.extend(page)
         previous = page
         params = _next_params(params, body.get("next") or "")
-        if not page or params is None:
+        if params is None:
             break
     return items if max_items is None else items[:max_items]
+
+
+def platform_seconds(session: HtcSession, seconds: float) -> float:
+    """``seconds`` of the platform's time as the session's API runs them: the same on the platform, fewer
+    on an emulator whose clock runs faster (it says so: ``HtcSession.time_scale``).
+
+    Example: ``time.sleep(platform_seconds(session, STATUS_REFRESH_SECONDS))``
+
+    Needs: nothing else
+    """
+    return seconds * session.time_scale
 
 
 def _timestamp(value: str) -> dt.datetime:
@@ -506,18 +559,20 @@ def wait_for_job(
     task_id: str,
     job_id: str,
     *,
-    interval: float = STATUS_REFRESH_SECONDS,
+    interval: float | None = None,
     timeout: float | None = WAIT_TIMEOUT_SECONDS,
 ) -> dict:
     """Poll a job instance's events until its latest status is terminal; return that event.
 
-    Raises ``HtcTimeoutError`` after ``timeout`` seconds (a day by default).
+    Polls every ``interval`` seconds: by default the platform's status refresh (30 s), on the API's
+    clock (``platform_seconds``). Raises ``HtcTimeoutError`` after ``timeout`` seconds (a day by default).
     Example: ``event = wait_for_job(session, project_id, task_id, f"{parent_job_id}:0", timeout=3600)``
 
-    Needs: HtcError, HtcTimeoutError, _next_params, paginate, _pause, STATUS_REFRESH_SECONDS, TERMINAL_STATUSES,
-    _timestamp, WAIT_TIMEOUT_SECONDS
+    Needs: HtcError, HtcTimeoutError, MAX_EMPTY_PAGES, _next_params, paginate, _pause, platform_seconds,
+    STATUS_REFRESH_SECONDS, TERMINAL_STATUSES, _timestamp, WAIT_TIMEOUT_SECONDS
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+    interval = platform_seconds(session, STATUS_REFRESH_SECONDS) if interval is None else interval
     url = f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/events"
     latest = None
 
@@ -539,12 +594,47 @@ def wait_for_job(
         time.sleep(_pause(interval, deadline, timed_out))
 
 
+def wait_for_image(
+    session: HtcSession, project_id: str, image: str, *, interval: float | None = None, timeout: float | None = None
+) -> str:
+    """Poll an image's status in the project's registry until it is READY; return ``"READY"``.
+
+    A 404 and ``PENDING`` both mean "not yet": after a push the platform knows an image only once it
+    starts replicating it, and runs it only once it is READY (a batch naming it before is refused).
+    ``interval`` and ``timeout`` default to Rescale's own client's values (10 s, here 10 min) on the
+    API's clock (``platform_seconds``). Raises ``HtcTimeoutError`` naming the last status.
+    Example: ``wait_for_image(session, pid, "opencv-htc-tutorial:v1")``
+
+    Needs: HtcError, HtcNotFound, HtcTimeoutError, IMAGE_POLL_SECONDS, IMAGE_READY_TIMEOUT_SECONDS, _pause,
+    platform_seconds
+    """
+    interval = platform_seconds(session, IMAGE_POLL_SECONDS) if interval is None else interval
+    timeout = platform_seconds(session, IMAGE_READY_TIMEOUT_SECONDS) if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    url = f"/htc/projects/{project_id}/container-registry/images/{image}"
+    status = "unknown to the platform (404)"
+
+    def timed_out():
+        return HtcTimeoutError(f"image {image} not READY in project {project_id} after {timeout:g} s: {status}")
+
+    while True:
+        try:
+            status = session.get(url, deadline=deadline).json()["status"]
+        except HtcNotFound:
+            status = "unknown to the platform (404)"
+        except HtcTimeoutError:
+            raise timed_out() from None
+        if status == "READY":
+            return status
+        time.sleep(_pause(interval, deadline, timed_out))
+
+
 def get_logs(session: HtcSession, project_id: str, task_id: str, job_id: str) -> list[dict]:
     """Every log line of a job instance, oldest first, as ``{"timestamp", "message"}`` dicts.
 
     Example: ``for line in get_logs(session, pid, tid, job_id): print(line["message"])``
 
-    Needs: HtcError, _next_params, paginate
+    Needs: HtcError, MAX_EMPTY_PAGES, _next_params, paginate
     """
     return paginate(
         session, f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs", {"sort": "asc", "pageSize": 1000}
@@ -566,7 +656,7 @@ def get_all_jobs(
 
     Example: ``failed = get_all_jobs(session, pid, tid, group, status="FAILED")``
 
-    Needs: HtcError, _next_params, paginate
+    Needs: HtcError, MAX_EMPTY_PAGES, _next_params, paginate
     """
     params = {"viewType": view_type, "pageSize": 500}
     if group is not None:
@@ -609,7 +699,7 @@ def group_status_counts(
     ``deadline``: as for ``paginate``.
     Example: ``group_status_counts(session, pid, tid, group)["RUNNING"]``
 
-    Needs: HtcError, JOB_STATUSES, _next_params, paginate
+    Needs: HtcError, JOB_STATUSES, MAX_EMPTY_PAGES, _next_params, paginate
     """
     counts = dict.fromkeys(JOB_STATUSES, 0)
     url = f"/htc/projects/{project_id}/tasks/{task_id}/group-summary-statistics"
@@ -666,18 +756,20 @@ def monitor_group(
     group: str,
     *,
     expected_jobs: int | None = None,
-    interval: float = STATUS_REFRESH_SECONDS,
+    interval: float | None = None,
     timeout: float | None = WAIT_TIMEOUT_SECONDS,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Wait until every job of a group is terminal; return status counts over time.
 
-    The result has columns ``time``, ``status``, ``count`` (one row per status per poll).
+    The result has columns ``time``, ``status``, ``count`` (one row per status per poll). Polls every
+    ``interval`` seconds: by default the platform's status refresh, on the API's clock (``platform_seconds``).
     Raises ``HtcTimeoutError``, with the history so far, after ``timeout`` seconds (a day by default).
     Example: ``history = monitor_group(session, pid, tid, group, expected_jobs=1000, timeout=6 * 3600)``
 
-    Needs: _all_terminal, group_status_counts, HtcError, HtcTimeoutError, JOB_STATUSES, _next_params, paginate, _pause,
-    _progress_bar, STATUS_REFRESH_SECONDS, TERMINAL_STATUSES, WAIT_TIMEOUT_SECONDS, _watch_group
+    Needs: _all_terminal, group_status_counts, HtcError, HtcTimeoutError, JOB_STATUSES, MAX_EMPTY_PAGES, _next_params,
+    paginate, _pause, platform_seconds, _progress_bar, STATUS_REFRESH_SECONDS, TERMINAL_STATUSES, WAIT_TIMEOUT_SECONDS,
+    _watch_group
     """
     with _progress_bar(group, expected_jobs, progress) as bar:
         history, _ = _watch_group(
@@ -688,7 +780,7 @@ def monitor_group(
             lambda counts: _all_terminal(counts, expected_jobs),
             bar,
             expected_jobs=expected_jobs,
-            interval=interval,
+            interval=platform_seconds(session, STATUS_REFRESH_SECONDS) if interval is None else interval,
             timeout=timeout,
         )
     return history
@@ -716,21 +808,25 @@ def monitor_for_cancellation(
     max_failed_ratio: float = 0.15,
     min_finished: int = 10,
     expected_jobs: int | None = None,
-    interval: float = STATUS_REFRESH_SECONDS,
+    interval: float | None = None,
     timeout: float | None = WAIT_TIMEOUT_SECONDS,
     progress: bool = True,
 ) -> tuple[bool, pd.DataFrame]:
     """Watch a group; once more than ``max_failed_ratio`` of its finished jobs failed, cancel it.
 
     The ratio is judged only once ``min_finished`` jobs have finished: one early failure
-    is 100 %, and would cancel a healthy group. After a cancellation it waits for the group
-    to settle, on the same progress bar, which ends where the group does. Returns
-    ``(cancelled, history)``. ``timeout`` (a day by default) covers the watching and the settling together.
+    is 100 %, and would cancel a healthy group. A cancel is best effort: the platform applies
+    it at its next status refresh, jobs still queued then fail as cancelled, and running ones
+    are stopped (SIGTERM) and may still finish, or fail on their own. So after a cancellation
+    it waits until every job of the group has ended, however it ended, on the same progress
+    bar, which ends where the group does. Returns ``(cancelled, history)``: whether a cancel
+    was asked for, and the counts over time, whose last poll says how the group ended.
+    ``timeout`` (a day by default) covers the watching and the settling together.
     Example: ``cancelled, history = monitor_for_cancellation(session, pid, tid, group, timeout=6 * 3600)``
 
     Needs: _all_terminal, cancel_group, FAILED_STATUSES, group_status_counts, HtcError, HtcTimeoutError, JOB_STATUSES,
-    _next_params, paginate, _pause, _progress_bar, STATUS_REFRESH_SECONDS, TERMINAL_STATUSES, WAIT_TIMEOUT_SECONDS,
-    _watch_group
+    MAX_EMPTY_PAGES, _next_params, paginate, _pause, platform_seconds, _progress_bar, STATUS_REFRESH_SECONDS,
+    TERMINAL_STATUSES, WAIT_TIMEOUT_SECONDS, _watch_group
     """
 
     def too_many_failures(counts):
@@ -739,6 +835,7 @@ def monitor_for_cancellation(
         return finished >= max(min_finished, 1) and failed / finished > max_failed_ratio
 
     started = time.monotonic()
+    interval = platform_seconds(session, STATUS_REFRESH_SECONDS) if interval is None else interval
     watch = {"expected_jobs": expected_jobs, "interval": interval}
     with _progress_bar(group, expected_jobs, progress) as bar:
         history, counts = _watch_group(
@@ -819,12 +916,15 @@ def _credential_metadata(token: dict) -> dict:
     }
 
 
-def _storage_path(session: HtcSession, project_id: str, task_id: str | None, token: dict) -> str:
+def storage_path(session: HtcSession, project_id: str, task_id: str | None, token: dict) -> str:
     """The ``s3://bucket/prefix/`` a storage token opens: shared storage, or the task's folder.
 
     The spec's token has only ``projectSharedStoragePath``. Task tokens have also carried
     ``storagePath`` (the original tutorial reads it); without it, the task's path is the
     ``taskPath`` that ``regional-storage`` lists for the token's region.
+    Example: ``storage_path(session, pid, tid, task_storage_token(session, pid, tid))``
+
+    Needs: HtcError
     """
     shared = token.get("projectSharedStoragePath")
     if task_id is None:
@@ -860,7 +960,7 @@ def _s3(session: HtcSession, project_id: str, task_id: str | None, region: str |
     token = fetch()
     if token.get("provider", "AWS") != "AWS":
         raise HtcError(f"these helpers reach AWS S3 storage only; this storage is on {token['provider']}")
-    bucket, _, prefix = _storage_path(session, project_id, task_id, token).removeprefix("s3://").partition("/")
+    bucket, _, prefix = storage_path(session, project_id, task_id, token).removeprefix("s3://").partition("/")
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
 
     lifetime = max(0.0, (_timestamp(token["expiration"]) - dt.datetime.now(dt.UTC)).total_seconds())
@@ -905,7 +1005,7 @@ def list_objects(
 
     Example: ``[k for k in list_objects(session, pid, tid) if k.endswith(".dat")]``
 
-    Needs: _aws_region, _credential_metadata, HtcError, _list, project_storage_token, _s3, _storage_path,
+    Needs: _aws_region, _credential_metadata, HtcError, _list, project_storage_token, _s3, storage_path,
     STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp
     """
     client, bucket, base = _s3(session, project_id, task_id, region)
@@ -951,7 +1051,7 @@ def upload_files(
     Without ``task_id`` the files go to project shared storage.
     Example: ``upload_files(session, pid, "data/images")``
 
-    Needs: _aws_region, _credential_metadata, HtcError, project_storage_token, _s3, _safe_key, _storage_path,
+    Needs: _aws_region, _credential_metadata, HtcError, project_storage_token, _s3, _safe_key, storage_path,
     STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp, _transfer
     """
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
@@ -988,7 +1088,7 @@ def download_files(
     Example: ``download_files(session, pid, ["000000367818.jpg_tagged.jpg"], "output", tid)``
 
     Needs: _aws_region, _credential_metadata, HtcError, HtcNotFound, project_storage_token, _s3, _safe_key,
-    _storage_path, STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp, _transfer
+    storage_path, STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp, _transfer
     """
     dest = Path(dest)
     keys = [_safe_key(k) for k in keys]
@@ -1018,7 +1118,7 @@ def delete_objects(
     Projects cannot be deleted through the API, so their shared storage stays until its objects are removed.
     Example: ``delete_objects(session, pid, ["image_list.dat"])``
 
-    Needs: _aws_region, _credential_metadata, HtcError, project_storage_token, _s3, _safe_key, _storage_path,
+    Needs: _aws_region, _credential_metadata, HtcError, project_storage_token, _s3, _safe_key, storage_path,
     STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp
     """
     keys = [_safe_key(k) for k in keys]
@@ -1049,7 +1149,7 @@ def read_image_list(
 
     Example: ``images = read_image_list(session, pid)``
 
-    Needs: _aws_region, _credential_metadata, HtcError, _parse_image_list, project_storage_token, _s3, _storage_path,
+    Needs: _aws_region, _credential_metadata, HtcError, _parse_image_list, project_storage_token, _s3, storage_path,
     STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp
     """
     client, bucket, base = _s3(session, project_id, None, region)
@@ -1075,7 +1175,7 @@ def collect_results(
     Example: ``results = collect_results(session, pid, tid)``
 
     Needs: _aws_region, _credential_metadata, _dat_faces, HtcError, _list, project_storage_token, RESULT_COLUMNS, _s3,
-    _storage_path, STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp
+    storage_path, STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp
     """
     client, bucket, base = _s3(session, project_id, task_id, region, workers)
     objects = _list(client, bucket, base)

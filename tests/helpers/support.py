@@ -16,12 +16,17 @@ DATA = ROOT / "data"
 
 
 def new_project(session, repository=None):
-    project = session.post(
+    """A project; with ``repository``, that repository too, and every image in it READY (replicated)."""
+    project_id = session.post(
         "/htc/projects", json={"projectName": "helpers", "projectDescription": "pytest", "regions": ["AWS_EU_WEST_1"]}
-    ).json()
+    ).json()["projectId"]
     if repository:
-        session.post(f"/htc/projects/{project['projectId']}/container-registry/repo/{repository}")
-    return project["projectId"]
+        session.post(f"/htc/projects/{project_id}/container-registry/repo/{repository}")
+        listed = session.get(f"/htc/projects/{project_id}/container-registry/images").json()["images"]
+        for image in listed:
+            if image.rsplit(":", 1)[0] == repository:
+                htc.wait_for_image(session, project_id, image)
+    return project_id
 
 
 def new_task(session, project_id, name="t"):

@@ -70,12 +70,12 @@ def test_401_for_a_wrong_api_key_without_echoing_it(emulator):
 
 
 def test_403_for_a_job_token_outside_its_scope(session, emulator, monkeypatch):
-    project_id = new_project(session)
+    project_id = new_project(session, repository="opencv-htc-tutorial")
     task_id = new_task(session, project_id)
-    # A job token lives as long as its job (and a minute): this job fails at once, which is enough here.
+    # A job token lives as long as its job (and a minute): this job ends at once, which is enough here.
     parent = session.post(
         f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
-        json=[{"htcJobDefinition": {"imageName": "not-in-the-registry:v1"}}],
+        json=[{"htcJobDefinition": {"imageName": "opencv-htc-tutorial:v1", "commands": ["python", "-c", "pass"]}}],
     ).json()[0]["parentJobId"]
     token = emulator.scheduler.tokens.job_token(
         project_id=project_id, task_id=task_id, job_id=f"{parent}:0", lifetime=60

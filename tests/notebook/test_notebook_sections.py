@@ -44,8 +44,11 @@ def preamble(tag: str) -> str:
     raise AssertionError(f"no section heading before the cells tagged {tag!r}")
 
 
-def run_section(tag: str, check: str, *, preamble_line: str | None = None) -> dict:
-    """Run Setup, Parameters, the preamble and the section in a fresh kernel; return what ``check`` printed."""
+def run_section(tag: str, check: str, *, preamble_line: str | None = None, **settings) -> dict:
+    """Run Setup, Parameters, the preamble and the section in a fresh kernel; return what ``check`` printed.
+
+    The fresh emulator has the tutorial's settings, and ``settings`` on top (``profile=...``).
+    """
     sources = [
         tagged("setup")[0].source,
         tagged("parameters")[0].source,
@@ -55,7 +58,7 @@ def run_section(tag: str, check: str, *, preamble_line: str | None = None) -> di
         CHECK.format(check),
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
-    with emulator_environment():
+    with emulator_environment(**settings):
         NotebookClient(
             notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
         ).execute()
