@@ -24,8 +24,17 @@ the template's, the same program run in the forked interpreter with its own
 log pipe, default signal handlers and exit status. A fork starts from the
 template's pristine state, so nothing one job does reaches another.
 
-Messages: the supervisor writes ``started PID`` or ``error ERRNO MESSAGE``, then
-``exit RETURNCODE OOM`` to the status pipe; it reads ``stop GRACE`` from the
+Where the emulator gives the job a user of its own (:mod:`htc_emulator.job_users`), the
+job process takes that uid and gid, with no supplementary groups and no new privileges,
+before it changes to its working directory and runs anything of the job's; the
+supervisor stays root, so the job can neither signal it nor read its ``/proc`` files.
+
+Messages: a request is a header (``mode``, and the ``script`` the template compiles
+once) with four descriptors: the log, status and control pipes, and a memory file with
+the request itself (argv, environment, working directory, limits, user), read by the
+supervisor alone: the template never holds a job's token, so no later job finds one in
+the memory it forks from. The supervisor writes ``started PID`` or ``error ERRNO MESSAGE``,
+then ``exit RETURNCODE OOM`` to the status pipe; it reads ``stop GRACE`` from the
 control pipe.
 """
 
@@ -40,14 +49,19 @@ import os
 import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
 import types
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWNS = 0x20000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 PR_SET_CHILD_SUBREAPER = 36
-MAX_REQUEST_BYTES = 1 << 20
+MAX_HEADER_BYTES = 1 << 16
 MEMORY_POLL_SECONDS = 0.05
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -74,19 +88,27 @@ def serve(channel_fd: int, warm_up: list) -> dict:
             warm_up.pop(0)()
             continue
         try:
-            message, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST_BYTES, 3)
+            message, fds, _, _ = socket.recv_fds(channel, MAX_HEADER_BYTES, 4)
         except OSError:
             os._exit(1)
         if not message:
             os._exit(0)  # the emulator closed the channel
-        request = json.loads(message)
-        if request["mode"] == "python" and request["argv"][1] != "-c":
-            request["code"] = script_code(request["argv"][1], compiled)
+        header = json.loads(message)
+        code = script_code(header["script"], compiled) if header["script"] else None
         if os.fork() == 0:
             os.close(channel.detach())
-            return supervise(request, *fds)
+            *streams, body = fds
+            return supervise({**read_request(body), "code": code}, *streams)
         for fd in fds:
             os.close(fd)
+
+
+def read_request(fd: int) -> dict:
+    """The job's request, from the memory file only its supervisor reads (the template never holds it)."""
+    try:
+        return json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
+    finally:
+        os.close(fd)
 
 
 def script_code(path: str, compiled: dict) -> types.CodeType | None:
@@ -154,10 +176,17 @@ def prepare_job_process(request: dict, log_fd: int, exec_write: int) -> None:
         except (OSError, ValueError):
             pass
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    # Should the supervisor itself be killed, the job process is not left running without it.
+    if request["user"]:
+        open_the_way(request["user"]["cover"], request["user"]["bind"])
+        become(request["user"]["uid"], request["user"]["gid"])
+    # Should the supervisor itself be killed, the job process is not left running without it (set after
+    # become(): a change of credentials clears it).
     LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     os.chdir(request["cwd"])
     if request["mode"] == "python":
+        # A temporary folder cached by a preloaded module would be the template's; the job's TMPDIR is its own.
+        if "tempfile" in sys.modules:
+            sys.modules["tempfile"].tempdir = None
         # What a fresh interpreter installs at start-up.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -167,6 +196,44 @@ def prepare_job_process(request: dict, log_fd: int, exec_write: int) -> None:
         # What the preloaded modules' imports add (OpenCV's loader sets LD_LIBRARY_PATH), as the
         # job's own imports would; jobs whose values differ for such variables are exec'd instead.
         os.environ.update(PRELOAD_ENV)
+
+
+def open_the_way(cover: list[str], bind: list[str]) -> None:
+    """In a mount namespace of the job's own, an empty folder over each folder of ``cover``, with only
+    the files and folders of ``bind`` inside it in their place: the way to the interpreter, the worker,
+    the image's files and the scratch folders, where a folder on it (``/root``, a home) is closed to
+    other users, and nothing else."""
+    if not cover:
+        return
+    check(LIBC.unshare(CLONE_NEWNS))
+    check(LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None))  # nothing here reaches the host's mounts
+    kept = [os.open(path, os.O_PATH) for path in bind]  # still reachable through these once covered
+    for folder in cover:
+        check(LIBC.mount(b"tmpfs", folder.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=64k"))
+    for path, fd in zip(bind, kept, strict=True):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.makedirs(path, exist_ok=True)
+        else:  # a file is mounted on a file
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        check(LIBC.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None))
+        os.close(fd)
+
+
+def check(result: int) -> None:
+    if result != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
+
+
+def become(uid: int, gid: int) -> None:
+    """Drop root for the job's own uid and gid, for good: no supplementary groups, and no privileges
+    regained through a setuid program. Dumpable again, as after an exec: its /proc files are its own."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    LIBC.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
 def contain(job_pid: int, control_fd: int, memory_limit: int | None) -> tuple[int, bool]:
@@ -293,6 +360,8 @@ def run_python(request: dict) -> None:
         source, filename = None, args[0]
     try:
         program = request.get("code")
+        if program is not None and request["user"]:
+            readable_as_the_job(filename)
         if program is None:  # -c, or a script the template could not compile: any error is the job's
             if source is None:
                 with open(filename, "rb") as script:
@@ -310,6 +379,15 @@ def run_python(request: dict) -> None:
         # CPython ends an interrupted program by SIGINT itself.
         finish(1, signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None)
     finish(status)
+
+
+def readable_as_the_job(script: str) -> None:
+    """The template compiled the script as root: the job runs it only if it may read it, as ``python SCRIPT``."""
+    try:
+        os.close(os.open(script, os.O_RDONLY))
+    except OSError as exc:
+        print(f"{sys.executable}: can't open file {script!r}: [Errno {exc.errno}] {exc.strerror}", file=sys.stderr)
+        finish(2)
 
 
 def exit_code(exc: SystemExit) -> int:

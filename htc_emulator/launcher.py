@@ -7,6 +7,7 @@ template. The scheduler sees a :class:`JobProcess`: the job's log
 stream (stdout and stderr merged), :meth:`~JobProcess.wait`,
 :meth:`~JobProcess.stop` (SIGTERM, then SIGKILL to every process of the job after
 the grace period) and, when the job ran past its memory limit, ``out_of_memory``.
+Given a ``user`` (:mod:`htc_emulator.job_users`), the job runs as that uid and gid.
 """
 
 from __future__ import annotations
@@ -100,26 +101,50 @@ class ProcessLauncher:
         self._templates = {"python": _Template(template_env, preload), "exec": _Template(template_env, ())}
 
     def start(
-        self, argv: list[str], env: dict[str, str], cwd: str | os.PathLike, memory_limit: int | None = None
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | os.PathLike,
+        memory_limit: int | None = None,
+        user: dict | None = None,
     ) -> JobProcess:
         """Start ``argv`` in ``cwd`` with exactly ``env``; ``OSError`` if it can't be started.
 
         ``memory_limit`` (bytes) caps the resident memory of all the job's processes together.
+        ``user`` (:meth:`htc_emulator.job_users.JobUsers.next`; needs root) is who the job runs as:
+        ``uid``, ``gid``, and the folders it needs a way through (``cover``, ``bind``); None: as the launcher.
         """
         mode = "python" if self._runs_in_template(argv, env) else "exec"
-        request = {"argv": list(argv), "env": dict(env), "cwd": str(cwd), "memory_limit": memory_limit, "mode": mode}
-        log_read, log_write = os.pipe()
-        status_read, status_write = os.pipe()
-        control_read, control_write = os.pipe()
+        request = {
+            "argv": list(argv),
+            "env": dict(env),
+            "cwd": str(cwd),
+            "memory_limit": memory_limit,
+            "mode": mode,
+            "user": user,
+        }
+        # The template reads the header alone; the request (the job's token among its variables) goes in a
+        # memory file that only the job's supervisor reads, so no later fork of the template finds it in memory.
+        header = {"mode": mode, "script": argv[1] if mode == "python" and argv[1] != "-c" else None}
+        body = os.memfd_create("htc-job-request")
         try:
-            self._templates[mode].send(json.dumps(request).encode(), [log_write, status_write, control_read])
-        except BaseException:
-            for fd in (log_read, status_read, control_write):
-                os.close(fd)
-            raise
+            data = memoryview(json.dumps(request).encode())
+            while data:
+                data = data[os.write(body, data) :]
+            log_read, log_write = os.pipe()
+            status_read, status_write = os.pipe()
+            control_read, control_write = os.pipe()
+            try:
+                self._templates[mode].send(json.dumps(header).encode(), [log_write, status_write, control_read, body])
+            except BaseException:
+                for fd in (log_read, status_read, control_write):
+                    os.close(fd)
+                raise
+            finally:
+                for fd in (log_write, status_write, control_read):
+                    os.close(fd)
         finally:
-            for fd in (log_write, status_write, control_read):
-                os.close(fd)
+            os.close(body)
         first = b""
         while not first.endswith(b"\n"):
             chunk = os.read(status_read, 1)

@@ -33,6 +33,7 @@ import requests
 from .auth import TokenAuthority
 from .docker_engine import ContainerProcess, DockerEngine
 from .job_logs import LogSplitter
+from .job_users import JobUsers
 from .launcher import JobProcess, ProcessLauncher
 from .local_images import DockerfileError, LocalImage, normalize_image_name
 from .models import Backend, Job
@@ -93,6 +94,8 @@ class Scheduler:
         self._scratch = Path(tempfile.mkdtemp(prefix="htc-emulator-jobs-"))
         # Registered images run as processes in either mode; pushed ones as containers.
         self.launcher = ProcessLauncher(self._base_environment(self._scratch))
+        # Process-mode jobs as users of their own where this process is root (job_users says why not elsewhere).
+        self.job_users = JobUsers(self._scratch, self.launcher)
         self._intake: queue.Queue = queue.Queue()
         self._runnable: queue.Queue = queue.Queue()
         self._running: dict[str, JobProcess | ContainerProcess] = {}
@@ -213,8 +216,10 @@ class Scheduler:
                 failure_code="ErrorStartingContainer",
             )
         workdir = Path(tempfile.mkdtemp(prefix="attempt-", dir=self._scratch))
+        user = self.job_users.next(tuple(source for _, source in image.paths))
         try:
-            return self._execute(job, image, workdir)
+            self.job_users.hand_over(workdir, user)
+            return self._execute(job, image, workdir, user=user)
         finally:
             remove_tree(workdir)
 
@@ -224,8 +229,15 @@ class Scheduler:
             return None
         return self.images.pushed_reference(job.project_id, image_name)
 
-    def _execute(self, job: Job, image: LocalImage | None, workdir: Path, reference: str | None = None) -> bool:
-        """One attempt: a process for a registered image, a container for a pushed one (``reference``)."""
+    def _execute(
+        self,
+        job: Job,
+        image: LocalImage | None,
+        workdir: Path,
+        reference: str | None = None,
+        user: dict | None = None,
+    ) -> bool:
+        """One attempt: a process for a registered image (as ``user``), a container for a pushed one (``reference``)."""
         env = self._job_environment(job, image, workdir)
         commands = list(job.definition.get("commands") or [])
         try:
@@ -262,7 +274,11 @@ class Scheduler:
             else:
                 memory = job.definition.get("maxMemory")
                 process = self.launcher.start(
-                    image.local_command(commands), env, workdir, memory_limit=memory * MIB if memory else None
+                    image.local_command(commands),
+                    env,
+                    workdir,
+                    memory_limit=memory * MIB if memory else None,
+                    user=user,
                 )
         except (OSError, DockerfileError) as exc:
             return self.backend.finish_attempt(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import dataclasses
+import logging
 import os
 import secrets
 import threading
@@ -24,6 +25,7 @@ from .auth import TokenAuthority
 from .container_registry import ContainerRegistry
 from .docker_engine import DockerEngine
 from .faults import FaultInjector
+from .job_users import UNCONFINED_WARNING
 from .local_images import LocalImage, LocalImages
 from .models import MAX_JOBS_PER_TASK, Backend
 from .platform_profile import PlatformProfile, profile_named
@@ -212,6 +214,8 @@ def running(
             profile=clocked,
         )
         backend.executor = scheduler
+        if scheduler.job_users.unconfined:
+            logging.getLogger("htc_emulator").warning(UNCONFINED_WARNING.format(reason=scheduler.job_users.unconfined))
         sweeper = RetentionSweeper(backend, time_scale)
         if RefreshTicker.needed(backend):
             ticker = RefreshTicker(backend)

@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from htc_emulator import running
+from htc_emulator.job_users import FIRST_JOB_UID, JobUsers
 from htc_emulator.launcher import ProcessLauncher
+
+# Run as root (this machine, CI), the emulator runs each process-mode job as a user of its own.
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="jobs run as users of their own only where the emulator is root")
 
 PROBE = r"""
 import json, os, signal, sys
@@ -58,6 +65,32 @@ def launcher(tmp_path_factory):
     launcher = ProcessLauncher(env)
     yield launcher, env
     launcher.close()
+
+
+@pytest.fixture
+def drop_box():
+    """A folder a job of any uid can write to and the test can read (pytest's own are root's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="htc-test-drop-box-"))
+    folder.chmod(0o1777)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.fixture
+def job_user(launcher):
+    """``job_user()``: a fresh user of its own for a launcher job, and a scratch folder it owns."""
+    scratch_root = Path(tempfile.mkdtemp(prefix="htc-test-scratch-"))
+    users = JobUsers(scratch_root, launcher[0])
+    assert users.unconfined is None, users.unconfined
+
+    def make(image_files=()) -> tuple[dict, Path]:
+        user = users.next(image_files)
+        scratch = Path(tempfile.mkdtemp(dir=scratch_root))
+        users.hand_over(scratch, user)
+        return user, scratch
+
+    yield make
+    shutil.rmtree(scratch_root)
 
 
 def launched(launcher, argv, env, cwd) -> tuple[int, str]:
@@ -131,6 +164,32 @@ def test_a_python_job_in_the_template_is_the_same_as_a_fresh_process(launcher, t
     assert report["leak"] is None and "LEAKED" not in report["env"]
 
 
+def test_no_job_finds_an_earlier_jobs_environment_in_the_template(launcher, tmp_path):
+    """Every job is a fork of the template: what the template once held (a job's token), every later job holds."""
+    launcher, base = launcher
+    secret = "a-job-token-" + secrets.token_hex(16)
+    for argv in ([sys.executable, "-c", "pass"], ["true"]):
+        assert launched(launcher, argv, {**base, "RESCALE_HTC_BEARER_TOKEN": secret}, tmp_path) == (0, "")
+    for template in launcher._templates.values():
+        assert not writable_memory_holds(template._process.pid, secret.encode())
+
+
+def writable_memory_holds(pid: int, needle: bytes) -> bool:
+    """Whether the process's heap, stacks or other writable memory (freed blocks included) contains ``needle``."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as memory:
+        for line in maps:
+            span, permissions = line.split()[:2]
+            start, end = (int(address, 16) for address in span.split("-"))
+            if permissions.startswith("rw"):
+                try:
+                    memory.seek(start)
+                    if needle in memory.read(end - start):
+                        return True
+                except OSError:  # [vvar] and the like
+                    continue
+    return False
+
+
 def test_a_script_that_does_not_compile_fails_as_in_a_fresh_process(launcher, tmp_path):
     launcher, env = launcher
     script = tmp_path / "broken.py"
@@ -191,11 +250,122 @@ def test_a_job_process_does_not_outlive_its_supervisor(launcher, tmp_path):
         env,
         tmp_path,
     )
+    assert_ends_with_its_supervisor(process)
+
+
+@as_root
+def test_a_job_of_its_own_user_does_not_outlive_its_supervisor(launcher, job_user):
+    """Changing credentials clears the parent-death signal: it is set once the job is its own user."""
+    launcher, env = launcher
+    user, scratch = job_user()
+    code = "import os, time; print(os.getpid(), os.getppid(), flush=True); time.sleep(600)"
+    assert_ends_with_its_supervisor(launcher.start([sys.executable, "-c", code], env, scratch, user=user))
+    assert_ends_with_its_supervisor(
+        launcher.start(["sh", "-c", "echo $$ $PPID; exec sleep 600"], env, scratch, user=user)
+    )
+
+
+def assert_ends_with_its_supervisor(process) -> None:
     with process.stdout:
         job, supervisor = map(int, process.stdout.readline().split())
+        assert pid_alive(job)
         os.kill(supervisor, signal.SIGKILL)
         assert process.wait(timeout=60) == -signal.SIGKILL
     wait_for(lambda: not pid_alive(job))
+
+
+# What a job of a user of its own reaches of the launcher's (root's) processes and files.
+OWN_USER_PROBE = r"""
+import json, os, sys, tempfile
+def attempt(action):
+    try:
+        action()
+        return "allowed"
+    except OSError as exc:
+        return type(exc).__name__
+target = int(sys.argv[1])
+with open(os.path.join(os.environ["HOME"], "home-file"), "w") as home_file:
+    home_file.write("written")
+with tempfile.NamedTemporaryFile() as temporary:
+    tmp = os.path.dirname(temporary.name)
+status = dict(line.split(":\t") for line in open("/proc/self/status").read().splitlines() if ":\t" in line)
+print(json.dumps({
+    "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid()], "groups": os.getgroups(),
+    "no_new_privs": status["NoNewPrivs"].strip(), "tmp": tmp, "cwd": os.getcwd(),
+    "environ": attempt(lambda: open(f"/proc/{target}/environ", "rb").read()),
+    "signal": attempt(lambda: os.kill(target, 0)),
+    "supervisor": attempt(lambda: os.kill(os.getppid(), 0)),
+    "secret": attempt(lambda: open(sys.argv[2]).read()),
+}))
+"""
+
+
+@as_root
+def test_a_job_of_its_own_user_reaches_nothing_of_the_launchers_user(launcher, job_user, tmp_path, drop_box):
+    launcher, base = launcher
+    holder = subprocess.Popen(["sleep", "600"], env={"RESCALE_API_KEY": "the key"})  # a kernel with the key
+    secret = drop_box / "apiconfig"  # in a folder anyone may enter: the file's mode alone keeps it
+    secret.write_text("[default]\napikey = the key\n")
+    secret.chmod(0o600)
+    script = drop_box / "probe.py"
+    script.write_text(OWN_USER_PROBE)
+    script.chmod(0o644)
+    try:
+        for argv in ([sys.executable, str(script)], ["sh", "-c", f'exec "{sys.executable}" "$@"', "sh", str(script)]):
+            user, scratch = job_user()
+            env = {**base, "HOME": str(scratch), "TMPDIR": str(scratch)}
+            returncode, output = launched_as(launcher, [*argv, str(holder.pid), str(secret)], env, scratch, user)
+            assert returncode == 0, output
+            report = report_of(output)
+            assert report["ids"] == [user["uid"]] * 2 + [user["gid"]] * 2 and user["uid"] >= FIRST_JOB_UID
+            assert report["groups"] == [] and report["no_new_privs"] == "1"
+            assert report["environ"] == report["signal"] == report["supervisor"] == "PermissionError", report
+            assert report["secret"] == "PermissionError", report
+            assert report["tmp"] == report["cwd"] == str(scratch) and (scratch / "home-file").read_text() == "written"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@as_root
+def test_a_job_of_its_own_user_runs_in_the_warm_template_what_it_may_read(launcher, job_user, drop_box):
+    launcher, base = launcher
+    probe = drop_box / "probe.py"
+    probe.write_text("import sys\nprint('cv2' in sys.modules, sys.modules.get('haar_cascades') is not None)\n")
+    probe.chmod(0o644)
+    argv = [sys.executable, str(probe)]
+    assert launcher._runs_in_template(argv, base)
+    wait_for(lambda: launched_as(launcher, argv, base, *job_user()[::-1]) == (0, "True True\n"))
+    probe.chmod(0o600)  # the template, root, still compiles it; the job may not read it, so it does not run
+    returncode, output = launched_as(launcher, argv, base, *job_user()[::-1])
+    assert (
+        returncode == 2
+        and output == f"{sys.executable}: can't open file {str(probe)!r}: [Errno 13] Permission denied\n"
+    )
+
+
+@as_root
+def test_an_emulator_that_is_not_root_says_at_start_what_its_jobs_can_reach(launcher, job_user, caplog):
+    """Run by a user of its own (one the launcher gives a job), an emulator cannot confine its jobs, and says so."""
+    launcher, base = launcher
+    project = Path(__file__).resolve().parents[2]
+    user, scratch = job_user((project,))
+    code = "from htc_emulator import running\nwith running(profile='ideal'):\n    print('started', flush=True)\n"
+    env = {**base, "HOME": str(scratch), "TMPDIR": str(scratch), "PYTHONPATH": str(project)}
+    returncode, output = launched_as(launcher, [sys.executable, "-c", code], env, scratch, user)
+    assert returncode == 0 and "started" in output, output
+    assert "process-mode jobs run as this user: the emulator does not run as root" in output
+    assert "Jobs run as containers (--docker) are isolated" in output
+    with running(concurrency=1, profile="ideal"):  # as root: not a word
+        pass
+    assert not [record for record in caplog.records if "process-mode jobs run as this user" in record.getMessage()]
+
+
+def launched_as(launcher, argv, env, cwd, user) -> tuple[int, str]:
+    process = launcher.start(argv, env, cwd, user=user)
+    with process.stdout:
+        output = process.stdout.read().decode()
+    return process.wait(), output
 
 
 def pid_alive(pid: int) -> bool:
@@ -246,12 +416,56 @@ while True:
 """
 
 
+# Two jobs at once: the first waits while the second tries the processes of the emulator's user
+# (the emulator, a notebook kernel holding the API key), its own supervisor and the first job,
+# and the emulator's files; then each does a job's work: its scratch folder, its job token.
+CONFINED_JOB = r"""
+import json, os, sys, tempfile, time
+import requests
+def attempt(action):
+    try:
+        action()
+        return "allowed"
+    except OSError as exc:
+        return type(exc).__name__
+box = os.environ["DROP_BOX"]
+report = {"uid": os.getuid()}
+if os.environ["AWS_BATCH_JOB_ARRAY_INDEX"] == "0":
+    open(os.path.join(box, "first"), "w").write(str(os.getpid()))
+    while not os.path.exists(os.path.join(box, "second-done")):  # the job's timeout bounds the wait
+        time.sleep(0.05)
+else:
+    while not os.path.exists(os.path.join(box, "first")):
+        time.sleep(0.05)
+    others = {"emulator": int(os.environ["EMULATOR_PID"]), "kernel": int(os.environ["KERNEL_PID"]),
+              "supervisor": os.getppid(), "first job": int(open(os.path.join(box, "first")).read())}
+    for name, pid in others.items():
+        report[name] = [attempt(lambda: open(f"/proc/{pid}/environ", "rb").read()), attempt(lambda: os.kill(pid, 0))]
+    report["apiconfig"] = attempt(lambda: open(os.environ["APICONFIG"]).read())
+    report["other attempts"] = attempt(lambda: os.listdir(os.path.dirname(os.getcwd())))
+    open(os.path.join(box, "second-done"), "w").close()
+with open(os.path.join(os.environ["HOME"], "home-file"), "w") as home_file:
+    home_file.write("written")
+with tempfile.NamedTemporaryFile() as temporary:
+    report["scratch"] = [os.path.dirname(temporary.name) == os.getcwd(), "home-file" in os.listdir(".")]
+api, project, task = (os.environ[f"RESCALE_HTC_{n}"] for n in ("API_URL", "PROJECT_ID", "TASK_ID"))
+token = {"Authorization": "Bearer " + os.environ["RESCALE_HTC_BEARER_TOKEN"]}
+report["own task"] = requests.get(f"{api}/htc/projects/{project}/tasks/{task}", headers=token).status_code
+print(json.dumps(report))
+"""
+
+
 @pytest.fixture(scope="module")
 def job_image(tmp_path_factory) -> dict:
     context = tmp_path_factory.mktemp("launcher-image")
     (context / "job.py").write_text(JOB)
     (context / "Dockerfile").write_text('FROM python:3.12-slim\nCOPY job.py /job.py\nCMD ["python", "/job.py"]\n')
-    return {"launch:v1": (context / "Dockerfile", context)}
+    (context / "confined.py").write_text(CONFINED_JOB)
+    (context / "Confined.Dockerfile").write_text("FROM python:3.12-slim\nCOPY confined.py /confined.py\n")
+    return {
+        "launch:v1": (context / "Dockerfile", context),
+        "confined:v1": (context / "Confined.Dockerfile", context),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +480,8 @@ def task(emu):
     return project_id, emu.new_task(project_id)
 
 
-def submit(emu, task, tmp_path, mode: str, timeout: int = 600, **definition) -> tuple[str, Path]:
-    term_file = tmp_path / f"term-{mode}"
+def submit(emu, task, drop_box, mode: str, timeout: int = 600, **definition) -> tuple[str, Path]:
+    term_file = drop_box / f"term-{mode}"  # where the job, of a user of its own, may write
     envs = [
         {"name": "MODE", "value": mode},
         {"name": "TERM_FILE", "value": str(term_file)},
@@ -289,37 +503,37 @@ def escapees(client, task, job_id) -> list[int]:
     return pids
 
 
-def test_nothing_a_job_started_outlives_its_end(emu, task, tmp_path):
-    job_id, _ = submit(emu, task, tmp_path, "exit")
+def test_nothing_a_job_started_outlives_its_end(emu, task, drop_box):
+    job_id, _ = submit(emu, task, drop_box, "exit")
     emu.wait_terminal(*task, 1)
     job = emu.job(*task, job_id)
     assert job["status"] == "SUCCEEDED", job
     assert not [pid for pid in escapees(emu, task, job_id) if pid_alive(pid)]
 
 
-def test_nothing_a_job_started_outlives_its_task(emu, task, tmp_path):
-    job_id, _ = submit(emu, task, tmp_path, "ignore")
+def test_nothing_a_job_started_outlives_its_task(emu, task, drop_box):
+    job_id, _ = submit(emu, task, drop_box, "ignore")
     pids = escapees(emu, task, job_id)
     emu.ok("DELETE", f"/htc/projects/{task[0]}/tasks/{task[1]}")
     wait_for(lambda: emu.job(*task, job_id)["status"] == "FAILED")
     wait_for(lambda: not [pid for pid in pids if pid_alive(pid)])
 
 
-def test_nothing_a_job_started_outlives_the_emulator(job_image, client_for, tmp_path):
+def test_nothing_a_job_started_outlives_the_emulator(job_image, client_for, drop_box):
     with running(images=job_image, time_scale=0.1, concurrency=1, profile="ideal") as emulator:
         client = client_for(emulator)
         project_id = client.new_project(repositories=["launch"])
         task = (project_id, client.new_task(project_id))
-        job_id, _ = submit(client, task, tmp_path, "ignore")
+        job_id, _ = submit(client, task, drop_box, "ignore")
         pids = escapees(client, task, job_id)
         assert all(pid_alive(pid) for pid in pids)
     assert not [pid for pid in pids if pid_alive(pid)]
 
 
 @pytest.mark.slow
-def test_a_timeout_sends_sigterm_then_sigkill_after_the_grace_period(emu, task, tmp_path):
-    ignores, ignored_term = submit(emu, task, tmp_path, "ignore", timeout=60)
-    obeys, obeyed_term = submit(emu, task, tmp_path, "obey", timeout=60)
+def test_a_timeout_sends_sigterm_then_sigkill_after_the_grace_period(emu, task, drop_box):
+    ignores, ignored_term = submit(emu, task, drop_box, "ignore", timeout=60)
+    obeys, obeyed_term = submit(emu, task, drop_box, "obey", timeout=60)
     emu.wait_terminal(*task, 2)
     stubborn, polite = emu.job(*task, ignores), emu.job(*task, obeys)
     assert ignored_term.read_text() == obeyed_term.read_text() == "got SIGTERM"
@@ -328,8 +542,8 @@ def test_a_timeout_sends_sigterm_then_sigkill_after_the_grace_period(emu, task, 
     assert polite["container"]["exitCode"] == 3  # its own exit, from its SIGTERM handler
 
 
-def test_a_cancel_sends_sigterm_then_sigkill_after_the_grace_period(emu, task, tmp_path):
-    job_id, term_file = submit(emu, task, tmp_path, "ignore")
+def test_a_cancel_sends_sigterm_then_sigkill_after_the_grace_period(emu, task, drop_box):
+    job_id, term_file = submit(emu, task, drop_box, "ignore")
     wait_for(lambda: "sleeping" in emu.logs(*task, job_id))
     assert emu.post(f"/htc/projects/{task[0]}/tasks/{task[1]}/jobs/cancel").status_code == 200
     emu.wait_terminal(*task, 1)
@@ -338,12 +552,43 @@ def test_a_cancel_sends_sigterm_then_sigkill_after_the_grace_period(emu, task, t
     assert job["statusReason"] == "Cancelled by user" and job["container"]["exitCode"] == 137
 
 
-def test_a_job_over_its_max_memory_fails_as_out_of_memory(emu, task, tmp_path):
-    hog, _ = submit(emu, task, tmp_path, "memory", maxMemory=200)  # MiB; it touches 400 MiB
-    roomy, _ = submit(emu, task, tmp_path, "exit", maxMemory=1024)
+def test_a_job_over_its_max_memory_fails_as_out_of_memory(emu, task, drop_box):
+    hog, _ = submit(emu, task, drop_box, "memory", maxMemory=200)  # MiB; it touches 400 MiB
+    roomy, _ = submit(emu, task, drop_box, "exit", maxMemory=1024)
     emu.wait_terminal(*task, 2)
     job = emu.job(*task, hog)
     assert job["status"] == "FAILED" and job["failureCode"] == "ErrorNotEnoughMemory", job
     assert job["container"]["exitCode"] == 137
     assert "sleeping" not in emu.logs(*task, hog)
     assert emu.job(*task, roomy)["status"] == "SUCCEEDED"
+
+
+@as_root
+def test_a_job_cannot_read_or_signal_the_emulators_processes_and_still_does_its_work(emu, drop_box, tmp_path):
+    """Issue 19: a job read RESCALE_API_KEY from the environment of a process the emulator's runner started."""
+    kernel = subprocess.Popen(["sleep", "600"], env={"RESCALE_API_KEY": emu.emu.api_key})
+    apiconfig = emu.emu.write_apiconfig(drop_box / "apiconfig")  # mode 0600, in a folder anyone may enter
+    project_id = emu.new_project(repositories=["confined"])
+    task = (project_id, emu.new_task(project_id))
+    envs = {"DROP_BOX": drop_box, "EMULATOR_PID": os.getpid(), "KERNEL_PID": kernel.pid, "APICONFIG": apiconfig}
+    definition = {
+        "imageName": "confined:v1",
+        "commands": ["python", "/confined.py"],
+        "envs": [{"name": name, "value": str(value)} for name, value in envs.items()],
+        "execTimeoutSeconds": 600,
+    }
+    try:
+        parent = emu.submit(*task, definition, batch_size=2)
+        emu.wait_terminal(*task, 2, timeout=120)
+    finally:
+        kernel.kill()
+        kernel.wait()
+    first, second = (report_of("\n".join(emu.logs(*task, f"{parent}:{i}"))) for i in (0, 1))
+    for index in (0, 1):
+        assert emu.job(*task, f"{parent}:{index}")["status"] == "SUCCEEDED"
+    refused = ["PermissionError", "PermissionError"]  # reading /proc/PID/environ, then os.kill(PID, 0)
+    assert second["emulator"] == second["kernel"] == second["supervisor"] == second["first job"] == refused, second
+    assert second["apiconfig"] == second["other attempts"] == "PermissionError", second
+    assert FIRST_JOB_UID <= first["uid"] != second["uid"] >= FIRST_JOB_UID
+    for report in (first, second):
+        assert report["scratch"] == [True, True] and report["own task"] == 200, report
