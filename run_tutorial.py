@@ -10,8 +10,10 @@ goes right after the notebook's cell tagged ``parameters``, as papermill does, a
 parameterised copy is written to ``build/tutorial-seed.ipynb`` (with its HTML after ``run``).
 
 The emulator is started in this process; the notebook's kernel inherits its
-settings through the environment (``RESCALE_HTC_API_URL``, ``RESCALE_API_KEY``,
-``AWS_ENDPOINT_URL_S3``, ``RESCALE_APICONFIG``), exactly as under nbval.
+settings through the environment (``RESCALE_HTC_API_URL``, ``AWS_ENDPOINT_URL_S3``,
+``RESCALE_APICONFIG``), exactly as under nbval. The API key is in the apiconfig file
+(mode 0600) that ``RESCALE_APICONFIG`` names, not in the environment: any process of
+the kernel's user can read a process's environment.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from nbconvert import HTMLExporter
 
 import tutorial_helpers
 from htc_emulator import running
+from htc_emulator.child_env import API_KEY_VARIABLES, without_api_key
 from htc_emulator.container_registry import ContainerRegistry
 from htc_emulator.docker_engine import DockerEngine
 from tools import container_build
@@ -77,7 +80,7 @@ def container_mode() -> dict[str, str] | None:
 
 @contextlib.contextmanager
 def emulator_environment(**settings):
-    """Start the emulator and put its settings (and an apiconfig profile) into os.environ.
+    """Start the emulator and put its settings into os.environ, its API key into an apiconfig profile.
 
     ``settings`` are passed to ``htc_emulator.running`` on top of the tutorial's own. Jobs run
     as containers where a Docker engine answers (see :func:`container_mode`), unless ``docker`` is given.
@@ -90,7 +93,10 @@ def emulator_environment(**settings):
         apiconfig = Path(tmp) / "apiconfig"
         emu.write_apiconfig(apiconfig)
         saved = dict(os.environ)
-        os.environ.update(emu.env(), RESCALE_APICONFIG=str(apiconfig), **(container_env or {}))
+        # The key stays in the file; one already in the environment (the real platform's) would win over it.
+        for name in API_KEY_VARIABLES:
+            os.environ.pop(name, None)
+        os.environ.update(without_api_key(emu.env()), RESCALE_APICONFIG=str(apiconfig), **(container_env or {}))
         try:
             yield emu
         finally:

@@ -48,6 +48,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .child_env import without_api_key
+
 SERVICE = "htc-emulator-registry"
 ISSUER = "htc-emulator"
 USERNAME = "AWS"
@@ -162,6 +164,7 @@ class ContainerRegistry:
                 stdin=subprocess.PIPE,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                env=without_api_key(),
             )
         deadline = time.monotonic() + timeout
         while True:

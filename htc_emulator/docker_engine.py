@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from . import leftovers
+from .child_env import without_api_key
 
 
 class DockerEngine:
@@ -44,7 +45,13 @@ class DockerEngine:
 
     def _docker(self, *args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [self.executable, *args], capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+            [self.executable, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=without_api_key(),
+            **kwargs,
         )
 
     def available(self) -> bool:

@@ -31,6 +31,7 @@ from pathlib import Path
 import requests
 
 from .auth import TokenAuthority
+from .child_env import without_api_key
 from .docker_engine import ContainerProcess, DockerEngine
 from .job_logs import LogSplitter
 from .job_users import JobUsers
@@ -263,7 +264,7 @@ class Scheduler:
                     subprocess.Popen(
                         argv,
                         cwd=workdir,
-                        env={**os.environ, **env},
+                        env={**without_api_key(), **env},
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT,

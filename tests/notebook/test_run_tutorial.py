@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -68,3 +71,24 @@ def test_scale_is_refused_for_refresh_and_unknown_scales(args, monkeypatch, caps
     with pytest.raises(SystemExit) as exit_:
         run_tutorial.main()
     assert exit_.value.code == 2 and "--scale" in capsys.readouterr().err
+
+
+def test_the_kernel_finds_the_api_key_in_the_apiconfig_file_not_in_its_environment(monkeypatch):
+    """Issue 19: a job read RESCALE_API_KEY from the environment of a kernel the runner started."""
+    monkeypatch.setenv("RESCALE_API_KEY", "the-real-platforms-key")  # would win over the emulator's profile
+    kernel_code = "import sys, config\nprint('ready', flush=True)\nprint(config.get_profile()[1] == input())\n"
+    with run_tutorial.emulator_environment(docker=False) as emu:
+        kernel = subprocess.Popen(
+            [sys.executable, "-c", kernel_code],
+            cwd=run_tutorial.ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert kernel.stdout.readline() == "ready\n"  # its environment is its own once it runs
+        environment = Path(f"/proc/{kernel.pid}/environ").read_bytes()
+        answer, _ = kernel.communicate(emu.api_key + "\n")
+        assert answer == "True\n"  # the key it would use is the emulator's, from the file
+        assert emu.api_key.encode() not in environment and b"RESCALE_API_KEY" not in environment
+        assert b"RESCALE_APICONFIG=" in environment and "RESCALE_API_KEY" not in os.environ
+    assert os.environ["RESCALE_API_KEY"] == "the-real-platforms-key"
