@@ -82,6 +82,7 @@ def serve(channel_fd: int, warm_up: list) -> dict:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished supervisors
     channel = socket.socket(fileno=channel_fd)
     compiled: dict = {}
+    namespaces: dict = {}
     while True:
         gc.freeze()  # keeps the imported modules' pages shared with every fork
         if warm_up and not select.select([channel], [], [], 0)[0]:
@@ -95,12 +96,35 @@ def serve(channel_fd: int, warm_up: list) -> dict:
             os._exit(0)  # the emulator closed the channel
         header = json.loads(message)
         code = script_code(header["script"], compiled) if header["script"] else None
+        namespace = mount_namespace(*header["way"], namespaces) if header["way"] else None
         if os.fork() == 0:
             os.close(channel.detach())
             *streams, body = fds
-            return supervise({**read_request(body), "code": code}, *streams)
+            return supervise({**read_request(body), "code": code, "namespace": namespace}, *streams)
         for fd in fds:
             os.close(fd)
+
+
+def mount_namespace(cover: list[str], bind: list[str], namespaces: dict) -> int:
+    """A descriptor of a mount namespace made by :func:`open_the_way` (``-ERRNO`` if it could not be), made
+    once per way and kept alive by the descriptor: a job joins it for the cost of a ``setns``, where a
+    namespace of its own cost milliseconds to make and to tear down."""
+    key = json.dumps([cover, bind])
+    if key not in namespaces:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if os.fork() == 0:  # makes it, hands it over, and is gone
+            try:
+                open_the_way(cover, bind)
+                socket.send_fds(theirs, [b"0"], [os.open("/proc/self/ns/mnt", os.O_RDONLY)])
+            except OSError as exc:
+                theirs.send(str(exc.errno or 1).encode())
+            finally:
+                os._exit(0)
+        theirs.close()
+        message, fds, _, _ = socket.recv_fds(ours, 32, 1)
+        ours.close()
+        namespaces[key] = fds[0] if fds else -int(message or b"1")
+    return namespaces[key]
 
 
 def read_request(fd: int) -> dict:
@@ -163,6 +187,10 @@ def supervise(request: dict, log_fd: int, status_fd: int, control_fd: int) -> di
 
 def prepare_job_process(request: dict, log_fd: int, exec_write: int) -> None:
     """Standard streams, descriptors, signals, working directory and environment of a new process."""
+    if request["namespace"] is not None:  # before its descriptor is closed with the others
+        if request["namespace"] < 0:
+            raise OSError(-request["namespace"], os.strerror(-request["namespace"]))
+        check(LIBC.setns(request["namespace"], CLONE_NEWNS))
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(log_fd, 1)
@@ -177,7 +205,6 @@ def prepare_job_process(request: dict, log_fd: int, exec_write: int) -> None:
             pass
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     if request["user"]:
-        open_the_way(request["user"]["cover"], request["user"]["bind"])
         become(request["user"]["uid"], request["user"]["gid"])
     # Should the supervisor itself be killed, the job process is not left running without it (set after
     # become(): a change of credentials clears it).
@@ -199,12 +226,10 @@ def prepare_job_process(request: dict, log_fd: int, exec_write: int) -> None:
 
 
 def open_the_way(cover: list[str], bind: list[str]) -> None:
-    """In a mount namespace of the job's own, an empty folder over each folder of ``cover``, with only
-    the files and folders of ``bind`` inside it in their place: the way to the interpreter, the worker,
-    the image's files and the scratch folders, where a folder on it (``/root``, a home) is closed to
-    other users, and nothing else."""
-    if not cover:
-        return
+    """In a new mount namespace, an empty folder over each folder of ``cover``, with only the files and
+    folders of ``bind`` inside it in their place: the way to the interpreter, the worker, the image's
+    files and the scratch folders, where a folder on it (``/root``, a home) is closed to other users,
+    and nothing else."""
     check(LIBC.unshare(CLONE_NEWNS))
     check(LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None))  # nothing here reaches the host's mounts
     kept = [os.open(path, os.O_PATH) for path in bind]  # still reachable through these once covered

@@ -125,7 +125,11 @@ class ProcessLauncher:
         }
         # The template reads the header alone; the request (the job's token among its variables) goes in a
         # memory file that only the job's supervisor reads, so no later fork of the template finds it in memory.
-        header = {"mode": mode, "script": argv[1] if mode == "python" and argv[1] != "-c" else None}
+        header = {
+            "mode": mode,
+            "script": argv[1] if mode == "python" and argv[1] != "-c" else None,
+            "way": [user["cover"], user["bind"]] if user and user["cover"] else None,
+        }
         body = os.memfd_create("htc-job-request")
         try:
             data = memoryview(json.dumps(request).encode())
