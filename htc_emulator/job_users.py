@@ -11,9 +11,10 @@ network, where the API and the storage gate hold it to its job token.
 
 Where a folder on the way to the interpreter, the worker, the image's files (its ``COPY``
 sources, as a container has them) or the scratch folders is closed to other users (a Python
-installed under ``/root``, an image in a private temporary folder), the job gets a mount
-namespace of its own in which that folder is an empty one holding only those
-(:func:`htc_emulator.jobhost.open_the_way`); the host's folders are not changed. The files
+installed under ``/root``, an image in a private temporary folder), the job runs in a mount
+namespace in which that folder is an empty one holding only those (made once per set of
+folders by the template: :func:`htc_emulator.jobhost.mount_namespace`); the host's folders
+are not changed. The files
 themselves must be readable by others, as a checkout's are. Jobs run as the emulator's own user, and
 :attr:`JobUsers.unconfined` says why, where the emulator is not root or a job's uid still could
 not run a job (tried once at start).

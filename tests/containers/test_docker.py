@@ -360,3 +360,24 @@ def test_a_killed_emulator_leaves_no_registry_and_the_next_one_removes_its_conta
         process.kill()
         process.wait()
         docker("rm", "--force", container)
+
+
+def test_the_registry_and_its_tether_get_the_emulators_environment_without_the_api_key(monkeypatch, containers_or_skip):
+    """Issue 19: a process's environment is readable by every process of its user; the registry needs no key."""
+    from htc_emulator.container_registry import ContainerRegistry
+
+    if not ContainerRegistry.available():
+        containers_or_skip("Debian's docker-registry is not installed")
+    monkeypatch.setenv("RESCALE_API_KEY", "a-key-in-the-emulators-environment")
+    monkeypatch.setenv("HTC_EMULATOR_API_KEY", "the-emulators-key")
+    registry = ContainerRegistry(lambda *_: True)
+    registry.start()
+    try:
+        tether = registry._process.pid
+        children = Path(f"/proc/{tether}/task/{tether}/children").read_text().split()
+        for pid in [tether, *map(int, children)]:
+            environment = Path(f"/proc/{pid}/environ").read_bytes()
+            assert b"PATH=" in environment and b"API_KEY" not in environment, pid
+        assert len(children) == 1  # the registry itself
+    finally:
+        registry.stop()
