@@ -17,11 +17,11 @@ APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SU
 SCALE ?= default
 
 # Start the emulator, execute the notebook headless, write build/tutorial.{ipynb,html}.
-run: venv data
+run: venv data chromium
 	$(PY) run_tutorial.py run --scale $(SCALE)
 
 # Start the emulator and JupyterLab, to step through the notebook.
-lab: venv data
+lab: venv data chromium
 	$(PY) run_tutorial.py lab --scale $(SCALE)
 
 test: lint venv-dev data chromium
@@ -38,7 +38,7 @@ lint: venv-dev
 	$(VENV)/bin/ruff format --check .
 
 # Re-execute tutorial.ipynb in place: the outputs that nbval compares.
-refresh: venv data
+refresh: venv data chromium
 	$(PY) run_tutorial.py refresh
 
 # Each benchmark writes bench/results.json; the last step compares it with the committed one (exit 1: worse).
@@ -50,6 +50,7 @@ bench: venv-dev data
 	else echo "bench/containers.py skipped: no Docker engine answers docker info"; fi
 	$(PY) bench/results.py
 
+# The browser tests' browser, and the one kaleido draws each chart's static copy with.
 chromium:
 	command -v chromium >/dev/null || { $(APT_INSTALL) chromium; }
 

@@ -7,9 +7,10 @@
   ``docker_login``, ``docker_push``, ``require_buildx``), not in ``exit status 1``;
 * pictures: a photo, a chart of job statuses, a plotly figure with its static copy.
 
-The pictures need the notebook's packages (``pip install .[notebook]``: plotly, matplotlib,
-OpenCV, IPython), imported where they are used, so that the rest works with the client's
-packages alone. Outside a notebook they write a file or name one, and print one line.
+The pictures need the notebook's packages (``pip install .[notebook]``: plotly, kaleido,
+OpenCV, IPython; kaleido draws with the system's Chromium), imported where they are used, so
+that the rest works with the client's packages alone. Outside a notebook they write a file or
+name one, and print one line.
 
 As in ``htc_helpers``, each public function's docstring ends with a *Needs* line: the other
 names it uses, here and in ``htc_helpers``, which a copy must bring along.
@@ -369,6 +370,10 @@ def docker_publish(reference: str, image: str, platforms: str) -> None:
 
 # --- pictures ----------------------------------------------------------------------------
 
+# Every chart's size, interactive and static alike: within a default JupyterLab cell's width.
+FIGURE_WIDTH = 760
+FIGURE_HEIGHT = 420
+
 
 def _in_notebook() -> bool:
     """Whether this runs in a Jupyter kernel, which can show pictures (a kernel has IPython loaded)."""
@@ -419,53 +424,33 @@ def show_image(path, width: int = 500) -> None:
     display(Image(data=cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes()))
 
 
-def static_png(figure, width: float = 7.0, height: float = 3.5) -> bytes:
-    """A PNG of a plotly line or bar figure, drawn with matplotlib: no browser or network needed.
+def static_png(figure, width: int = FIGURE_WIDTH, height: int = FIGURE_HEIGHT) -> bytes:
+    """A PNG of a plotly figure, drawn by plotly's own exporter (kaleido, in headless Chromium): the same chart.
 
+    Offline: the page kaleido draws in loads plotly.js from the plotly package, and MathJax not at all.
+    The first call starts Chromium, which later calls reuse (a few seconds, then a fraction of one);
+    it stops when Python exits. Without Chromium, kaleido's ``ChromeNotFoundError`` says what to install.
     Example: ``Path("plot.png").write_bytes(static_png(plot_status_history(history)))``
 
-    Needs: nothing else
+    Needs: FIGURE_HEIGHT, FIGURE_WIDTH
     """
-    import io
+    import kaleido
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
-    bars = [trace for trace in figure.data if trace.type == "bar"]
-    for trace in figure.data:
-        if trace.type == "bar":
-            labels = [str(x) for x in trace.x]
-            step = 0.8 / len(bars)
-            positions = [i - 0.4 + step * (bars.index(trace) + 0.5) for i in range(len(labels))]
-            ax.bar(positions, trace.y, width=step, label=trace.name)
-            ax.set_xticks(range(len(labels)), labels)
-        else:
-            ax.plot(list(trace.x), list(trace.y), marker="o", markersize=3, label=trace.name or None)
-    layout = figure.layout
-    ax.set_title(layout.title.text or "")
-    ax.set_xlabel(layout.xaxis.title.text or "")
-    ax.set_ylabel(layout.yaxis.title.text or "")
-    if any(trace.name for trace in figure.data):
-        ax.legend(fontsize="small")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
+    kaleido.start_sync_server(mathjax=False, silence_warnings=True)
+    return kaleido.calc_fig_sync(figure, opts={"format": "png", "width": width, "height": height})
 
 
 def show_figure(figure, path=None) -> Path | None:
     """Display a plotly figure as one output holding the interactive chart and a static PNG of it.
 
     JupyterLab and VS Code draw the interactive chart; viewers without a kernel or plotly.js
-    (a repository's notebook preview, nbconvert's HTML) show the PNG. Outside a notebook the
-    chart goes to an HTML file that works offline (``path``, else one named after its title in
-    the current folder), and one line says where; that path is returned.
+    (a repository's notebook preview, nbconvert's HTML) show the PNG, which plotly itself drew
+    from the same figure at the same size (``FIGURE_WIDTH`` x ``FIGURE_HEIGHT``). Outside a
+    notebook the chart goes to an HTML file that works offline (``path``, else one named after
+    its title in the current folder), and one line says where; that path is returned.
     Example: ``show_figure(plot_status_history(history))``
 
-    Needs: _in_notebook, static_png
+    Needs: FIGURE_HEIGHT, FIGURE_WIDTH, _in_notebook, static_png
     """
     if not _in_notebook():
         title = figure.layout.title.text or "figure"
@@ -475,12 +460,14 @@ def show_figure(figure, path=None) -> Path | None:
         return path
     import base64
 
+    import plotly.graph_objects as go
     from IPython.display import display
 
+    sized = go.Figure(figure).update_layout(width=FIGURE_WIDTH, height=FIGURE_HEIGHT)
     display(
         {
-            "application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {}},
-            "image/png": base64.b64encode(static_png(figure)).decode(),
+            "application/vnd.plotly.v1+json": {**json.loads(sized.to_json()), "config": {}},
+            "image/png": base64.b64encode(static_png(sized)).decode(),
             "text/plain": f"<figure: {figure.layout.title.text or 'plotly chart'}>",
         },
         raw=True,

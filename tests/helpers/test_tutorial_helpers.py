@@ -114,6 +114,21 @@ def test_static_png_draws_line_and_bar_figures():
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
 
 
+def png_size(png: bytes) -> tuple[int, int]:
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def test_static_png_is_plotlys_own_drawing_of_the_figure_at_the_charts_size():
+    """What the code asks for shows in the still (a log axis, value labels), at the interactive chart's size."""
+    linear = px.bar(x=["1", "2", "6"], y=[9.5, 4.2, 2.1], title="same data")
+    logarithmic = px.bar(x=["1", "2", "6"], y=[9.5, 4.2, 2.1], title="same data", log_y=True)
+    labelled = px.bar(x=["1", "2", "6"], y=[9.5, 4.2, 2.1], title="same data", text_auto=True)
+    pngs = [tutorial.static_png(figure) for figure in (linear, logarithmic, labelled)]
+    assert all(png_size(png) == (tutorial.FIGURE_WIDTH, tutorial.FIGURE_HEIGHT) for png in pngs)
+    assert len({*pngs}) == 3
+    assert png_size(tutorial.static_png(linear, width=300, height=200)) == (300, 200)
+
+
 def test_show_image_names_a_missing_picture(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.jpg"):
         tutorial.show_image(tmp_path / "nothing.jpg")
