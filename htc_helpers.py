@@ -561,11 +561,13 @@ def wait_for_job(
     *,
     interval: float | None = None,
     timeout: float | None = WAIT_TIMEOUT_SECONDS,
+    progress: bool = True,
 ) -> dict:
     """Poll a job instance's events until its latest status is terminal; return that event.
 
     Polls every ``interval`` seconds: by default the platform's status refresh (30 s), on the API's
     clock (``platform_seconds``). Raises ``HtcTimeoutError`` after ``timeout`` seconds (a day by default).
+    With ``progress``, one line shows the job's latest status while it waits.
     Example: ``event = wait_for_job(session, project_id, task_id, f"{parent_job_id}:0", timeout=3600)``
 
     Needs: HtcError, HtcTimeoutError, MAX_EMPTY_PAGES, _next_params, paginate, _pause, platform_seconds,
@@ -582,16 +584,22 @@ def wait_for_job(
             f"(status: {latest['status'] if latest else 'no events yet'})"
         )
 
-    while True:
-        try:  # a poll's retries end by the deadline too
-            events = paginate(session, url, {"pageSize": 500}, deadline=deadline)
-        except HtcTimeoutError:
-            raise timed_out() from None
-        # Within one timestamp a terminal event is the later one: nothing follows it.
-        latest = max(events, key=lambda e: (_timestamp(e["dateTime"]), e["status"] in TERMINAL_STATUSES), default=None)
-        if latest is not None and latest["status"] in TERMINAL_STATUSES:
-            return latest
-        time.sleep(_pause(interval, deadline, timed_out))
+    # stdout, not stderr: a notebook shows stderr as an error box.
+    with tqdm(total=1, desc=f"job {job_id}", unit="job", disable=not progress, file=sys.stdout) as bar:
+        while True:
+            try:  # a poll's retries end by the deadline too
+                events = paginate(session, url, {"pageSize": 500}, deadline=deadline)
+            except HtcTimeoutError:
+                raise timed_out() from None
+            # Within one timestamp a terminal event is the later one: nothing follows it.
+            latest = max(
+                events, key=lambda e: (_timestamp(e["dateTime"]), e["status"] in TERMINAL_STATUSES), default=None
+            )
+            bar.set_postfix_str(latest["status"] if latest else "no events yet")
+            if latest is not None and latest["status"] in TERMINAL_STATUSES:
+                bar.update(1)
+                return latest
+            time.sleep(_pause(interval, deadline, timed_out))
 
 
 def wait_for_image(
