@@ -1,4 +1,5 @@
-"""The tutorial as a person runs it: JupyterLab in headless Chromium, Run All Cells, against the emulator.
+"""The tutorial as a person runs it: JupyterLab in headless Chromium against the emulator, started as
+``make lab`` starts it, opened at the URL it prints, with Run All Cells.
 
 Chromium is Debian's (``make test`` installs it); Playwright drives it through
 ``executable_path`` and never downloads a browser of its own.
@@ -18,16 +19,17 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
+import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
+
+import run_tutorial
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -70,51 +72,57 @@ def lab_settings(folder: Path) -> Path:
     return folder
 
 
+def lab_config(folder: Path) -> Path:
+    """Server settings the tests need besides make lab's command line: the app visible to scripts, no news."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "jupyter_server_config.json").write_text(
+        json.dumps({"LabApp": {"expose_app_in_browser": True, "news_url": ""}})
+    )
+    return folder
+
+
+# The URL JupyterLab prints, token included: what a person opens after `make lab`.
+PRINTED_URL = re.compile(r"http://127\.0\.0\.1:\d+/lab/tree/tutorial\.ipynb\?token=\w+")
+
+
 @pytest.fixture
 def jupyterlab(emulator, tmp_path):
-    """JupyterLab on loopback, serving the project with the session emulator's settings in its environment."""
+    """JupyterLab started with make lab's command (run_tutorial.lab_command) and the session emulator's settings.
+
+    Yields the URL it printed, the server's base URL and its log. The token is JupyterLab's own,
+    read from what it prints, as a person reads it.
+    """
     port = free_port()
-    # A token in the environment, not on the command line: other local users can't read it or use the server.
-    token = secrets.token_hex(16)
     env = {
         **os.environ,
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_CONFIG_DIR": str(lab_config(tmp_path / "config")),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
         "JUPYTERLAB_SETTINGS_DIR": str(lab_settings(tmp_path / "settings")),
-        "JUPYTER_TOKEN": token,
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
     }
     env.pop("PLOTLY_RENDERER", None)
-    log = open(tmp_path / "jupyterlab.log", "w")
-    lab = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyter",
-            "lab",
-            "--no-browser",
-            "--ip=127.0.0.1",
-            f"--port={port}",
-            f"--ServerApp.root_dir={ROOT}",
-            "--LabApp.news_url=",
-            "--LabApp.expose_app_in_browser=True",
-            "--allow-root",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    env.pop("JUPYTER_TOKEN", None)
+    log_path = tmp_path / "jupyterlab.log"
+    log = open(log_path, "w")
+    command = run_tutorial.lab_command(port, run_tutorial.NOTEBOOK)
+    lab = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
+        while not (printed := PRINTED_URL.search(log_path.read_text())):
+            assert lab.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.5)
+        url = printed.group(0)
+        token = url.rsplit("=", 1)[1]
         while True:
             try:
                 if requests.get(f"{base}/api/status", headers={"Authorization": f"token {token}"}, timeout=2).ok:
                     break
             except requests.ConnectionError:
                 pass
-            assert lab.poll() is None and time.monotonic() < deadline, (tmp_path / "jupyterlab.log").read_text()
+            assert lab.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.5)
-        yield base, token, tmp_path / "jupyterlab.log"
+        yield url, base, log_path
     finally:
         lab.terminate()
         lab.wait(timeout=30)
@@ -210,7 +218,7 @@ def test_run_all_cells_in_jupyterlab(jupyterlab):
 
     committed = hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest()
     code_cells = sum(cell["cell_type"] == "code" for cell in json.loads((ROOT / "tutorial.ipynb").read_text())["cells"])
-    base, token, lab_log = jupyterlab
+    url, _, lab_log = jupyterlab
     SCREENSHOT.parent.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -240,7 +248,7 @@ def test_run_all_cells_in_jupyterlab(jupyterlab):
                 page.wait_for_timeout(500)
             return state
 
-        page.goto(f"{base}/lab/tree/tutorial.ipynb?token={token}")
+        page.goto(url)
         # Run All before the whole file has loaded, or before the kernel is up, would run nothing.
         wait_until(
             lambda s: s["ready"] and s["kernel"] == "idle" and len(s["cells"]) == code_cells,
