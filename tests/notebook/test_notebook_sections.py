@@ -1,21 +1,28 @@
-"""Sections of tutorial.ipynb lifted out as a reader would copy them.
+"""Sections of tutorial.ipynb lifted out as a reader would copy them, into a folder of their own.
 
-Each test takes the code cells of one section (the cells carrying the section's tag), puts
-before them only the Setup and Parameters cells and the one-line preamble the section states
-("On its own: `...`"), and runs them in a fresh kernel against a fresh emulator. A section
-that uses a name its preamble does not make fails here.
+A fresh virtual environment outside the repository gets the project by ``pip install`` (from a
+copy of its tracked files, removed before anything runs: what the scripts use comes from the
+installed package). Each test then pastes one section into a script, as a reader would: the
+Setup and Parameters cells, the one-line preamble the section states ("On its own: `...`") and
+the section's code cells (the cells carrying its tag), and runs it unchanged with that
+environment's Python, in an empty folder, against the session's emulator. A section that uses
+a name its preamble does not make, or a file only the repository has, fails here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
 
 from run_tutorial import emulator_environment, to_html
 
@@ -25,6 +32,11 @@ PREAMBLE = re.compile(r"On its own:\s*`([^`]+)`")
 # A papermill-style override after the Parameters cell keeps the batches small.
 SMALL = "JOB_COUNT = 6"
 CHECK = "print('CHECK ' + json.dumps({}, default=str))"
+COPYABLE = ("batch", "gather", "download", "overhead", "cancel")
+
+
+class SectionFailed(AssertionError):
+    """The lifted script exited with an error; the message holds the end of its output."""
 
 
 def tagged(tag: str) -> list[nbformat.NotebookNode]:
@@ -44,46 +56,89 @@ def preamble(tag: str) -> str:
     raise AssertionError(f"no section heading before the cells tagged {tag!r}")
 
 
-def run_section(tag: str, check: str, *, preamble_line: str | None = None, **settings) -> dict:
-    """Run Setup, Parameters, the preamble and the section in a fresh kernel; return what ``check`` printed.
+@pytest.fixture(scope="module")
+def installed_python(tmp_path_factory, emulator) -> Path:
+    """A fresh virtual environment outside the repository with the project pip-installed (the notebook extra)."""
+    place = tmp_path_factory.mktemp("lifted")
+    assert ROOT not in place.parents
+    source = place / "source"
+    listing = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, listing.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    venv = place / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        + ["-c", str(source / "constraints.txt"), f"{source}[notebook]"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
+    shutil.rmtree(source)
+    return python
 
-    The fresh emulator has the tutorial's settings, and ``settings`` on top (``profile=...``).
+
+def run_section(
+    tag: str, check: str, *, python: Path | None = None, preamble_line: str | None = None, **settings
+) -> dict:
+    """Setup, Parameters, the preamble and the section, as one script run in an empty folder; what ``check`` printed.
+
+    ``python`` runs it (by default this interpreter, where the project is installed editable), against
+    the session emulator, or, with ``settings`` (``profile=...``), a fresh one with the tutorial's
+    settings and those on top.
     """
     sources = [
-        tagged("setup")[0].source,
+        *(c.source for c in tagged("setup")),
         tagged("parameters")[0].source,
         SMALL,
         preamble_line or preamble(tag),
         *(c.source for c in tagged(tag)),
+        "import json",
         CHECK.format(check),
     ]
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
-    with emulator_environment(**settings):
-        NotebookClient(
-            notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-        ).execute()
-    printed = "".join(o.get("text", "") for o in notebook.cells[-1].outputs if o.output_type == "stream")
-    return json.loads(printed.split("CHECK ", 1)[1])
+    with tempfile.TemporaryDirectory(prefix="mine-") as folder, contextlib.ExitStack() as stack:
+        assert ROOT not in Path(folder).parents
+        if settings:
+            stack.enter_context(emulator_environment(**settings))
+        script = Path(folder) / f"{tag}.py"
+        script.write_text("\n\n".join(sources) + "\n")
+        # The photos the installed quickstart uploads: an installed package has no data set beside it.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["HTC_TUTORIAL_IMAGES"] = str(ROOT / "data" / "images")
+        command = [str(python or sys.executable), script.name]
+        run = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    if run.returncode != 0:
+        raise SectionFailed(f"{script} exited with {run.returncode}:\n{run.stdout[-3000:]}\n{run.stderr[-4000:]}")
+    return json.loads(run.stdout.split("CHECK ", 1)[1])
 
 
 def test_every_copyable_section_states_its_preamble():
-    for tag in ("batch", "gather", "download", "overhead", "cancel"):
+    for tag in COPYABLE:
         assert preamble(tag).count("\n") == 0
 
 
 @pytest.mark.slow
-def test_batch_submit_and_monitor_section():
-    result = run_section("batch", '{"counts": htc.group_status_counts(session, PROJECT_ID, TASK_ID, GROUP)}')
+def test_batch_submit_and_monitor_section(installed_python):
+    result = run_section(
+        "batch",
+        '{"counts": htc.group_status_counts(session, PROJECT_ID, TASK_ID, GROUP)}',
+        python=installed_python,
+    )
     assert {status: n for status, n in result["counts"].items() if n} == {"SUCCEEDED": 6}
 
 
 @pytest.mark.slow
-def test_gather_section_finds_the_winner():
+def test_gather_section_finds_the_winner(installed_python):
     result = run_section(
         "gather",
         '{"winner": winner, "most": int(results["faces"].max()), '
         '"winner_faces": int(best.iloc[0]["faces"]), "missing": missing, '
         '"rows": len(results), "listed": len(htc.read_image_list(session, PROJECT_ID))}',
+        python=installed_python,
     )
     assert result["missing"] == []
     assert result["rows"] == result["listed"] > 0
@@ -91,20 +146,23 @@ def test_gather_section_finds_the_winner():
 
 
 @pytest.mark.slow
-def test_download_section_fetches_the_winner():
+def test_download_section_fetches_the_winner(installed_python):
     result = run_section(
-        "download", '{"path": str(downloaded[0]), "winner": winner, "size": downloaded[0].stat().st_size}'
+        "download",
+        '{"path": str(downloaded[0]), "winner": winner, "size": downloaded[0].stat().st_size}',
+        python=installed_python,
     )
     assert Path(result["path"]).name == f"{result['winner']}_tagged.jpg"
     assert result["size"] > 0
 
 
 @pytest.mark.slow
-def test_overhead_section_times_three_job_sizes():
+def test_overhead_section_times_three_job_sizes(installed_python):
     result = run_section(
         "overhead",
         '{"jobs": timings["jobs"].tolist(), "seconds": timings["seconds"].tolist(), '
         '"status": deleted["lifecycleStatus"]}',
+        python=installed_python,
     )
     assert result["jobs"] == [6, 3, 1]
     assert all(seconds > 0 for seconds in result["seconds"])
@@ -112,11 +170,12 @@ def test_overhead_section_times_three_job_sizes():
 
 
 @pytest.mark.slow
-def test_cancel_section_cancels_the_failing_group():
+def test_cancel_section_cancels_the_failing_group(installed_python):
     result = run_section(
         "cancel",
         '{"cancelled": cancelled, "failed": htc.failure_summary(failed_jobs), '
         '"to_the_end": htc.status_counts(all_jobs)}',
+        python=installed_python,
     )
     assert result["cancelled"] is True
     assert any(reason.startswith("ErrorUnknownFailure") for reason in result["failed"])
@@ -125,7 +184,7 @@ def test_cancel_section_cancels_the_failing_group():
 
 
 @pytest.mark.slow
-def test_gather_section_explains_a_batch_whose_jobs_all_failed():
+def test_gather_section_explains_a_batch_whose_jobs_all_failed(installed_python):
     """Every job fails (its image list is missing): the gather section names the failures, no IndexError."""
     broken_batch = (
         "session, PROJECT_ID, TASK_ID, IMAGE, IMAGE_LIST_KEY = quickstart.ready_task(API_URL); "
@@ -135,8 +194,8 @@ def test_gather_section_explains_a_batch_whose_jobs_all_failed():
         "htc.monitor_group(session, PROJECT_ID, TASK_ID, group, expected_jobs=JOB_COUNT, "
         "interval=0.2, timeout=600, progress=False)"
     )
-    with pytest.raises(CellExecutionError) as failure:
-        run_section("gather", "{}", preamble_line=broken_batch)
+    with pytest.raises(SectionFailed) as failure:
+        run_section("gather", "{}", python=installed_python, preamble_line=broken_batch)
     message = str(failure.value)
     assert "RuntimeError" in message and "IndexError" not in message
     assert "6 of 6 jobs failed" in message
