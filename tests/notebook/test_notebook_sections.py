@@ -228,3 +228,18 @@ def test_html_report_loads_nothing_from_the_network():
     html = to_html(NOTEBOOK)
     assert not re.findall(r"<(?:script|link)[^>]+(?:src|href)=\"(?:https?:)?//", html)
     assert html.count("<img") >= 3
+
+
+# --- the notebook as text: what a reader steps through ------------------------------------
+
+
+def test_committed_progress_bars_end_where_they_stop():
+    frozen = [
+        line
+        for cell in NOTEBOOK.cells
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "stream"
+        for line in (segment.split("\r")[-1] for segment in output.get("text", "").split("\n"))
+        if re.search(r"\d+%\|", line) and "100%|" not in line
+    ]
+    assert not frozen, frozen
