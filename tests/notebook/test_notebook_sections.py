@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import nbformat
 import pytest
 
 from run_tutorial import emulator_environment, to_html
+from tests.support.installed import pip_install_a_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = nbformat.read(ROOT / "tutorial.ipynb", as_version=4)
@@ -59,27 +59,7 @@ def preamble(tag: str) -> str:
 @pytest.fixture(scope="module")
 def installed_python(tmp_path_factory, emulator) -> Path:
     """A fresh virtual environment outside the repository with the project pip-installed (the notebook extra)."""
-    place = tmp_path_factory.mktemp("lifted")
-    assert ROOT not in place.parents
-    source = place / "source"
-    listing = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, listing.decode().split("\0")):
-        if (ROOT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, source / name)
-    venv = place / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    python = venv / "bin" / "python"
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        + ["-c", str(source / "constraints.txt"), f"{source}[notebook]"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
-    shutil.rmtree(source)
-    return python
+    return pip_install_a_copy(tmp_path_factory.mktemp("lifted"), "notebook")
 
 
 def run_section(

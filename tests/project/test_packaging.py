@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from tests.support.installed import pip_install_a_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -101,25 +102,8 @@ def test_pip_install_in_a_fresh_environment_outside_the_repository(emulator, tmp
     The project is installed from a copy of its tracked files (no data set beside it), which is
     removed before the script runs: what the script uses must come from the installed package.
     """
-    assert ROOT not in tmp_path.parents
-    source = tmp_path / "source"
-    listing = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, listing.decode().split("\0")):
-        if (ROOT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, source / name)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    python = venv / "bin" / "python"
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        + ["-c", str(source / "constraints.txt"), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
-    shutil.rmtree(source)
+    python = pip_install_a_copy(tmp_path)
+    venv = python.parents[1]
 
     mine = tmp_path / "my-folder"
     mine.mkdir()
