@@ -14,10 +14,10 @@ sources, as a container has them) or the scratch folders is closed to other user
 installed under ``/root``, an image in a private temporary folder), the job runs in a mount
 namespace in which that folder is an empty one holding only those (made once per set of
 folders by the template: :func:`htc_emulator.jobhost.mount_namespace`); the host's folders
-are not changed. The files
-themselves must be readable by others, as a checkout's are. Jobs run as the emulator's own user, and
-:attr:`JobUsers.unconfined` says why, where the emulator is not root or a job's uid still could
-not run a job (tried once at start).
+are not changed. The files themselves must be readable by others, as a checkout's are.
+
+Jobs run as the emulator's own user, and :attr:`JobUsers.unconfined` says why, where the
+emulator is not root or a job's uid still could not run a job (tried once at start).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ JOB_UID_COUNT = 1 << 29
 # Said at start-up where jobs run as the emulator's own user.
 UNCONFINED_WARNING = (
     "process-mode jobs run as this user: {reason}. A job can then read what this user can (its files, the "
-    "apiconfig file, the environment of its processes: an API key in a notebook kernel's) and signal its "
+    "apiconfig file that holds the API key, the memory and environment of its processes) and signal its "
     "processes; job tokens and the storage gate hold only a job that keeps to its token. Jobs run as "
     "containers (--docker) are isolated: see htc_emulator/README.md, 'What a process-mode job can reach'."
 )
