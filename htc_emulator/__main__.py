@@ -78,18 +78,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fault-kinds",
         type=_kinds,
         default=["503"],
-        help="kinds for --fault-rate: 429,500,503,slow (storage: 500,503,slow)",
+        help="kinds for --fault-rate: 429,500,503,slow,lost (storage: 500,503,slow)",
     )
     faults.add_argument("--fault-script", type=_kinds, help="exact sequence for the next requests, e.g. 429,500,ok")
     faults.add_argument("--fault-path", help="only requests whose path matches this regex")
     faults.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on 429/503")
     faults.add_argument("--slow-seconds", type=float, default=1.0, help="delay of a 'slow' fault")
+    faults.add_argument(
+        "--lost-answer-seconds",
+        type=float,
+        default=60.0,
+        help="a 'lost' fault's answer (the request is carried out) waits this long for the client to hang up, then 504",
+    )
     faults.add_argument("--fault-seed", type=int, help="random seed for --fault-rate")
     return parser.parse_args(argv)
 
 
 def build_faults(args: argparse.Namespace) -> FaultInjector:
-    injector = FaultInjector(retry_after=args.retry_after, slow_seconds=args.slow_seconds, seed=args.fault_seed)
+    injector = FaultInjector(
+        retry_after=args.retry_after,
+        slow_seconds=args.slow_seconds,
+        seed=args.fault_seed,
+        lost_answer_seconds=args.lost_answer_seconds,
+    )
     if args.fault_rate is not None:
         injector.set_rate(args.fault_rate, args.fault_kinds, target=args.fault_target, path=args.fault_path)
     if args.fault_script:

@@ -37,7 +37,8 @@ DEVIATIONS = {
     "400 on three operations only",
     "AWS_ environment variables": "envs names beginning with AWS_ are refused (400 naming the variable), as the "
     "original tutorial says the platform does; the spec's pattern reserves only a few",
-    "429/500/503": "injected faults answer with an HTCRequestError body on any operation",
+    "429/500/503/504": "injected faults answer with an HTCRequestError body on any operation (504: a 'lost' "
+    "answer that the client waited for longer than a load balancer would)",
     "413 everywhere": "a request body past its operation's limit (routes/body_limit.py) is refused before more of it "
     "is read, with a 413 HTCRequestError, on any operation; the spec documents no limit",
     "nulls in production": "fields the emulator has no value for are sent as null, as the platform does "
@@ -136,6 +137,6 @@ def apply(spec: dict) -> dict:
                 for response in responses.values():
                     if response.get("content") == {}:
                         del response["content"]
-                for status in ("400", "413", "429", "500", "503"):
+                for status in ("400", "413", "429", "500", "503", "504"):
                     responses.setdefault(status, {"description": "error", **copy.deepcopy(_ERROR)})
     return spec

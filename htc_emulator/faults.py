@@ -4,8 +4,12 @@ Two targets:
 
 * ``"api"``: the HTTP API. Kinds ``"429"`` (with ``Retry-After``),
   ``"500"``, ``"503"`` (with ``Retry-After``) and ``"slow"`` (the request
-  waits ``slow_seconds`` and then succeeds). A faulted request never
-  reaches a handler, so it changes nothing.
+  waits ``slow_seconds`` and then succeeds): a request faulted so never
+  reaches a handler, so it changes nothing. And ``"lost"``: the request is
+  carried out (a submit is committed), but its answer is lost on the way
+  back: none comes until the client gives up and closes the connection (its
+  read timeout), or, after ``lost_answer_seconds``, a 504 comes instead, as
+  from a load balancer whose wait for the server ran out.
 * ``"storage"``: S3 requests to the moto server made with client
   credentials. Kinds ``"500"`` (``InternalError``), ``"503"``
   (``SlowDown``) and ``"slow"``.
@@ -16,6 +20,7 @@ Python::
 
     emu.faults.set_rate(0.2, kinds=["429", "503"])          # 20 % of API calls
     emu.faults.script(["429", "500", "ok", "slow"])          # the next 4 calls, in order
+    emu.faults.script(["lost"], path=r"/jobs/batch$")        # the next submit lands, its answer does not
     emu.faults.script(["503"], target="storage")             # the next S3 request
     emu.faults.set_rate(0.5, kinds=["500"], path=r"/jobs$")  # only paths matching a regex
     emu.faults.clear()
@@ -40,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 TARGETS = ("api", "storage")
-KINDS = {"api": {"429", "500", "503", "slow", "ok"}, "storage": {"500", "503", "slow", "ok"}}
+KINDS = {"api": {"429", "500", "503", "slow", "lost", "ok"}, "storage": {"500", "503", "slow", "ok"}}
 
 _API_ERRORS = {
     "429": ("TOO_MANY_REQUESTS", "Rate limit exceeded (injected fault)"),
@@ -68,9 +73,17 @@ class _Rule:
 class FaultInjector:
     """Decides, per request, whether to inject a fault and which."""
 
-    def __init__(self, retry_after: int = 1, slow_seconds: float = 1.0, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        retry_after: int = 1,
+        slow_seconds: float = 1.0,
+        seed: int | None = None,
+        lost_answer_seconds: float = 60.0,
+    ) -> None:
         self.retry_after = retry_after
         self.slow_seconds = slow_seconds
+        # An AWS load balancer's default idle timeout: what a client that never gives up gets instead.
+        self.lost_answer_seconds = lost_answer_seconds
         self.injected: collections.Counter = collections.Counter()
         self._random = random.Random(seed)
         self._rates: dict[str, _Rule | None] = dict.fromkeys(TARGETS)
@@ -79,12 +92,14 @@ class FaultInjector:
 
     @classmethod
     def from_config(cls, config: dict) -> FaultInjector:
-        """Build from ``{"rate", "kinds", "script", "target", "path", "retry_after", "slow_seconds", "seed"}``."""
+        """Build from ``{"rate", "kinds", "script", "target", "path", "retry_after", "slow_seconds", "seed",
+        "lost_answer_seconds"}``."""
         config = dict(config)
         injector = cls(
             retry_after=config.pop("retry_after", 1),
             slow_seconds=config.pop("slow_seconds", 1.0),
             seed=config.pop("seed", None),
+            lost_answer_seconds=config.pop("lost_answer_seconds", 60.0),
         )
         target = config.pop("target", "api")
         path = config.pop("path", None)
@@ -150,6 +165,8 @@ class FaultInjector:
             if scope["type"] != "http":
                 return await app(scope, receive, send)
             kind = injector.pick("api", scope["path"])
+            if kind == "lost":
+                return await injector._lose_answer(app, scope, receive, send)
             if kind == "slow":
                 await asyncio.sleep(injector.slow_seconds)
             elif kind is not None:
@@ -164,6 +181,29 @@ class FaultInjector:
             return await app(scope, receive, send)
 
         return middleware
+
+    async def _lose_answer(self, app, scope, receive, send) -> None:
+        """Carry the request out, hold its answer back until the client hangs up; 504 if it never does."""
+
+        async def dropped(message) -> None:
+            return None
+
+        await app(scope, receive, dropped)
+        try:
+            # Once the handler has read the body, the next message is the client's disconnect.
+            while (await asyncio.wait_for(receive(), self.lost_answer_seconds))["type"] != "http.disconnect":
+                pass
+        except TimeoutError:
+            body = json.dumps(
+                {
+                    "errorType": "GATEWAY_TIMEOUT",
+                    "errorDescription": "The server's answer did not arrive in time (injected fault)",
+                    "message": None,
+                }
+            ).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 504, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
 
     def wsgi(self, app, spare_access_key: str):
         """Wrap moto's WSGI app with the ``storage`` faults.

@@ -6,6 +6,7 @@ import time
 
 import boto3
 import pytest
+import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -132,3 +133,26 @@ def test_a_script_does_not_rescope_the_rate():
     injector.script(["slow"], path=r"/tasks$")
     assert injector.pick("api", "/api/v1/htc/regions") == "500"
     assert injector.pick("api", "/api/v1/htc/projects/p/tasks") == "slow"
+
+
+def test_a_lost_answer_is_carried_out_and_never_arrives(faulty):
+    """'lost': the request is committed, then no answer until the client gives up (here: its read timeout)."""
+    before = project_count(faulty)
+    faulty.emu.faults.script(["lost"], path=r"/htc/projects$")
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(
+            faulty.emu.api_url + "/htc/projects",
+            json={"projectName": "lost", "projectDescription": "committed, answer lost"},
+            headers={"Authorization": f"Bearer {faulty.token}"},
+            timeout=(5, 0.5),
+        )
+    assert project_count(faulty) == before + 1
+    assert faulty.emu.faults.injected[("api", "lost")] == 1
+
+
+def test_a_lost_answer_becomes_a_504_for_a_client_that_waits(client_for):
+    with running(faults={"script": ["lost"], "path": "/htc/projects$", "lost_answer_seconds": 0.3}) as emu:
+        client = client_for(emu)
+        response = client.post("/htc/projects", json={"projectName": "p", "projectDescription": "d"})
+        assert response.status_code == 504 and "injected fault" in response.json()["errorDescription"]
+        assert project_count(client) == 1  # carried out all the same
