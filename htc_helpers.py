@@ -8,8 +8,14 @@ so API calls can stay short and visible::
     regions = session.get(f"{api_url}/htc/regions").json()
 
 Everything else is a plain function that takes the session and the ids it needs:
-paging, polling, logs, job statistics, storage tokens and transfers, and result
-aggregation. Nothing here keeps state between calls.
+paging, polling, logs, job statistics, storage tokens and transfers, result
+aggregation, and batches submitted under run ids (each batch's results in a
+namespace of its own; a submit whose answer was lost reconciled, not repeated).
+Nothing here keeps state between calls. Every failed request raises an ``HtcError``.
+
+The helpers log what happens out of sight (retries, waits on ``Retry-After``,
+token renewals, resubmissions) to the ``htc_helpers`` logger, and print nothing
+unless logging is configured: ``logging.basicConfig(level=logging.INFO)`` shows it.
 
 **Copying a function.** Each public function's and class's docstring ends with a
 *Needs* line: the other names of this module it uses, directly or through them,
@@ -22,11 +28,13 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import json
+import logging
 import os
 import re
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -81,7 +89,37 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 # share of their lifetime is left if that comes later (short-lived test credentials).
 STORAGE_RENEW_BEFORE = 300
 STORAGE_RENEW_FRACTION = 0.25
-RESULT_COLUMNS = ["image", "faces", "status", "error", "seconds", "boxes", "scale_factor", "job", "source"]
+# The face tagger's manifest fields first, then where each row comes from: task, run (the batch's
+# namespace), array index, job and the manifest (or face-count file) it was read from.
+RESULT_COLUMNS = [
+    "image",
+    "faces",
+    "status",
+    "error",
+    "seconds",
+    "boxes",
+    "scale_factor",
+    "task",
+    "run",
+    "index",
+    "job",
+    "source",
+]
+# The same for any program on the worker layer (face_tagger/htc_worker.py), whose rows name an "item".
+ITEM_COLUMNS = ["item", "status", "error", "seconds", "task", "run", "index", "job", "source"]
+# A batch's jobs write under runs/<run id>/ of task storage: the run id comes from this variable, which
+# the submitting side sets (the platform promises no variable naming the batch).
+RUN_ID_ENV = "HTC_RUN_ID"
+RUNS_PREFIX = "runs/"
+# A manifest: manifests/<name>.jsonl in a run's namespace, or at the task's root (a worker run outside a batch).
+_MANIFEST_KEY = re.compile(rf"(?:{re.escape(RUNS_PREFIX)}(?P<run>[^/]+)/)?manifests/[^/]+\.jsonl")
+MAX_JOBS_PER_BATCH = 1000  # the spec's limit on batchSize
+MAX_BATCHES_PER_REQUEST = 100  # and on the batches of one jobs/batch request
+
+# The helpers report retries, waits, token renewals and resubmissions here; with no logging configured
+# the NullHandler keeps them silent (Python's last-resort handler would print warnings to stderr).
+_log = logging.getLogger(__name__)
+_log.addHandler(logging.NullHandler())
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -152,6 +190,19 @@ class HtcConnectionError(HtcError, requests.ConnectionError):
     """No connection to the server: nothing listens there, its name does not resolve, or it does not answer.
 
     The message names the URL and what to check. A ``requests.ConnectionError`` too, for code that catches that.
+    A connection that broke after the request went out may have left it carried out: for a POST, find out what it
+    created before sending it again (``group_batches`` for a submit; ``submit_batches`` does it itself).
+
+    Needs: HtcError
+    """
+
+
+class HtcNoAnswer(HtcError):
+    """The request went out and its answer never came whole: the read timed out, or the answer broke off.
+
+    The server may have carried the request out all the same: for a POST, find out what it created before
+    sending it again (``group_batches`` for a submit; ``submit_batches`` does it itself). The ``requests``
+    exception is the ``__cause__``.
 
     Needs: HtcError
     """
@@ -168,6 +219,7 @@ class HtcTimeoutError(HtcError, TimeoutError):
         self.history = history
 
 
+_QUERY = re.compile(r"\?[^\s'\")]*")
 _SECRET_PARAM = re.compile(r"signature|credential|token|secret|key|password", re.IGNORECASE)
 _ERRORS = {400: HtcBadRequest, 401: HtcUnauthorized, 403: HtcForbidden, 404: HtcNotFound, 429: HtcRateLimited}
 
@@ -180,14 +232,19 @@ def _redact(url: str) -> str:
 
 
 def _description(response: requests.Response) -> str | None:
+    """The server's explanation: ``errorDescription`` (HTCRequestError, OAuth2ErrorResponse) and, when it says
+    more, ``message``, which names the value refused ("Invalid value for body: ... at most 100 items")."""
     try:
         body = response.json()
     except ValueError:
         return response.text[:500] or None
-    if isinstance(body, dict):
-        # HTCRequestError and OAuth2ErrorResponse use errorDescription; other bodies vary.
-        return next((str(body[k]) for k in ("errorDescription", "message", "detail", "error") if body.get(k)), None)
-    return response.text[:500] or None
+    if not isinstance(body, dict):
+        return response.text[:500] or None
+    described = next((str(body[k]) for k in ("errorDescription", "detail", "error", "message") if body.get(k)), None)
+    message = str(body.get("message") or "")
+    if described and message and message not in described:
+        return f"{described}: {message}"
+    return described
 
 
 def _connection_error(exc: requests.ConnectionError, url: str, api_url: str) -> HtcConnectionError:
@@ -258,24 +315,29 @@ class _HtcRetry(Retry):
     ``HtcSession.request`` call in progress (``_REQUEST_DEADLINE``).
     """
 
-    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
-        # A refused connection or a name that does not resolve does not mend in a minute: say so at once.
-        # (A connect timeout is a NewConnectionError's parent, and is retried: the network may come back.)
-        if isinstance(error, NewConnectionError):
-            raise MaxRetryError(_pool, url, error) from error
-        return super().increment(method, url, response, error, _pool, _stacktrace)
-
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
         if method.upper() == "POST" and status_code == 429:
             return True
         return super().is_retry(method, status_code, has_retry_after)
 
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        # A refused connection or a name that does not resolve does not mend in a minute: say so at once.
+        # (A connect timeout is a NewConnectionError's parent, and is retried: the network may come back.)
+        if isinstance(error, NewConnectionError):
+            raise MaxRetryError(_pool, url, error) from error
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        cause = f"HTTP {response.status}" if response is not None and response.status else type(error).__name__
+        _log.info("%s %s: %s; retry %d", method, _redact(url or ""), cause, len(retry.history))
+        return retry
+
     def sleep(self, response=None) -> None:
+        retry_after = self.get_retry_after(response) if self.respect_retry_after_header and response else None
+        pause = retry_after or self.get_backoff_time()
         deadline = _REQUEST_DEADLINE.get()
-        if deadline is not None:
-            retry_after = self.get_retry_after(response) if self.respect_retry_after_header and response else None
-            if time.monotonic() + (retry_after or self.get_backoff_time()) >= deadline:
-                raise _DeadlineReached()
+        if deadline is not None and time.monotonic() + pause >= deadline:
+            raise _DeadlineReached()
+        if pause:
+            _log.info("waiting %.1f s before the retry%s", pause, " (Retry-After)" if retry_after else "")
         super().sleep(response)
 
 
@@ -300,8 +362,8 @@ class HtcSession(requests.Session):
     Example: ``session = HtcSession(config.htc_api_url(), api_key, key_source=config.key_source())``
 
     Needs: _connection_error, _DeadlineReached, _description, _ERRORS, HtcBadRequest, HtcConnectionError, HtcError,
-    HtcForbidden, HtcNotFound, HtcRateLimited, _HtcRetry, HtcServerError, HtcTimeoutError, HtcUnauthorized,
-    _raise_for_status, _redact, _REQUEST_DEADLINE, RETRY_STATUSES, _SECRET_PARAM, TIME_SCALE_HEADER
+    HtcForbidden, HtcNoAnswer, HtcNotFound, HtcRateLimited, _HtcRetry, HtcServerError, HtcTimeoutError, HtcUnauthorized,
+    _log, _QUERY, _raise_for_status, _redact, _REQUEST_DEADLINE, RETRY_STATUSES, _SECRET_PARAM, TIME_SCALE_HEADER
     """
 
     def __init__(
@@ -411,6 +473,7 @@ class HtcSession(requests.Session):
         lifetime = float(body["expiresIn"])
         self._token = body["tokenValue"]
         self._renew_at = started + lifetime - min(self.refresh_margin, lifetime / 10)
+        _log.info("bearer token renewed: valid for %.0f s, renewed again in %.0f s", lifetime, self._renew_at - started)
 
     def _is_api_url(self, url: str) -> bool:
         # The bearer token goes only to the API itself, never to another host a URL may point at.
@@ -444,7 +507,17 @@ class HtcSession(requests.Session):
                 raise HtcTimeoutError(f"deadline reached during {method} {_redact(url)}: {exc}") from None
             if isinstance(exc, requests.ConnectionError) and not isinstance(exc, HtcConnectionError):
                 raise _connection_error(exc, url, self.api_url) from None
-            raise
+            if isinstance(exc, (HtcError, ValueError)):  # typed already; or a malformed URL: the caller's mistake
+                raise
+            # The cause's text may quote the URL with its query (a presigned URL's signature): queries go.
+            reason = f"{type(exc).__name__}: {_QUERY.sub('?…', str(exc))}"
+            maybe_done = "; the server may have carried it out all the same" if method.upper() == "POST" else ""
+            raise HtcNoAnswer(
+                f"no answer to {method} {_redact(url)} ({reason}){maybe_done}",
+                method=method,
+                url=_redact(url),
+                description=reason,
+            ) from exc
         finally:
             _REQUEST_DEADLINE.reset(call_deadline)
         if self._is_api_url(url):
@@ -562,12 +635,13 @@ def wait_for_job(
     interval: float | None = None,
     timeout: float | None = WAIT_TIMEOUT_SECONDS,
     progress: bool = True,
+    page_size: int = 500,
 ) -> dict:
     """Poll a job instance's events until its latest status is terminal; return that event.
 
     Polls every ``interval`` seconds: by default the platform's status refresh (30 s), on the API's
     clock (``platform_seconds``). Raises ``HtcTimeoutError`` after ``timeout`` seconds (a day by default).
-    With ``progress``, one line shows the job's latest status while it waits.
+    With ``progress``, one line shows the job's latest status while it waits. ``page_size``: events a call.
     Example: ``event = wait_for_job(session, project_id, task_id, f"{parent_job_id}:0", timeout=3600)``
 
     Needs: HtcError, HtcTimeoutError, MAX_EMPTY_PAGES, _next_params, paginate, _pause, platform_seconds,
@@ -588,7 +662,7 @@ def wait_for_job(
     with tqdm(total=1, desc=f"job {job_id}", unit="job", disable=not progress, file=sys.stdout) as bar:
         while True:
             try:  # a poll's retries end by the deadline too
-                events = paginate(session, url, {"pageSize": 500}, deadline=deadline)
+                events = paginate(session, url, {"pageSize": page_size}, deadline=deadline)
             except HtcTimeoutError:
                 raise timed_out() from None
             # Within one timestamp a terminal event is the later one: nothing follows it.
@@ -637,15 +711,17 @@ def wait_for_image(
         time.sleep(_pause(interval, deadline, timed_out))
 
 
-def get_logs(session: HtcSession, project_id: str, task_id: str, job_id: str) -> list[dict]:
-    """Every log line of a job instance, oldest first, as ``{"timestamp", "message"}`` dicts.
+def get_logs(session: HtcSession, project_id: str, task_id: str, job_id: str, *, page_size: int = 1000) -> list[dict]:
+    """Every log line of a job instance, oldest first, as ``{"timestamp", "message"}`` dicts; ``page_size`` a call.
 
     Example: ``for line in get_logs(session, pid, tid, job_id): print(line["message"])``
 
     Needs: HtcError, MAX_EMPTY_PAGES, _next_params, paginate
     """
     return paginate(
-        session, f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs", {"sort": "asc", "pageSize": 1000}
+        session,
+        f"/htc/projects/{project_id}/tasks/{task_id}/jobs/{job_id}/logs",
+        {"sort": "asc", "pageSize": page_size},
     )
 
 
@@ -659,14 +735,16 @@ def get_all_jobs(
     group: str | None = None,
     status: str | None = None,
     view_type: str = "SIMPLE",
+    *,
+    page_size: int = 500,
 ) -> list[dict]:
-    """Every job of a task, optionally only one group and/or one status.
+    """Every job of a task, optionally only one group and/or one status, ``page_size`` jobs a call.
 
     Example: ``failed = get_all_jobs(session, pid, tid, group, status="FAILED")``
 
     Needs: HtcError, MAX_EMPTY_PAGES, _next_params, paginate
     """
-    params = {"viewType": view_type, "pageSize": 500}
+    params = {"viewType": view_type, "pageSize": page_size}
     if group is not None:
         params["group"] = group
     if status is not None:
@@ -1171,32 +1249,36 @@ def _dat_faces(key: str, text: str) -> int:
     return int(lines[1])
 
 
-def collect_results(
-    session: HtcSession, project_id: str, task_id: str, *, region: str | None = None, workers: int = 8
-) -> pd.DataFrame:
-    """Gather the workers' results from task storage into one row per image.
+def _manifest_run(key: str) -> tuple[bool, str | None]:
+    """Whether a task-storage key is a worker's manifest, and the run whose namespace holds it (None: the root)."""
+    found = _MANIFEST_KEY.fullmatch(key)
+    return (found is not None, found["run"] if found else None)
 
-    Reads every ``manifests/*.jsonl``; images that no manifest mentions but that have a
-    ``<image>_tagged.dat`` (a worker that died before writing its manifest) come from that file.
-    When an image appears more than once, a successful record wins over a failed one,
-    then the newest manifest. Columns: ``RESULT_COLUMNS``.
-    Example: ``results = collect_results(session, pid, tid)``
 
-    Needs: _aws_region, _credential_metadata, _dat_faces, HtcError, _list, project_storage_token, RESULT_COLUMNS, _s3,
-    storage_path, STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, task_storage_token, _timestamp
-    """
+def _namespace_run(key: str) -> tuple[str | None, str]:
+    """The run of a key under ``runs/<run>/`` (None for the task root) and the key relative to that namespace."""
+    if key.startswith(RUNS_PREFIX) and "/" in key[len(RUNS_PREFIX) :]:
+        run, _, rest = key[len(RUNS_PREFIX) :].partition("/")
+        return run, rest
+    return None, key
+
+
+def _task_records(session, project_id, task_id, runs, key_field, with_dat_files, region, workers) -> list[dict]:
+    """The manifest records (and face-count files) of one task's namespaces, each with where it came from."""
     client, bucket, base = _s3(session, project_id, task_id, region, workers)
-    objects = _list(client, bucket, base)
-    manifests = [o for o in objects if o["key"].startswith("manifests/") and o["key"].endswith(".jsonl")]
-    dats = [o for o in objects if o["key"].endswith("_tagged.dat")]
+    if runs is None:
+        objects = _list(client, bucket, base)
+    else:
+        objects = [obj for run in runs for obj in _list(client, bucket, base, f"{RUNS_PREFIX}{run}/")]
+    manifests = [o for o in objects if _manifest_run(o["key"])[0]]
 
     def read(obj):
         return client.get_object(Bucket=bucket, Key=base + obj["key"])["Body"].read().decode()
 
+    records = []
     with ThreadPoolExecutor(workers) as pool:
-        manifest_texts = list(pool.map(read, manifests))
-        records = []
-        for obj, text in zip(manifests, manifest_texts, strict=True):
+        for obj, text in zip(manifests, pool.map(read, manifests), strict=True):
+            run = _manifest_run(obj["key"])[1]
             for n, line in enumerate(text.split("\n"), 1):  # JSON Lines: lines end at \n alone
                 if not line.strip():
                     continue
@@ -1204,38 +1286,193 @@ def collect_results(
                     record = json.loads(line)
                 except ValueError:
                     raise ValueError(f"{obj['key']} line {n} is not JSON") from None
-                records.append({**record, "source": obj["key"], "_modified": obj["last_modified"]})
-        reported = {r["image"] for r in records}
-        orphans = [o for o in dats if o["key"].removesuffix("_tagged.dat") not in reported]
-        for obj, text in zip(orphans, pool.map(read, orphans), strict=True):
-            records.append(
-                {
-                    "image": obj["key"].removesuffix("_tagged.dat"),
-                    "faces": _dat_faces(obj["key"], text),
-                    "status": "ok",
-                    "source": obj["key"],
-                    "_modified": obj["last_modified"],
-                }
-            )
+                if key_field not in record:
+                    raise ValueError(
+                        f"{obj['key']} line {n} has no {key_field!r} field: pass the columns of its program "
+                        f"(ITEM_COLUMNS names an 'item', RESULT_COLUMNS an 'image')"
+                    )
+                records.append(
+                    {**record, "task": task_id, "run": run, "source": obj["key"], "_modified": obj["last_modified"]}
+                )
+        if with_dat_files:
+            # A job that died after storing an image's face count but before its manifest named it.
+            reported = {r[key_field] for r in records}
+            orphans = [
+                o
+                for o in objects
+                if o["key"].endswith("_tagged.dat")
+                and _namespace_run(o["key"])[1].removesuffix("_tagged.dat") not in reported
+            ]
+            for obj, text in zip(orphans, pool.map(read, orphans), strict=True):
+                run, name = _namespace_run(obj["key"])
+                records.append(
+                    {
+                        key_field: name.removesuffix("_tagged.dat"),
+                        "faces": _dat_faces(obj["key"], text),
+                        "status": "ok",
+                        "task": task_id,
+                        "run": run,
+                        "source": obj["key"],
+                        "_modified": obj["last_modified"],
+                    }
+                )
+    return records
 
-    df = pd.DataFrame(records, columns=RESULT_COLUMNS + ["_modified"])
+
+def collect_results(
+    session: HtcSession,
+    project_id: str,
+    task_id: str | list[str],
+    *,
+    runs: list[str] | None = None,
+    columns: list[str] = RESULT_COLUMNS,
+    region: str | None = None,
+    workers: int = 8,
+) -> pd.DataFrame:
+    """Gather the workers' results from task storage into one row per item, naming the batch behind each.
+
+    Reads every manifest of every batch's namespace (``runs/<run>/manifests/*.jsonl``), or only
+    those of ``runs``, and those at the task's root (a worker run outside any batch); of one task,
+    or of several (a list of task ids). With the face tagger's ``columns``, images that no manifest
+    mentions but that have a ``<image>_tagged.dat`` (a worker that died before writing its
+    manifest) come from that file. When an item appears more than once, a successful record wins
+    over a failed one, then the newest manifest.
+
+    Columns: ``columns`` (``RESULT_COLUMNS``, the face tagger's; ``ITEM_COLUMNS`` for a program on the
+    worker layer: the first names the item), then every other field the manifests hold. ``task``,
+    ``run``, ``index`` and ``job`` say which batch, array index and job produced a row; ``source``
+    which file it was read from.
+    Example: ``results = collect_results(session, pid, tid)``
+
+    Needs: _aws_region, _credential_metadata, _dat_faces, HtcError, _list, _MANIFEST_KEY, _manifest_run, _namespace_run,
+    project_storage_token, RESULT_COLUMNS, RUNS_PREFIX, _s3, storage_path, STORAGE_RENEW_BEFORE,
+    STORAGE_RENEW_FRACTION, _task_records, task_storage_token, _timestamp
+    """
+    key_field = columns[0]
+    records = []
+    for task in [task_id] if isinstance(task_id, str) else task_id:
+        records += _task_records(session, project_id, task, runs, key_field, "faces" in columns, region, workers)
+    extra = [name for name in dict.fromkeys(k for r in records for k in r) if name not in columns and name[0] != "_"]
+    df = pd.DataFrame(records, columns=[*columns, *extra, "_modified"])
     df["_ok"] = df["status"] == "ok"
     df = (
         df.sort_values(["_ok", "_modified"], kind="stable")
-        .drop_duplicates("image", keep="last")
+        .drop_duplicates(key_field, keep="last")
         .drop(columns=["_ok", "_modified"])
-        .sort_values("image", ignore_index=True)
+        .sort_values(key_field, ignore_index=True)
     )
-    df["faces"] = df["faces"].astype("Int64")
+    for integer in ("faces", "index"):
+        if integer in df:
+            df[integer] = df[integer].astype("Int64")
     return df
 
 
-def missing_results(images: list[str], results: pd.DataFrame) -> list[str]:
-    """The input images without a successful result, in input order: the completeness check.
+def missing_results(items: list[str], results: pd.DataFrame) -> list[str]:
+    """The input items without a successful result, in input order: the completeness check.
 
+    ``results`` is ``collect_results``'s table, whose first column names the items.
     Example: ``assert not missing_results(read_image_list(session, pid), results)``
 
     Needs: nothing else
     """
-    done = set(results.loc[results["status"] == "ok", "image"])
-    return [image for image in dict.fromkeys(images) if image not in done]
+    done = set(results.loc[results["status"] == "ok", results.columns[0]])
+    return [item for item in dict.fromkeys(items) if item not in done]
+
+
+# --- batches and work lists --------------------------------------------------------------
+
+
+def _run_id(envs: list[dict] | None) -> str | None:
+    return next((pair["value"] for pair in envs or [] if pair.get("name") == RUN_ID_ENV), None)
+
+
+def with_run_id(batch: dict, run_id: str | None = None) -> dict:
+    """A copy of a batch definition whose jobs get ``HTC_RUN_ID``: ``run_id``, else the one it has, else a new one.
+
+    A worker on the layer in ``face_tagger/htc_worker.py`` writes its results under ``runs/<run id>/`` of
+    task storage, where no other batch of the task writes; ``group_batches`` finds the batch by it.
+    Example: ``session.post(url, params={"group": group}, json=[with_run_id(batch)])``
+
+    Needs: _run_id, RUN_ID_ENV
+    """
+    definition = batch["htcJobDefinition"]
+    envs = definition.get("envs") or []
+    run_id = run_id or _run_id(envs) or str(uuid.uuid4())
+    envs = [pair for pair in envs if pair.get("name") != RUN_ID_ENV] + [{"name": RUN_ID_ENV, "value": run_id}]
+    return {**batch, "htcJobDefinition": {**definition, "envs": envs}}
+
+
+def group_batches(
+    session: HtcSession, project_id: str, task_id: str, group: str | None, *, page_size: int = 500
+) -> list[dict]:
+    """The batches a group holds (a task's with ``group=None``), from its jobs: ``{"parentJobId", "run", "jobs"}``.
+
+    What a submit whose answer was lost created: the API has no idempotency key, so the jobs listed
+    are the only record. ``run`` is a batch's ``HTC_RUN_ID`` (None for one submitted without it).
+    Example: ``landed = {b["run"] for b in group_batches(session, pid, tid, group)}``
+
+    Needs: get_all_jobs, HtcError, _next_params, paginate, _run_id, RUN_ID_ENV
+    """
+    batches: dict[str, dict] = {}
+    for job in get_all_jobs(session, project_id, task_id, group, view_type="FULL", page_size=page_size):
+        parent = job["jobUUID"].rpartition(":")[0] or job["jobUUID"]  # a job id is <parentJobId>:<index>
+        batch = batches.setdefault(parent, {"parentJobId": parent, "run": _run_id(job.get("envs")), "jobs": 0})
+        batch["jobs"] += 1
+    return list(batches.values())
+
+
+def submit_batches(
+    session: HtcSession,
+    project_id: str,
+    task_id: str,
+    group: str | None,
+    batches: list[dict],
+    *,
+    settle_seconds: float = 10.0,
+    attempts: int = 3,
+    page_size: int = 500,
+) -> list[dict]:
+    """Submit up to 100 batch definitions in one request, each with a run id; after a lost answer, only the missing.
+
+    Each batch gets ``HTC_RUN_ID`` (``with_run_id``). A request that got no answer (``HtcNoAnswer``,
+    ``HtcConnectionError``) or a 5xx may still have been carried out: the helper waits
+    ``settle_seconds``, lists the group (``group_batches``) and sends again only the batches whose
+    run id is not there, in at most ``attempts`` requests; then it raises the last error. Give
+    each piece of work a group of its own (``tutorial_helpers.unique_name``): the listing is of the group.
+    Returns ``{"parentJobId", "run", "jobs", "group"}`` per batch, in order.
+    Example: ``submitted = submit_batches(session, pid, tid, group, [batch_a, batch_b])``
+
+    Needs: get_all_jobs, group_batches, HtcConnectionError, HtcError, HtcNoAnswer, HtcServerError, _log,
+    MAX_BATCHES_PER_REQUEST, _next_params, paginate, _run_id, RUN_ID_ENV, with_run_id
+    """
+    if not 1 <= len(batches) <= MAX_BATCHES_PER_REQUEST:
+        raise ValueError(f"a request holds 1 to {MAX_BATCHES_PER_REQUEST} batches, not {len(batches)}")
+    batches = [with_run_id(batch) for batch in batches]
+    runs = [_run_id(batch["htcJobDefinition"]["envs"]) for batch in batches]
+    if len(set(runs)) < len(runs):
+        raise ValueError("two batches of the request have the same HTC_RUN_ID: each batch needs its own")
+    url = f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch"
+    landed: dict[str, dict] = {}
+    for attempt in range(1, attempts + 1):
+        pending = [(run, batch) for run, batch in zip(runs, batches, strict=True) if run not in landed]
+        try:
+            answer = session.post(url, params={"group": group} if group else None, json=[b for _, b in pending]).json()
+        except (HtcConnectionError, HtcNoAnswer, HtcServerError) as exc:
+            if attempt == attempts:
+                raise
+            _log.warning(
+                "submit of %d batches to group %s: %s; listing the group to see what landed", len(pending), group, exc
+            )
+            time.sleep(settle_seconds)
+            found = {b["run"]: b for b in group_batches(session, project_id, task_id, group, page_size=page_size)}
+            landed.update({run: found[run] for run, _ in pending if run in found})
+            left = sum(run not in landed for run, _ in pending)
+            _log.info("%d of the %d batches had landed; %d to submit again", len(pending) - left, len(pending), left)
+            if not left:
+                break
+            continue
+        for (run, batch), submitted in zip(pending, answer, strict=True):
+            jobs = submitted.get("batchSize") or batch.get("batchSize", 1)
+            landed[run] = {"parentJobId": submitted["parentJobId"], "run": run, "jobs": jobs}
+        break
+    return [{**landed[run], "group": group} for run in runs]

@@ -129,3 +129,20 @@ def test_paging_stops_when_a_page_repeats_the_one_before(paged):
     with pytest.raises(htc.HtcError, match="repeats the page before it"):
         htc.paginate(session, url, {"pageSize": 2})
     assert len(pages) == 2
+
+
+def test_page_sizes_are_parameters(session):
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    session.post(
+        f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+        json=[{"batchSize": 5, "htcJobDefinition": {"imageName": "not-in-the-registry:v1"}}],
+    )
+    seen = record_responses(session)
+    assert len(htc.get_all_jobs(session, project_id, task_id, page_size=2)) == 5
+    assert [dict(parse_qsl(urlsplit(r.url).query))["pageSize"] for r in seen] == ["2", "2", "2"]
+    job_id = htc.get_all_jobs(session, project_id, task_id)[0]["jobUUID"]
+    del seen[:]
+    htc.get_logs(session, project_id, task_id, job_id, page_size=7)
+    htc.wait_for_job(session, project_id, task_id, job_id, interval=0.1, timeout=30, page_size=3)
+    assert {dict(parse_qsl(urlsplit(r.url).query))["pageSize"] for r in seen} == {"7", "3"}

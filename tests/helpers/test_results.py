@@ -3,6 +3,7 @@
 import json
 import uuid
 
+import pandas as pd
 import pytest
 
 import htc_helpers as htc
@@ -118,3 +119,71 @@ def test_collect_results_reads_json_lines_split_at_newlines_only(session, tmp_pa
     )
     df = htc.collect_results(session, project_id, task_id)
     assert df["image"].tolist() == ["line\u2028separator.jpg"] and df["faces"].tolist() == [2]
+
+
+def test_collect_results_reads_every_batchs_namespace_and_names_the_batch(session, tmp_path):
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    put_text(
+        session,
+        project_id,
+        task_id,
+        tmp_path,
+        {
+            "runs/run-a/manifests/chunk-00000.jsonl": manifest(
+                {"image": "a.jpg", "faces": 1, "status": "ok", "index": 0, "job": "pa:0", "outputs": ["x"]},
+                {"image": "b.jpg", "faces": None, "status": "error", "error": "timeout", "index": 0, "job": "pa:0"},
+            ),
+            # The same array index in another batch of the same task: a key of its own.
+            "runs/run-b/manifests/chunk-00000.jsonl": manifest(
+                {"image": "b.jpg", "faces": 2, "status": "ok", "index": 0, "job": "pb:0", "attempt": 2}
+            ),
+            "runs/run-b/c.jpg_tagged.dat": "face_cnt\n4\n",
+            "runs/run-b/a.jpg_tagged.dat": "face_cnt\n1\n",  # named by a manifest: not an orphan
+        },
+    )
+    df = htc.collect_results(session, project_id, task_id)
+    assert list(df.columns) == htc.RESULT_COLUMNS + ["outputs", "attempt"]  # every field a manifest row has
+    rows = df.set_index("image")
+    assert rows["run"].to_dict() == {"a.jpg": "run-a", "b.jpg": "run-b", "c.jpg": "run-b"}
+    assert rows["faces"].tolist() == [1, 2, 4] and (rows["task"] == task_id).all()
+    assert rows.loc["a.jpg", "index"] == 0 and rows.loc["b.jpg", "job"] == "pb:0"
+    assert rows.loc["b.jpg", "attempt"] == 2 and rows.loc["a.jpg", "outputs"] == ["x"]
+    assert rows.loc["c.jpg", "source"] == "runs/run-b/c.jpg_tagged.dat" and pd.isna(rows.loc["c.jpg", "index"])
+
+    only_a = htc.collect_results(session, project_id, task_id, runs=["run-a"])
+    assert only_a["image"].tolist() == ["a.jpg", "b.jpg"] and only_a["status"].tolist() == ["ok", "error"]
+
+
+def test_collect_results_of_several_tasks(session, tmp_path):
+    project_id = new_project(session)
+    first, second = new_task(session, project_id), new_task(session, project_id)
+    put_text(
+        session,
+        project_id,
+        first,
+        tmp_path,
+        {"runs/r/manifests/0.jsonl": manifest({"image": "a.jpg", "faces": 1, "status": "ok"})},
+    )
+    put_text(
+        session,
+        project_id,
+        second,
+        tmp_path,
+        {"runs/r/manifests/0.jsonl": manifest({"image": "b.jpg", "faces": 0, "status": "ok"})},
+    )
+    df = htc.collect_results(session, project_id, [first, second])
+    assert df.set_index("image")["task"].to_dict() == {"a.jpg": first, "b.jpg": second}
+
+
+def test_collect_results_of_any_program_keeps_its_fields(session, tmp_path):
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    record = {"item": "data/x.bin", "status": "ok", "error": None, "seconds": 0.01, "index": 3, "stdout": "ab12  x"}
+    put_text(session, project_id, task_id, tmp_path, {"runs/r/manifests/chunk-00003.jsonl": json.dumps(record) + "\n"})
+    df = htc.collect_results(session, project_id, task_id, columns=htc.ITEM_COLUMNS)
+    assert list(df.columns) == htc.ITEM_COLUMNS + ["stdout"]
+    assert df.iloc[0]["stdout"] == "ab12  x" and df.iloc[0]["run"] == "r" and df.iloc[0]["index"] == 3
+    assert htc.missing_results(["data/x.bin", "data/y.bin"], df) == ["data/y.bin"]
+    with pytest.raises(ValueError, match=r"line 1 has no 'image' field: pass the columns of its program"):
+        htc.collect_results(session, project_id, task_id)

@@ -1,5 +1,8 @@
 """HtcSession: authentication and token renewal, URLs, typed errors, retries, and secrets kept out of errors."""
 
+import logging
+import subprocess
+import sys
 import time
 import uuid
 from urllib.parse import parse_qsl, urlsplit
@@ -60,6 +63,21 @@ def test_400_carries_the_servers_error_description(session):
         )
     assert err.value.status == 400 and "batchSize" in err.value.description
     assert err.value.description in str(err.value) and err.value.method == "POST"
+
+
+def test_the_description_carries_the_servers_most_specific_message(session):
+    """101 batch definitions: the body's errorDescription says which field, its message what is wrong with it."""
+    project_id = new_project(session)
+    task_id = new_task(session, project_id)
+    with pytest.raises(htc.HtcBadRequest) as err:
+        session.post(
+            f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+            json=[{"htcJobDefinition": {"imageName": "x:v1"}}] * 101,
+        )
+    assert err.value.description.startswith("Invalid value for body")
+    assert "List should have at most 100 items" in err.value.description
+    assert err.value.description in str(err.value)
+    assert htc.get_all_jobs(session, project_id, task_id) == []  # refused whole
 
 
 def test_401_for_a_wrong_api_key_without_echoing_it(emulator):
@@ -152,8 +170,10 @@ def test_read_timeout_not_retried_for_post(faulty, faults):
     session = fast_session(faulty, timeout=(5, 0.3))
     project_id = new_project(session)
     faults.script(["slow"], path=r"/tasks$")
-    with pytest.raises(requests.exceptions.ReadTimeout):  # a retry would have succeeded
+    with pytest.raises(htc.HtcNoAnswer) as err:  # a retry would have succeeded
         new_task(session, project_id, "slow-post")
+    assert isinstance(err.value.__cause__, requests.exceptions.ReadTimeout)
+    assert "may have carried it out" in str(err.value) and err.value.method == "POST"
     assert faults.injected[("api", "slow")] == 1
 
 
@@ -235,6 +255,51 @@ def test_a_refused_api_key_says_where_it_came_from(emulator, monkeypatch, tmp_pa
         session.bearer_token()
     assert f"refused the API key from profile [mine] of {apiconfig}" in str(err.value)
     assert err.value.status == 401 and wrong not in str(err.value)
+
+
+def test_a_connection_error_keeps_a_presigned_urls_signature_out():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/bucket/key?X-Amz-Signature=s3cr3tsig&X-Amz-Credential=AKIA"
+        session = htc.HtcSession("http://127.0.0.1:9/api/v1", "key", max_retries=0)
+        with pytest.raises(htc.HtcConnectionError) as err:
+            session.put(url, data=b"x")
+    assert "s3cr3tsig" not in str(err.value) + err.value.url and "AKIA" not in str(err.value)
+    assert "X-Amz-Signature=REDACTED" in err.value.url and "the connection was refused" in str(err.value)
+
+
+# --- what the helpers log
+
+
+def test_retries_and_their_waits_are_logged(faulty, faults, caplog):
+    session = fast_session(faulty)
+    faults.script(["503", "500"], path=r"/htc/regions$")
+    with caplog.at_level(logging.INFO, logger="htc_helpers"):
+        session.get("/htc/regions")
+    messages = [r.getMessage() for r in caplog.records if r.name == "htc_helpers"]
+    assert any("GET" in m and "/htc/regions: HTTP 503; retry 1" in m for m in messages), messages
+    assert any("/htc/regions: HTTP 500; retry 2" in m for m in messages), messages
+    assert any(m.startswith("waiting 1.0 s before the retry (Retry-After)") for m in messages), messages
+
+
+def test_token_renewals_are_logged(short_tokens, caplog):
+    session = htc.HtcSession(short_tokens.api_url, short_tokens.api_key)
+    with caplog.at_level(logging.INFO, logger="htc_helpers"):
+        session.bearer_token()
+    assert [r.getMessage() for r in caplog.records if "bearer token renewed" in r.getMessage()]
+    assert session.bearer_token() not in caplog.text
+
+
+def test_nothing_is_printed_when_logging_is_not_configured():
+    """A library stays silent unless its user configures logging: even its warnings go nowhere by default."""
+    code = "import htc_helpers as htc; htc._log.warning('resubmitting'); htc._log.error('lost')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "" and result.stdout == ""
+    configured = "import logging, htc_helpers as htc; logging.basicConfig(); htc._log.warning('resubmitting')"
+    shown = subprocess.run([sys.executable, "-c", configured], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "resubmitting" in shown.stderr  # and configured logging shows them
 
 
 # --- token renewal
