@@ -86,7 +86,9 @@ def batch_definition(image_list: str, jobs: int) -> dict:
 
 def manifest_counts(session, project_id: str, task_id: str, workdir: Path) -> collections.Counter:
     """How many times each image appears across the raw manifests (no de-duplication)."""
-    keys = [k for k in htc.list_objects(session, project_id, task_id, prefix="manifests/") if k.endswith(".jsonl")]
+    # The batch's namespace: runs/<its run id>/manifests/ (htc_worker).
+    listed = htc.list_objects(session, project_id, task_id, prefix="runs/")
+    keys = [k for k in listed if "/manifests/" in k and k.endswith(".jsonl")]
     counts: collections.Counter = collections.Counter()
     for path in htc.download_files(session, project_id, keys, workdir, task_id, progress=False):
         counts.update(json.loads(line)["image"] for line in path.read_text().splitlines() if line.strip())

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.results import Figure, load_average, ratio, record  # noqa: E402
 from face_tagger import face_tagger as ft  # noqa: E402
+from face_tagger import htc_worker as hw  # noqa: E402
 
 BUCKET = "bench-storage"
 SHARED, TASK = "projects/p/shared/", "projects/p/tasks/t/"
@@ -82,18 +83,18 @@ def main() -> None:
     os.environ.update(settings)
     env = dict(os.environ)
     try:
-        s3 = ft.s3_client(CREDENTIALS)
+        s3 = hw.s3_client(CREDENTIALS)
         s3.create_bucket(Bucket=BUCKET)
         for path in images:
             s3.upload_file(str(path), BUCKET, SHARED + path.name)
         keys = [p.name for p in images]
-        storage = ft.HtcStorage(ft.Location(s3, BUCKET, SHARED), ft.Location(s3, BUCKET, TASK))
+        storage = hw.HtcStorage(hw.Location(s3, BUCKET, SHARED), hw.Location(s3, BUCKET, TASK))
         print(f"{len(keys)} images, one chunk, OpenCV {cv2.__version__}, 1 OpenCV thread")
 
         with tempfile.TemporaryDirectory() as tmp:
             original = per_image_seconds(lambda: original_chunk(keys, Path(tmp), env), len(keys))
         worker = per_image_seconds(
-            lambda: ft.run_htc(ft.FaceDetector.load(), keys, "manifests/bench.jsonl", storage), len(keys)
+            lambda: ft.run_htc(ft.FaceDetector.load(), keys, storage, None, "bench.jsonl", {}), len(keys)
         )
         print(f"original (cascade per image, process per file): {original * 1000:8.1f} ms/image")
         print(f"worker (cascade once, concurrent transfers):    {worker * 1000:8.1f} ms/image")

@@ -75,20 +75,21 @@ def test_worker_batch_is_monitored_collected_and_checked(session, tutorial_proje
     )
     logs = htc.get_logs(session, project_id, task_id, f"{parent}:0")
     assert "array index 0 of 3" in logs[0]["message"]
-    assert logs[-1]["message"].endswith("manifest manifests/chunk-00000.jsonl")
+    assert logs[-1]["message"].endswith(f"manifest runs/{parent}/manifests/chunk-00000.jsonl")
     stamps = [htc._timestamp(line["timestamp"]) for line in logs]
     assert stamps == sorted(stamps)
 
     results = htc.collect_results(session, project_id, task_id)
     assert sorted(results["image"]) == sorted(listed)
-    assert (results["source"].str.startswith("manifests/chunk-")).all()
+    assert (results["source"].str.startswith(f"runs/{parent}/manifests/chunk-")).all()
+    assert (results["run"] == parent).all() and set(results["index"]) == {0, 1, 2}
     assert htc.missing_results(htc.read_image_list(session, project_id), results) == ["not-uploaded.jpg"]
     assert "download of 'not-uploaded.jpg' failed" in results.set_index("image").loc["not-uploaded.jpg", "error"]
 
     with_faces = set(results.loc[results["faces"].fillna(0) > 0, "image"])
     assert with_faces, "the Haar cascade found no face in the crowded photos"
     dats = {
-        k.removesuffix("_tagged.dat")
+        k.removeprefix(f"runs/{parent}/").removesuffix("_tagged.dat")
         for k in htc.list_objects(session, project_id, task_id)
         if k.endswith("_tagged.dat")
     }

@@ -6,17 +6,17 @@ emulator have theirs. Each copy must give the table's answer:
 * **object keys** (relative to a storage prefix): a key is refused when any ``/``-separated
   segment is empty, ``.`` or ``..`` (so also an empty key, a leading or trailing ``/`` and
   ``a//b``), or when it holds a backslash or a NUL. Nothing is decoded first: ``%2e%2e`` is
-  three literal characters, not ``..``. Copies: ``htc_helpers._safe_key``, the worker's
+  three literal characters, not ``..``. Copies: ``htc_helpers._safe_key``, the worker layer's
   ``safe_key``, the emulator's ``storage.safe_relative_key`` (presigned URLs) and its S3
   gate's ``_check_key``, which sees whole keys (a storage prefix joined to the key): with
   the rule stated per segment, a prefix changes nothing.
 * **image lists**: one key a line; lines end at ``\\n`` (or ``\\r\\n``) and nowhere else, not at
   the other line breaks ``str.splitlines`` knows (U+2028, ``\\x1c``, ``\\x85``, ``\\x0b``...),
   which are legal in a file name; ASCII blanks around a key are dropped; blank lines are
-  skipped. Copies: ``htc_helpers._parse_image_list``, the worker's ``parse_image_list``.
+  skipped. Copies: ``htc_helpers._parse_image_list``, the worker layer's ``parse_item_list``.
 * **region names**: a Rescale region ``AWS_EU_WEST_1`` is the AWS region ``eu-west-1``;
   anything else, or none, is ``us-east-1``, S3's default (never the machine's own AWS
-  settings). Copies: ``htc_helpers._aws_region``, the worker's ``aws_region``.
+  settings). Copies: ``htc_helpers._aws_region``, the worker layer's ``aws_region``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import pytest
 
 import htc_helpers as htc
-from face_tagger import face_tagger as ft
+from face_tagger import htc_worker as hw
 from htc_emulator.s3_gate import S3Denied, _check_key
 from htc_emulator.storage import InvalidObjectKey, project_shared_prefix, safe_relative_key, task_prefix
 
@@ -109,7 +109,7 @@ def refused(check, key: str) -> bool:
     """Whether ``check`` refuses ``key``; an exception of another kind is a failure of its own."""
     try:
         check(key)
-    except (ValueError, ft.ImageError, S3Denied):
+    except (ValueError, hw.ItemError, S3Denied):
         return True
     return False
 
@@ -122,7 +122,7 @@ def gate_check(key: str) -> None:
 
 KEY_RULES = {
     "htc_helpers._safe_key": htc._safe_key,
-    "face_tagger.safe_key": ft.safe_key,
+    "htc_worker.safe_key": hw.safe_key,
     "htc_emulator.storage.safe_relative_key": safe_relative_key,
     "htc_emulator.s3_gate._check_key": gate_check,
 }
@@ -142,11 +142,11 @@ def test_every_copy_refuses_the_unsafe_keys(copy, key):
 
 @pytest.mark.parametrize("key", UNSAFE_KEYS)
 def test_each_copy_refuses_with_its_own_error(key):
-    """The error each caller expects: the client's ValueError, the worker's ImageError, a 400 and a 403."""
+    """The error each caller expects: the client's ValueError, the worker layer's ItemError, a 400 and a 403."""
     with pytest.raises(ValueError, match="refusing object key"):
         htc._safe_key(key)
-    with pytest.raises(ft.ImageError, match="unsafe object key"):
-        ft.safe_key(key)
+    with pytest.raises(hw.ItemError, match="unsafe object key"):
+        hw.safe_key(key)
     with pytest.raises(InvalidObjectKey, match="object path must"):
         safe_relative_key(key)
     with pytest.raises(S3Denied) as denied:
@@ -156,16 +156,16 @@ def test_each_copy_refuses_with_its_own_error(key):
 
 def test_accepted_keys_come_back_unchanged():
     for key in SAFE_KEYS:
-        assert htc._safe_key(key) == ft.safe_key(key) == safe_relative_key(key) == key
+        assert htc._safe_key(key) == hw.safe_key(key) == safe_relative_key(key) == key
 
 
-@pytest.mark.parametrize("parse", [htc._parse_image_list, ft.parse_image_list], ids=["htc_helpers", "face_tagger"])
+@pytest.mark.parametrize("parse", [htc._parse_image_list, hw.parse_item_list], ids=["htc_helpers", "htc_worker"])
 @pytest.mark.parametrize("text, keys", IMAGE_LISTS)
 def test_every_copy_parses_image_lists_alike(parse, text, keys):
     assert parse(text) == keys
 
 
-@pytest.mark.parametrize("to_aws", [htc._aws_region, ft.aws_region], ids=["htc_helpers", "face_tagger"])
+@pytest.mark.parametrize("to_aws", [htc._aws_region, hw.aws_region], ids=["htc_helpers", "htc_worker"])
 @pytest.mark.parametrize("rescale, aws", REGIONS)
 def test_every_copy_names_regions_alike(to_aws, rescale, aws):
     assert to_aws(rescale) == aws

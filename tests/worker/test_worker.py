@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from face_tagger import face_tagger as ft
+from face_tagger import htc_worker as hw
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "face_tagger" / "face_tagger.py"
@@ -64,7 +65,7 @@ def test_missing_or_empty_cascade_is_a_clear_error(tmp_path):
 
 
 def test_scale_factor_must_exceed_one():
-    with pytest.raises(ft.UsageError, match="scaleFactor"):
+    with pytest.raises(hw.UsageError, match="scaleFactor"):
         ft.FaceDetector.load(scale_factor=1.0)
 
 
@@ -133,20 +134,20 @@ def test_scale_factor_comes_from_flag_or_env(tmp_path, face_photo):
 
 def test_batch_mode_names_every_missing_setting(tmp_path):
     result = run_worker(cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
-    assert result.returncode == ft.EXIT_USAGE
+    assert result.returncode == hw.EXIT_USAGE
     assert "IMG_OBJKEY_LIST" in result.stderr and "BATCH_JOB_ARRAY_SIZE" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_single_mode_true_without_an_argument_says_what_is_missing(tmp_path):
     result = run_worker(cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HTC_INPUT_IMAGE": "true"})
-    assert result.returncode == ft.EXIT_USAGE
+    assert result.returncode == hw.EXIT_USAGE
     assert "needs exactly one argument" in result.stderr
 
 
 @given(st.integers(0, 3000), st.integers(1, 1000))
 def test_chunks_cover_the_list_exactly_once(total, batch_size):
-    bounds = [ft.chunk_bounds(total, batch_size, i) for i in range(batch_size)]
+    bounds = [hw.chunk_bounds(total, batch_size, i) for i in range(batch_size)]
     covered = [n for start, end in bounds for n in range(start, end)]
     assert covered == list(range(total))  # contiguous, in order, disjoint, complete
     sizes = {end - start for start, end in bounds}
@@ -155,21 +156,21 @@ def test_chunks_cover_the_list_exactly_once(total, batch_size):
 
 @pytest.mark.parametrize("total,batch_size", [(5003, 1000), (1500, 1000), (1999, 1000), (10, 3), (999, 1000)])
 def test_the_originals_failing_splits_now_lose_nothing(total, batch_size):
-    sizes = [end - start for start, end in (ft.chunk_bounds(total, batch_size, i) for i in range(batch_size))]
+    sizes = [end - start for start, end in (hw.chunk_bounds(total, batch_size, i) for i in range(batch_size))]
     assert sum(sizes) == total and min(sizes) >= total // batch_size
 
 
 @pytest.mark.parametrize("index,batch_size", [(-1, 10), (10, 10), (0, 0)])
 def test_out_of_range_index_is_a_clear_error(index, batch_size):
-    with pytest.raises(ft.UsageError, match="AWS_BATCH_JOB_ARRAY_INDEX|BATCH_JOB_ARRAY_SIZE"):
-        ft.chunk_bounds(10, batch_size, index)
+    with pytest.raises(hw.UsageError, match="AWS_BATCH_JOB_ARRAY_INDEX|BATCH_JOB_ARRAY_SIZE"):
+        hw.chunk_bounds(10, batch_size, index)
 
 
 def test_missing_index_with_a_batch_of_one_is_index_zero(monkeypatch):
     monkeypatch.delenv("AWS_BATCH_JOB_ARRAY_INDEX", raising=False)
-    assert ft.array_index(1) == 0
-    with pytest.raises(ft.UsageError, match="AWS_BATCH_JOB_ARRAY_INDEX"):
-        ft.array_index(2)
+    assert hw.array_index(1) == 0
+    with pytest.raises(hw.UsageError, match="AWS_BATCH_JOB_ARRAY_INDEX"):
+        hw.array_index(2)
 
 
 @pytest.mark.parametrize(
@@ -180,30 +181,30 @@ def test_missing_index_with_a_batch_of_one_is_index_zero(monkeypatch):
         ("false", 0),
         ("0", 0),
         ("FALSE", 0),
-        ("true", ft.DEFAULT_FAILURE_RATE),
+        ("true", hw.DEFAULT_FAILURE_RATE),
         ("0.3", 0.3),
         ("1", 1.0),
     ],
 )
 def test_failure_setting_is_parsed(setting, rate):
-    assert ft.failure_rate(setting) == pytest.approx(rate)
+    assert hw.failure_rate(setting) == pytest.approx(rate)
 
 
 @pytest.mark.parametrize("setting", ["sometimes", "1.5", "-0.1"])
 def test_bad_failure_setting_is_refused(setting):
-    with pytest.raises(ft.UsageError, match="SIMULATE_FAILURES"):
-        ft.failure_rate(setting)
+    with pytest.raises(hw.UsageError, match="SIMULATE_FAILURES"):
+        hw.failure_rate(setting)
 
 
 def test_simulated_failures_are_reproducible_and_near_the_rate():
-    first = [ft.simulated_failure(0.3, i) for i in range(2000)]
-    assert first == [ft.simulated_failure(0.3, i) for i in range(2000)]
+    first = [hw.simulated_failure(0.3, i) for i in range(2000)]
+    assert first == [hw.simulated_failure(0.3, i) for i in range(2000)]
     share = sum(mode is not None for mode in first) / len(first)
     assert 0.25 < share < 0.35
     assert {"raise", "hang"} <= set(first)
-    assert first != [ft.simulated_failure(0.3, i, seed="other") for i in range(2000)]
-    assert all(ft.simulated_failure(0.0, i) is None for i in range(200))
-    assert all(ft.simulated_failure(1.0, i) is not None for i in range(200))
+    assert first != [hw.simulated_failure(0.3, i, seed="other") for i in range(2000)]
+    assert all(hw.simulated_failure(0.0, i) is None for i in range(200))
+    assert all(hw.simulated_failure(1.0, i) is not None for i in range(200))
 
 
 @pytest.mark.slow
@@ -358,7 +359,7 @@ def test_settings_out_of_range_are_usage_errors_at_start_up(tmp_path, face_photo
         text=True,
         timeout=60,
     )
-    assert result.returncode == ft.EXIT_USAGE, result.stdout + result.stderr
+    assert result.returncode == hw.EXIT_USAGE, result.stdout + result.stderr
     assert named in result.stderr and "Traceback" not in result.stderr
     assert not result.stdout and not list(tmp_path.glob("*_tagged.*"))
 

@@ -77,7 +77,8 @@ def test_face_tagger_batch_tags_every_listed_image(api, emulator):
     task_token = api.ok("GET", f"/htc/projects/{project_id}/tasks/{task_id}/storage/token/AWS_EU_WEST_1")
     _, _, task_prefix = task_token["storagePath"].removeprefix("s3://").partition("/")
     task_s3 = s3_client(task_token, emulator.s3_endpoint)
-    listing = task_s3.list_objects_v2(Bucket=bucket, Prefix=task_prefix + "manifests/")
+    # Each batch writes under its own namespace: without HTC_RUN_ID, the batch part of its job ids.
+    listing = task_s3.list_objects_v2(Bucket=bucket, Prefix=task_prefix + f"runs/{parent}/manifests/")
     manifests = sorted(obj["Key"] for obj in listing.get("Contents", []))
     assert len(manifests) == BATCH_SIZE
     records = []
@@ -87,3 +88,4 @@ def test_face_tagger_batch_tags_every_listed_image(api, emulator):
     assert sorted(r["image"] for r in records) == sorted(names)
     assert all(r["status"] == "ok" for r in records), records
     assert {r["job"] for r in records} == {f"{parent}:{i}" for i in range(BATCH_SIZE)}
+    assert {r["run"] for r in records} == {parent} and {r["index"] for r in records} == set(range(BATCH_SIZE))

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 import htc_helpers as htc
-from face_tagger import face_tagger as ft
+from face_tagger import htc_worker as hw
 from htc_emulator import running
 
 # The real worker as HTC jobs, killed, timed out and retried on emulators of their own (about 3 minutes here).
@@ -74,7 +74,9 @@ def test_batch_chunks_account_for_every_listed_image_once(job_context, tmp_path)
         assert env["RESCALE_HTC_BEARER_TOKEN"] not in result.stdout + result.stderr
 
     records = [
-        r for i in range(6) for r in manifest(session, project_id, task_id, f"manifests/chunk-{i:05d}.jsonl", tmp_path)
+        r
+        for i in range(6)
+        for r in manifest(session, project_id, task_id, f"runs/p/manifests/chunk-{i:05d}.jsonl", tmp_path)
     ]
     by_image = {r["image"]: r for r in records}
     assert sorted(r["image"] for r in records) == sorted(["good.jpg", "corrupt.jpg", "missing.jpg", "../escape.jpg"])
@@ -84,10 +86,13 @@ def test_batch_chunks_account_for_every_listed_image_once(job_context, tmp_path)
     assert "download of 'missing.jpg' failed" in by_image["missing.jpg"]["error"]
     assert "unsafe object key" in by_image["../escape.jpg"]["error"]
     assert {r["job"] for r in records} <= {f"p:{i}" for i in range(6)}
+    assert {r["run"] for r in records} == {"p"} and all(r["job"] == f"p:{r['index']}" for r in records)
 
+    # The batch's namespace: "p", from the job id's batch part (no HTC_RUN_ID here).
     keys = set(htc.list_objects(session, project_id, task_id))
-    assert {"good.jpg_tagged.jpg", "good.jpg_tagged.dat"} <= keys
-    assert not any(k.startswith(("corrupt", "missing")) for k in keys)
+    assert {"runs/p/good.jpg_tagged.jpg", "runs/p/good.jpg_tagged.dat"} <= keys
+    assert by_image["good.jpg"]["outputs"] == ["runs/p/good.jpg_tagged.jpg", "runs/p/good.jpg_tagged.dat"]
+    assert not any(k.startswith(("corrupt", "missing", "runs/p/corrupt", "runs/p/missing")) for k in keys)
 
 
 def test_single_image_mode_tags_the_named_object(job_context, tmp_path):
@@ -113,21 +118,21 @@ def test_single_image_mode_fails_the_job_for_a_missing_object(job_context):
 def test_index_out_of_range_is_a_clear_error(job_context):
     _, _, _, env = job_context
     result = run_job(env, IMG_OBJKEY_LIST="list.dat", BATCH_JOB_ARRAY_SIZE="6", AWS_BATCH_JOB_ARRAY_INDEX="6")
-    assert result.returncode == ft.EXIT_USAGE
+    assert result.returncode == hw.EXIT_USAGE
     assert "AWS_BATCH_JOB_ARRAY_INDEX 6 is outside 0..5" in result.stderr
 
 
 def test_a_missing_image_list_is_a_clear_error(job_context):
     _, _, _, env = job_context
     result = run_job(env, IMG_OBJKEY_LIST="nope.dat", BATCH_JOB_ARRAY_SIZE="1")
-    assert result.returncode == ft.EXIT_USAGE
+    assert result.returncode == hw.EXIT_USAGE
     assert "'nope.dat' not found in project shared storage" in result.stderr
 
 
 def test_simulated_failures_fail_the_same_jobs_every_time(job_context):
     _, _, _, env = job_context
-    raising = next(i for i in range(100) if ft.simulated_failure(0.5, i) == "raise")
-    passing = next(i for i in range(100) if ft.simulated_failure(0.5, i) is None)
+    raising = next(i for i in range(100) if hw.simulated_failure(0.5, i) == "raise")
+    passing = next(i for i in range(100) if hw.simulated_failure(0.5, i) is None)
     batch = {"IMG_OBJKEY_LIST": "list.dat", "BATCH_JOB_ARRAY_SIZE": "100", "SIMULATE_FAILURES": "0.5"}
     for _ in range(2):
         failed = run_job(env, **batch, AWS_BATCH_JOB_ARRAY_INDEX=str(raising))
@@ -150,7 +155,7 @@ def test_task_storage_is_found_without_the_undocumented_storage_path(job_context
             response._content = json.dumps(body).encode()
 
     http.hooks["response"].append(drop_storage_path)
-    storage = ft.HtcStorage.from_api(
+    storage = hw.HtcStorage.from_api(
         env["RESCALE_HTC_API_URL"], env["RESCALE_HTC_BEARER_TOKEN"], project_id, task_id, http=http
     )
     expected = htc.task_storage_token(session, project_id, task_id)["storagePath"]
@@ -200,7 +205,7 @@ def test_one_storage_token_and_one_client_reach_both_areas(job_context, tmp_path
     http = requests.Session()
     asked = []
     http.hooks["response"].append(lambda response, *args, **kwargs: asked.append(response.url))
-    storage = ft.HtcStorage.from_api(
+    storage = hw.HtcStorage.from_api(
         env["RESCALE_HTC_API_URL"], env["RESCALE_HTC_BEARER_TOKEN"], project_id, task_id, http=http
     )
     assert [url.rsplit("/htc/", 1)[1] for url in asked] == [f"projects/{project_id}/tasks/{task_id}/storage/token"]
@@ -222,13 +227,13 @@ def test_one_storage_token_and_one_client_reach_both_areas(job_context, tmp_path
 def test_bad_settings_are_clear_errors_not_tracebacks(job_context, settings, message):
     _, _, _, env = job_context
     result = run_job(env, **settings)
-    assert result.returncode == ft.EXIT_USAGE
+    assert result.returncode == hw.EXIT_USAGE
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_simulated_hang_fails_even_when_it_outlives_its_sleep(job_context):
     _, _, _, env = job_context
-    hanging = next(i for i in range(100) if ft.simulated_failure(1.0, i) == "hang")
+    hanging = next(i for i in range(100) if hw.simulated_failure(1.0, i) == "hang")
     result = run_job(
         env,
         IMG_OBJKEY_LIST="list.dat",
@@ -304,10 +309,10 @@ def test_a_killed_job_keeps_what_it_saved_as_it_went(long_chunk, tmp_path):
     Results go out at least every ``FLUSH_EVERY_IMAGES``, so fewer than that are lost.
     """
     session, project_id, task_id, env, keys = long_chunk
-    reported, _, code = start_and_stop(env, 2 * ft.FLUSH_EVERY_IMAGES, signal.SIGKILL)
+    reported, _, code = start_and_stop(env, 2 * hw.FLUSH_EVERY_ITEMS, signal.SIGKILL)
     assert code == -signal.SIGKILL
     saved = [r["image"] for r in manifest(session, project_id, task_id, "manifests/chunk-00000.jsonl", tmp_path)]
-    assert len(reported) - ft.FLUSH_EVERY_IMAGES < len(saved) <= len(reported)
+    assert len(reported) - hw.FLUSH_EVERY_ITEMS < len(saved) <= len(reported)
     assert saved == reported[: len(saved)] == keys[: len(saved)]
     # Images past the manifest whose face counts were already stored count as done too.
     stored = set(htc.list_objects(session, project_id, task_id))
@@ -373,7 +378,7 @@ def test_a_job_that_times_out_on_the_platform_keeps_what_it_finished(stopping_pl
             },
         }
     ]
-    assert emulator.faults.slow_seconds >= 1 and ft.TRANSFER_THREADS * 30 < len(keys) - 10
+    assert emulator.faults.slow_seconds >= 1 and hw.TRANSFER_THREADS * 30 < len(keys) - 10
     emulator.faults.set_rate(1.0, ["slow"], target="storage", path=rf"{project_id}/shared/t/photo-(?!00)")
     parent = session.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=payload).json()[0]
     job_id = f"{parent['parentJobId']}:0"
@@ -384,9 +389,41 @@ def test_a_job_that_times_out_on_the_platform_keeps_what_it_finished(stopping_pl
     logs = [line["message"] for line in htc.get_logs(session, project_id, task_id, job_id)]
     assert any("stopped by SIGTERM" in line for line in logs), logs[-3:]
     reported = [line.split(":")[0] for line in logs if ": Found " in line]
-    saved = [r["image"] for r in manifest(session, project_id, task_id, "manifests/chunk-00000.jsonl", tmp_path)]
+    saved_key = f"runs/{parent['parentJobId']}/manifests/chunk-00000.jsonl"
+    saved = [r["image"] for r in manifest(session, project_id, task_id, saved_key, tmp_path)]
     # Everything reported was saved, the image in progress at most besides; the job stopped mid-chunk.
     assert saved[: len(reported)] == reported and len(saved) - len(reported) <= 1
     assert saved == keys[: len(saved)] and len(saved) < len(keys)
     results = htc.collect_results(session, project_id, task_id)
     assert htc.missing_results(keys, results) == keys[len(saved) :]
+
+
+def test_a_retried_attempt_skips_the_images_its_manifest_holds(long_chunk, tmp_path):
+    """Attempt 1 is stopped mid-chunk; attempt 2 of the same job tags only the rest, into the same manifest."""
+    session, project_id, task_id, env, keys = long_chunk
+    env = {**env, "HTC_RUN_ID": "retried-run", "AWS_BATCH_JOB_ID": "b:0"}
+    reported, _, code = start_and_stop({**env, "AWS_BATCH_JOB_ATTEMPT": "1"}, 30, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM
+    key = "runs/retried-run/manifests/chunk-00000.jsonl"
+    first = [r["image"] for r in manifest(session, project_id, task_id, key, tmp_path / "1")]
+    assert set(reported) <= set(first) and 0 < len(first) < len(keys)
+
+    second = run_job(env, AWS_BATCH_JOB_ATTEMPT="2")
+    assert second.returncode == 0, second.stderr
+    assert f"{len(first)} images already done by an earlier attempt" in second.stdout
+    retagged = [line.split(":")[0] for line in second.stdout.splitlines() if ": Found " in line]
+    assert retagged == keys[len(first) :]  # none of the first attempt's images again
+
+    records = manifest(session, project_id, task_id, key, tmp_path / "2")
+    assert [r["image"] for r in records] == keys  # each once, in order
+    assert [r["attempt"] for r in records] == [1] * len(first) + [2] * (len(keys) - len(first))
+    assert {r["run"] for r in records} == {"retried-run"} and {r["index"] for r in records} == {0}
+    results = htc.collect_results(session, project_id, task_id)
+    assert htc.missing_results(keys, results) == [] and set(results["run"]) == {"retried-run"}
+
+
+def test_a_run_id_that_is_not_a_key_segment_is_a_clear_error(job_context):
+    _, _, _, env = job_context
+    result = run_job(env, IMG_OBJKEY_LIST="list.dat", BATCH_JOB_ARRAY_SIZE="1", HTC_RUN_ID="../other-task")
+    assert result.returncode == hw.EXIT_USAGE
+    assert "HTC_RUN_ID must be 1 to 128 letters" in result.stderr and "Traceback" not in result.stderr
