@@ -29,6 +29,7 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -1476,3 +1477,167 @@ def submit_batches(
             landed[run] = {"parentJobId": submitted["parentJobId"], "run": run, "jobs": jobs}
         break
     return [{**landed[run], "group": group} for run in runs]
+
+
+def _check_items(items: list[str]) -> list[str]:
+    """The items once each, in order; refused if one would not survive a list file (one item a line, blanks trimmed)."""
+    unique = list(dict.fromkeys(items))
+    for item in unique:
+        if not isinstance(item, str) or not item or item != item.strip(" \t\r\f\v") or "\n" in item:
+            raise ValueError(f"a work list item must be a non-empty line without surrounding blanks, not {item!r}")
+    return unique
+
+
+def submit_work_list(
+    session: HtcSession,
+    project_id: str,
+    task_id: str,
+    group: str,
+    items: list[str],
+    job: dict,
+    *,
+    items_per_job: int = 1,
+    jobs_per_batch: int = MAX_JOBS_PER_BATCH,
+    job_name: str = "work-list",
+    list_env: str = "ITEM_LIST",
+    list_prefix: str = "work-lists/",
+    retry_strategy: dict | None = None,
+    region: str | None = None,
+) -> list[dict]:
+    """Spread any number of items over batches of at most 1,000 jobs and submit them all to ``group``.
+
+    Each job gets ``items_per_job`` items (its share); each batch its own run id and its own list,
+    written to project shared storage as ``<list_prefix><run id>.txt`` (one item a line) and named to
+    its jobs in ``list_env``, with ``BATCH_JOB_ARRAY_SIZE``: job *i* takes the *i*-th share of its
+    batch's list (``face_tagger/htc_worker.py``). Batches go out 100 to a request (``submit_batches``,
+    which reconciles a lost answer). ``job`` is the ``htcJobDefinition``; ``retry_strategy`` (such as
+    ``{"maxRetries": 2}``) goes to every batch. Items are taken once each, in order.
+    Returns ``submit_batches``'s records, each with its batch's ``list`` key and ``items`` count.
+    Example: ``submit_work_list(session, pid, tid, group, keys, definition, items_per_job=50)``
+
+    Needs: _aws_region, _check_items, _credential_metadata, get_all_jobs, group_batches, HtcConnectionError, HtcError,
+    HtcNoAnswer, HtcServerError, _log, MAX_BATCHES_PER_REQUEST, MAX_JOBS_PER_BATCH, _next_params, paginate,
+    project_storage_token, _run_id, RUN_ID_ENV, _s3, _storage_path, STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION,
+    submit_batches, task_storage_token, _timestamp, with_run_id
+    """
+    if items_per_job < 1 or not 1 <= jobs_per_batch <= MAX_JOBS_PER_BATCH:
+        raise ValueError(f"items_per_job must be positive and jobs_per_batch within 1..{MAX_JOBS_PER_BATCH}")
+    items = _check_items(items)
+    per_batch = items_per_job * jobs_per_batch
+    client, bucket, base = _s3(session, project_id, None, region)
+    batches, lists = [], []
+    for start in range(0, len(items), per_batch):
+        share = items[start : start + per_batch]
+        run = str(uuid.uuid4())
+        key = f"{list_prefix}{run}.txt"
+        client.put_object(Bucket=bucket, Key=base + key, Body="".join(f"{item}\n" for item in share).encode())
+        jobs = math.ceil(len(share) / items_per_job)
+        envs = [
+            *(pair for pair in job.get("envs") or [] if pair.get("name") not in (list_env, "BATCH_JOB_ARRAY_SIZE")),
+            {"name": list_env, "value": key},
+            {"name": "BATCH_JOB_ARRAY_SIZE", "value": str(jobs)},
+        ]
+        batch = {"jobName": job_name, "batchSize": jobs, "htcJobDefinition": {**job, "envs": envs}}
+        if retry_strategy:
+            batch["retryStrategy"] = retry_strategy
+        batches.append(with_run_id(batch, run))
+        lists.append({"list": key, "items": len(share)})
+    submitted = []
+    for start in range(0, len(batches), MAX_BATCHES_PER_REQUEST):
+        submitted += submit_batches(
+            session, project_id, task_id, group, batches[start : start + MAX_BATCHES_PER_REQUEST]
+        )
+    _log.info(
+        "work list of %d items: %d batches, %d jobs submitted to group %s",
+        len(items),
+        len(batches),
+        sum(b["jobs"] for b in submitted),
+        group,
+    )
+    return [{**record, **listed} for record, listed in zip(submitted, lists, strict=True)]
+
+
+def _newest_results(earlier: pd.DataFrame, later: pd.DataFrame) -> pd.DataFrame:
+    """One row per item from two gatherings: a successful row wins over a failed one, then the later one."""
+    key = earlier.columns[0]
+    rows = pd.concat([earlier, later], ignore_index=True)
+    ok = rows["status"] == "ok"
+    return (
+        rows.assign(_ok=ok)
+        .sort_values("_ok", kind="stable")
+        .drop_duplicates(key, keep="last")
+        .drop(columns="_ok")
+        .sort_values(key, ignore_index=True)
+    )
+
+
+def complete_work_list(
+    session: HtcSession,
+    project_id: str,
+    task_id: str,
+    group: str,
+    items: list[str],
+    job: dict,
+    *,
+    max_rounds: int = 3,
+    columns: list[str] = ITEM_COLUMNS,
+    interval: float = STATUS_REFRESH_SECONDS,
+    timeout: float | None = WAIT_TIMEOUT_SECONDS,
+    progress: bool = True,
+    **options,
+) -> pd.DataFrame:
+    """Wait for a work list's group, gather its results, and resubmit exactly the missing items, round after round.
+
+    A round: ``monitor_group`` until every job of the group has ended (``timeout`` a round), then
+    ``collect_results`` over the group's batches (``group_batches``: their run ids) not read in an
+    earlier round, then ``missing_results``. While items are missing and fewer than ``max_rounds`` resubmissions were
+    made, exactly those go to the same group (``submit_work_list``, with ``job`` and ``options``
+    as given to it) and another round starts. Returns the last gathering; ``missing_results(items,
+    results)`` is empty when the work list is complete.
+    Example: ``results = complete_work_list(session, pid, tid, group, keys, definition, items_per_job=50)``
+
+    Needs: _all_terminal, _aws_region, _check_items, collect_results, _credential_metadata, _dat_faces, get_all_jobs,
+    group_batches, group_status_counts, HtcConnectionError, HtcError, HtcNoAnswer, HtcServerError, HtcTimeoutError,
+    ITEM_COLUMNS, JOB_STATUSES, _list, _log, _MANIFEST_KEY, _manifest_run, MAX_BATCHES_PER_REQUEST, MAX_JOBS_PER_BATCH,
+    missing_results, monitor_group, _namespace_run, _newest_results, _next_params, paginate, _pause, _progress_bar,
+    project_storage_token, RESULT_COLUMNS, _run_id, RUN_ID_ENV, RUNS_PREFIX, _s3, STATUS_REFRESH_SECONDS, _storage_path,
+    STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, submit_batches, submit_work_list, _task_records, task_storage_token,
+    TERMINAL_STATUSES, _timestamp, WAIT_TIMEOUT_SECONDS, _watch_group, with_run_id
+    """
+    results, collected = None, set()
+    for round_number in range(max_rounds + 1):
+        batches = group_batches(session, project_id, task_id, group)
+        monitor_group(
+            session,
+            project_id,
+            task_id,
+            group,
+            expected_jobs=sum(b["jobs"] for b in batches),
+            interval=interval,
+            timeout=timeout,
+            progress=progress,
+        )
+        # The batches of earlier rounds have ended for good: only the new ones are read.
+        runs = [b["run"] for b in batches if b["run"] and b["run"] not in collected]
+        fresh = collect_results(session, project_id, task_id, runs=runs, columns=columns, region=options.get("region"))
+        collected.update(runs)
+        results = fresh if results is None else _newest_results(results, fresh)
+        missing = missing_results(items, results)
+        if not missing:
+            _log.info("work list of group %s complete after %d resubmissions", group, round_number)
+            return results
+        if round_number == max_rounds:
+            _log.warning(
+                "work list of group %s: %d items still missing after %d resubmissions",
+                group,
+                len(missing),
+                round_number,
+            )
+            return results
+        _log.info(
+            "work list of group %s: %d of %d items missing; submitting exactly those again",
+            group,
+            len(missing),
+            len(set(items)),
+        )
+        submit_work_list(session, project_id, task_id, group, missing, job, **options)

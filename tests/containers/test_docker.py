@@ -81,8 +81,10 @@ def test_build_context_holds_only_what_the_image_needs(worker_image):
     try:
         listed = docker("run", "--rm", "htc-context-probe", "find", "/tmp/context", "-type", "f")
         assert sorted(listed.stdout.split()) == [
+            "/tmp/context/face_tagger/command_worker.py",
             "/tmp/context/face_tagger/face_tagger.py",
             "/tmp/context/face_tagger/haar_cascades.py",
+            "/tmp/context/face_tagger/htc_worker.py",
         ]
     finally:
         docker("rmi", "htc-context-probe")
@@ -381,3 +383,48 @@ def test_the_registry_and_its_tether_get_the_emulators_environment_without_the_a
         assert len(children) == 1  # the registry itself
     finally:
         registry.stop()
+
+
+def test_a_work_list_of_any_command_runs_as_containers(docker_emu, worker_image, docker_config, monkeypatch, tmp_path):
+    """The worker layer's command worker in the pushed image: sha256sum on each file, through the helpers.
+
+    Its process-mode twin is in tests/worker/test_command_worker.py.
+    """
+    import hashlib
+
+    import htc_helpers as htc
+
+    emu, api = docker_emu
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", emu.s3_endpoint)
+    project_id, _ = pushed_project(emu, api, worker_image, docker_config)
+    task_id = api.new_task(project_id)
+    files = {f"in/file-{n}.bin": bytes([n]) * (100 + n) for n in range(3)}
+    for key, body in files.items():
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(body)
+    session = htc.HtcSession(emu.api_url, emu.api_key)
+    htc.upload_files(session, project_id, tmp_path, progress=False)
+    job = container_job(["python", "/opt/command_worker.py", "sha256sum", "{}"])
+    group = "sha256-in-containers"
+    [batch] = htc.submit_work_list(session, project_id, task_id, group, list(files), job, items_per_job=2)
+    results = htc.complete_work_list(
+        session,
+        project_id,
+        task_id,
+        group,
+        list(files),
+        job,
+        items_per_job=2,
+        interval=0.5,
+        timeout=600,
+        progress=False,
+    )
+    assert htc.missing_results(list(files), results) == []
+    rows = results.set_index("item")
+    assert {key: rows.loc[key, "stdout"].split()[0] for key in files} == {
+        key: hashlib.sha256(body).hexdigest() for key, body in files.items()
+    }
+    assert (rows["run"] == batch["run"]).all() and batch["jobs"] == 2
+    ran = [job_id for job_id in emu.scheduler.container_jobs if job_id.startswith(batch["parentJobId"])]
+    assert len(ran) == 2  # as containers, not processes
+    assert containers_of(emu) == []

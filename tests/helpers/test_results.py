@@ -187,3 +187,11 @@ def test_collect_results_of_any_program_keeps_its_fields(session, tmp_path):
     assert htc.missing_results(["data/x.bin", "data/y.bin"], df) == ["data/y.bin"]
     with pytest.raises(ValueError, match=r"line 1 has no 'image' field: pass the columns of its program"):
         htc.collect_results(session, project_id, task_id)
+
+
+def test_a_later_gathering_adds_to_an_earlier_one_and_success_wins():
+    earlier = results(("a.jpg", 1, "ok"), ("b.jpg", None, "error"), ("c.jpg", 2, "ok"))
+    later = results(("b.jpg", 3, "ok"), ("c.jpg", None, "error"), ("d.jpg", 0, "ok"))
+    merged = htc._newest_results(earlier, later)
+    assert merged["image"].tolist() == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    assert merged["status"].tolist() == ["ok"] * 4 and merged["faces"].tolist() == [1, 3, 2, 0]
