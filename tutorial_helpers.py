@@ -32,9 +32,6 @@ import pandas as pd
 
 import htc_helpers as htc
 
-MAX_JOBS_PER_BATCH = 1000  # the platform's limit on batchSize
-
-
 # --- batches and estimates ---------------------------------------------------------------
 
 
@@ -59,27 +56,36 @@ def tagging_batch(
     timeout_seconds: int = 3600,
     vcpus: int = 1,
     memory_mib: int = 512,
+    retry_strategy: dict | None = None,
 ) -> dict:
     """One batch definition for the face tagger: ``job_count`` jobs sharing the photos in ``image_list_key``.
 
     Job ``i`` tags its slice of the list, found from ``AWS_BATCH_JOB_ARRAY_INDEX`` (set by the
     platform) and ``BATCH_JOB_ARRAY_SIZE`` (set here: names starting ``AWS_`` are reserved).
+    ``HTC_RUN_ID``, new for each definition, names the batch: its results go to ``runs/<run id>/``
+    of task storage, where no other batch writes. ``simulate_failures`` fails about a third of
+    the jobs, the same array indices every time (``SIMULATE_FAILURES_SEED``). ``retry_strategy``
+    (``{"maxRetries": 2}``) runs a failed job again; the new attempt skips the photos the failed
+    one saved. More than 1,000 jobs: ``htc_helpers.submit_work_list``.
     Example::
 
         session.post(f"{url}/jobs/batch", params={"group": g}, json=[tagging_batch(image, 24, "image_list.dat")])
 
-    Needs: MAX_JOBS_PER_BATCH
+    Needs: htc_helpers.MAX_JOBS_PER_BATCH, htc_helpers.with_run_id
     """
-    if not 1 <= job_count <= MAX_JOBS_PER_BATCH:
-        raise ValueError(f"job_count must be between 1 and {MAX_JOBS_PER_BATCH}, not {job_count}")
+    if not 1 <= job_count <= htc.MAX_JOBS_PER_BATCH:
+        raise ValueError(
+            f"job_count must be between 1 and {htc.MAX_JOBS_PER_BATCH}, not {job_count} "
+            "(spread more over several batches with htc_helpers.submit_work_list)"
+        )
     envs = [
         {"name": "IMG_OBJKEY_LIST", "value": image_list_key},
         {"name": "BATCH_JOB_ARRAY_SIZE", "value": str(job_count)},
         {"name": "SCALE_FACTOR", "value": str(scale_factor)},
     ]
     if simulate_failures:
-        envs.append({"name": "SIMULATE_FAILURES", "value": "true"})
-    return {
+        envs += [{"name": "SIMULATE_FAILURES", "value": "true"}, {"name": "SIMULATE_FAILURES_SEED", "value": "0"}]
+    batch = {
         "jobName": f"tag-photos-{scale_factor}",
         "batchSize": job_count,
         "htcJobDefinition": {
@@ -91,6 +97,9 @@ def tagging_batch(
             "execTimeoutSeconds": timeout_seconds,
         },
     }
+    if retry_strategy:
+        batch["retryStrategy"] = retry_strategy
+    return htc.with_run_id(batch)
 
 
 def batch_estimate(

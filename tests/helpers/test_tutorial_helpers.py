@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 import pandas as pd
 import plotly.express as px
@@ -28,12 +29,17 @@ def test_tagging_batch_sets_the_worker_variables():
     assert batch["batchSize"] == 7
     assert definition["imageName"] == "img:v1" and definition["execTimeoutSeconds"] == 60
     envs = {e["name"]: e["value"] for e in definition["envs"]}
+    run = envs.pop("HTC_RUN_ID")
     assert envs == {
         "IMG_OBJKEY_LIST": "list.dat",
         "BATCH_JOB_ARRAY_SIZE": "7",
         "SCALE_FACTOR": "1.1",
         "SIMULATE_FAILURES": "true",
+        "SIMULATE_FAILURES_SEED": "0",  # the same jobs fail every run, as the failure lesson shows
     }
+    assert str(uuid.UUID(run)) == run  # each batch its own namespace in task storage
+    runs = {tutorial.tagging_batch("img:v1", 1, "l")["htcJobDefinition"]["envs"][-1]["value"] for _ in range(3)}
+    assert len(runs) == 3
     assert not any(name.startswith("AWS_") for name in envs)
 
 
@@ -156,3 +162,9 @@ def test_show_image_outside_a_notebook_says_where_the_picture_is(tmp_path, capsy
     picture.write_bytes(b"\xff\xd8 any bytes")
     tutorial.show_image(picture)
     assert capsys.readouterr().out == f"picture: {picture}\n"
+
+
+def test_tagging_batch_takes_a_retry_strategy():
+    assert "retryStrategy" not in tutorial.tagging_batch("img:v1", 2, "list.dat")
+    batch = tutorial.tagging_batch("img:v1", 2, "list.dat", retry_strategy={"maxRetries": 2})
+    assert batch["retryStrategy"] == {"maxRetries": 2}
