@@ -154,13 +154,19 @@ def test_cancel_section_cancels_the_failing_group(installed_python):
     result = run_section(
         "cancel",
         '{"cancelled": cancelled, "failed": htc.failure_summary(failed_jobs), '
-        '"to_the_end": htc.status_counts(all_jobs)}',
+        '"to_the_end": htc.status_counts(all_jobs), "retried": retry_photos, '
+        '"missing_after_retry": htc.missing_results(failure_photos, retried_results), '
+        '"runs": sorted(set(retried_results["run"])), "batch_runs": sorted([full_batch["run"], retry_batch["run"]])}',
         python=installed_python,
     )
     assert result["cancelled"] is True
     assert any(reason.startswith("ErrorUnknownFailure") for reason in result["failed"])
     assert result["to_the_end"]["SUCCEEDED"] + result["to_the_end"]["FAILED"] == 12
     assert result["to_the_end"]["FAILED"] > 0
+    # The retry of exactly the missing photos, in the same task, loses nothing; rows name both batches.
+    assert len(result["retried"]) > 0
+    assert result["missing_after_retry"] == []
+    assert result["runs"] == result["batch_runs"]
 
 
 @pytest.mark.slow
