@@ -1412,7 +1412,7 @@ def group_batches(
     are the only record. ``run`` is a batch's ``HTC_RUN_ID`` (None for one submitted without it).
     Example: ``landed = {b["run"] for b in group_batches(session, pid, tid, group)}``
 
-    Needs: get_all_jobs, HtcError, _next_params, paginate, _run_id, RUN_ID_ENV
+    Needs: get_all_jobs, HtcError, MAX_EMPTY_PAGES, _next_params, paginate, _run_id, RUN_ID_ENV
     """
     batches: dict[str, dict] = {}
     for job in get_all_jobs(session, project_id, task_id, group, view_type="FULL", page_size=page_size):
@@ -1444,7 +1444,7 @@ def submit_batches(
     Example: ``submitted = submit_batches(session, pid, tid, group, [batch_a, batch_b])``
 
     Needs: get_all_jobs, group_batches, HtcConnectionError, HtcError, HtcNoAnswer, HtcServerError, _log,
-    MAX_BATCHES_PER_REQUEST, _next_params, paginate, _run_id, RUN_ID_ENV, with_run_id
+    MAX_BATCHES_PER_REQUEST, MAX_EMPTY_PAGES, _next_params, paginate, _run_id, RUN_ID_ENV, with_run_id
     """
     if not 1 <= len(batches) <= MAX_BATCHES_PER_REQUEST:
         raise ValueError(f"a request holds 1 to {MAX_BATCHES_PER_REQUEST} batches, not {len(batches)}")
@@ -1516,9 +1516,9 @@ def submit_work_list(
     Example: ``submit_work_list(session, pid, tid, group, keys, definition, items_per_job=50)``
 
     Needs: _aws_region, _check_items, _credential_metadata, get_all_jobs, group_batches, HtcConnectionError, HtcError,
-    HtcNoAnswer, HtcServerError, _log, MAX_BATCHES_PER_REQUEST, MAX_JOBS_PER_BATCH, _next_params, paginate,
-    project_storage_token, _run_id, RUN_ID_ENV, _s3, _storage_path, STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION,
-    submit_batches, task_storage_token, _timestamp, with_run_id
+    HtcNoAnswer, HtcServerError, _log, MAX_BATCHES_PER_REQUEST, MAX_EMPTY_PAGES, MAX_JOBS_PER_BATCH, _next_params,
+    paginate, project_storage_token, _run_id, RUN_ID_ENV, _s3, storage_path, STORAGE_RENEW_BEFORE,
+    STORAGE_RENEW_FRACTION, submit_batches, task_storage_token, _timestamp, with_run_id
     """
     if items_per_job < 1 or not 1 <= jobs_per_batch <= MAX_JOBS_PER_BATCH:
         raise ValueError(f"items_per_job must be positive and jobs_per_batch within 1..{MAX_JOBS_PER_BATCH}")
@@ -1581,7 +1581,7 @@ def complete_work_list(
     *,
     max_rounds: int = 3,
     columns: list[str] = ITEM_COLUMNS,
-    interval: float = STATUS_REFRESH_SECONDS,
+    interval: float | None = None,
     timeout: float | None = WAIT_TIMEOUT_SECONDS,
     progress: bool = True,
     **options,
@@ -1598,11 +1598,12 @@ def complete_work_list(
 
     Needs: _all_terminal, _aws_region, _check_items, collect_results, _credential_metadata, _dat_faces, get_all_jobs,
     group_batches, group_status_counts, HtcConnectionError, HtcError, HtcNoAnswer, HtcServerError, HtcTimeoutError,
-    ITEM_COLUMNS, JOB_STATUSES, _list, _log, _MANIFEST_KEY, _manifest_run, MAX_BATCHES_PER_REQUEST, MAX_JOBS_PER_BATCH,
-    missing_results, monitor_group, _namespace_run, _newest_results, _next_params, paginate, _pause, _progress_bar,
-    project_storage_token, RESULT_COLUMNS, _run_id, RUN_ID_ENV, RUNS_PREFIX, _s3, STATUS_REFRESH_SECONDS, _storage_path,
-    STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, submit_batches, submit_work_list, _task_records, task_storage_token,
-    TERMINAL_STATUSES, _timestamp, WAIT_TIMEOUT_SECONDS, _watch_group, with_run_id
+    ITEM_COLUMNS, JOB_STATUSES, _list, _log, _MANIFEST_KEY, _manifest_run, MAX_BATCHES_PER_REQUEST, MAX_EMPTY_PAGES,
+    MAX_JOBS_PER_BATCH, missing_results, monitor_group, _namespace_run, _newest_results, _next_params, paginate,
+    _pause, platform_seconds, _progress_bar, project_storage_token, RESULT_COLUMNS, _run_id, RUN_ID_ENV, RUNS_PREFIX,
+    _s3, STATUS_REFRESH_SECONDS, storage_path, STORAGE_RENEW_BEFORE, STORAGE_RENEW_FRACTION, submit_batches,
+    submit_work_list, _task_records, task_storage_token, TERMINAL_STATUSES, _timestamp, WAIT_TIMEOUT_SECONDS,
+    _watch_group, with_run_id
     """
     results, collected = None, set()
     for round_number in range(max_rounds + 1):
