@@ -11,9 +11,27 @@ import pytest
 
 import htc_helpers as htc
 import tutorial_helpers as tutorial
+from htc_emulator import running
 from tests.helpers.support import fast_session, new_project, new_task
 
 FAILING_JOB = {"imageName": "not-in-the-registry:v1"}  # jobs that exist (and fail at once): only their count matters
+
+
+@pytest.fixture(scope="module")
+def faulty():
+    """An emulator whose faults the tests script, with the ideal profile: it takes a batch naming an image it does not
+    hold (the platform's check of the image at submit is tests/emulator/test_platform_profile.py's subject), so
+    jobs exist and fail at once."""
+    with running(faults={"retry_after": 1, "slow_seconds": 1.0}, profile="ideal") as emu:
+        yield emu
+
+
+@pytest.fixture
+def faults(faulty):
+    faulty.faults.clear()
+    faulty.faults.injected.clear()
+    yield faulty.faults
+    faulty.faults.clear()
 
 
 def test_with_run_id_names_each_batch_once():

@@ -22,7 +22,8 @@ DRY_RUN = {
     "execTimeoutSeconds": 600,
     "commands": ["python", "/opt/command_worker.py"],
 }
-NEVER_RUNS = {"imageName": "not-in-the-registry:v1"}  # jobs that exist and fail at once
+# Jobs that exist and fail at once; the image READY, since the platform refuses any other.
+NEVER_RUNS = {"imageName": "opencv-htc-tutorial:v1", "commands": ["false"]}
 
 
 @pytest.fixture(scope="module")
