@@ -6,6 +6,8 @@ running job is ``test_job_lifecycle.py::test_job_token_reaches_only_its_own_proj
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.support.refusals import DEFINITION
@@ -29,6 +31,12 @@ def scoped(api, emulator):
     token = emulator.scheduler.tokens.job_token(
         project_id=project_id, task_id=task_id, job_id=f"{parent}:0", lifetime=600
     )
+    # The tests compare the task's statistics before and after a refused call: the job must have stopped
+    # moving through its start (with the platform's refresh and start latency that takes a while).
+    deadline = time.monotonic() + 300
+    while api.job(project_id, task_id, f"{parent}:0")["status"] != "RUNNING":
+        assert time.monotonic() < deadline, "the sleeping job never got to RUNNING"
+        time.sleep(0.2)
     yield project_id, task_id, sibling_id, other_project, token
     api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/cancel")
 
