@@ -270,14 +270,17 @@ def test_a_timeout_stops_the_container_with_sigterm_first(docker_emu, worker_ima
     assert containers_of(emu) == []
 
 
-def test_an_image_never_pushed_cannot_be_pulled(docker_emu):
+def test_an_image_never_pushed_is_refused_at_submit(docker_emu):
+    """With a Docker engine a project's registry holds only what was pushed to it: a batch naming an image the
+    emulator has registered but nobody pushed to this project is a 400 naming ``imageName``, and no job exists."""
     emu, api = docker_emu
     project_id = api.new_project(repositories=["opencv-htc-tutorial"])
     task_id = api.new_task(project_id)
-    parent = api.submit(project_id, task_id, container_job(["python", "-c", "pass"]))
-    api.wait_terminal(project_id, task_id, 1, timeout=120)
-    job = api.job(project_id, task_id, f"{parent}:0")
-    assert job["status"] == "FAILED" and job["statusReason"].startswith("CannotPullContainerError"), job
+    body = [{"jobName": "test", "htcJobDefinition": container_job(["python", "-c", "pass"])}]
+    refused = api.post(f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch", json=body)
+    assert refused.status_code == 400, refused.text
+    assert "imageName" in refused.json()["errorDescription"], refused.text
+    assert api.job_count(project_id, task_id) == 0
 
 
 # --- a killed emulator ---------------------------------------------------------------------
