@@ -408,6 +408,7 @@ def test_a_work_list_of_any_command_runs_as_containers(docker_emu, worker_image,
     session = htc.HtcSession(emu.api_url, emu.api_key)
     htc.upload_files(session, project_id, tmp_path, progress=False)
     job = container_job(["python", "/opt/command_worker.py", "sha256sum", "{}"])
+    htc.wait_for_image(session, project_id, job["imageName"], interval=0.5)  # a pushed image runs once READY
     group = "sha256-in-containers"
     [batch] = htc.submit_work_list(session, project_id, task_id, group, list(files), job, items_per_job=2)
     results = htc.complete_work_list(
