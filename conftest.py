@@ -15,14 +15,21 @@ their own with ``htc_emulator.running(...)``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
 
 import pytest
 
 from htc_emulator import Emulator, ExchangeRecorder
+from htc_emulator.platform_profile import PLATFORM
 from run_tutorial import emulator_environment
 
 _session: dict = {}
+# The platform's profile, with one exception: the session's tests share this emulator and run the worker on
+# the registered image, so with a Docker engine its registry holds that image too (without an engine, where
+# registered images stand for pushed ones, this changes nothing). The notebook pushes its own image, and
+# tests/containers/test_container_audit.py checks that its batch ran from that push.
+SESSION_PROFILE = dataclasses.replace(PLATFORM, registry_holds_pushed_images_only=False)
 # The run's summary repeats what the notebook's cells with this tag printed: the container path's evidence.
 SUMMARY_TAG = "test-summary"
 
@@ -36,7 +43,7 @@ def start_session_emulator() -> Emulator:
     """Start the session emulator once, and put its settings into ``os.environ``."""
     if "emulator" not in _session:
         # Every exchange is kept for tests/emulator/test_contract_audit.py, which checks them all against the spec.
-        context = emulator_environment(recorder=ExchangeRecorder())
+        context = emulator_environment(recorder=ExchangeRecorder(), profile=SESSION_PROFILE)
         _session.update(emulator=context.__enter__(), context=context)
     return _session["emulator"]
 

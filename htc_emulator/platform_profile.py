@@ -1,11 +1,10 @@
 """The platform's rough edges: what the real HTC platform does where it is awkward, each with its public source.
 
-:data:`PLATFORM` (the default of :func:`htc_emulator.running` and of ``python -m
-htc_emulator``) makes the emulator behave as the platform does; :data:`IDEAL` (``running(profile="ideal")``,
+:data:`PLATFORM` (the default of :func:`htc_emulator.running`, of ``python -m
+htc_emulator``, of ``make run``, ``make lab``, the test session and nbval) makes the
+emulator behave as the platform does; :data:`IDEAL` (``running(profile="ideal")``,
 ``--ideal``) is the kind emulator benchmarks measure against: statuses at once,
 images READY at once, no start latency, every cancel at once, nothing deleted.
-``make run``, ``make lab``, the test session and nbval run the notebook against
-:data:`IDEAL` until the notebook survives :data:`PLATFORM` (``run_tutorial.EMULATOR_SETTINGS``).
 
 Durations are the platform's, in seconds of its clock; the emulator runs them on its
 scaled clock (``time_scale``: 0.01 makes the 30 s refresh 0.3 s), through

@@ -140,13 +140,16 @@ def test_download_section_fetches_the_winner(installed_python):
 def test_overhead_section_times_three_job_sizes(installed_python):
     result = run_section(
         "overhead",
-        '{"jobs": timings["jobs"].tolist(), "seconds": timings["seconds"].tolist(), '
-        '"status": deleted["lifecycleStatus"]}',
+        '{"jobs": timings["jobs"].tolist(), "seconds": timings["job seconds"].tolist(), '
+        '"platform_vcpu_hours": on_the_platform["vcpu_hours"].tolist(), "status": deleted["lifecycleStatus"]}',
         python=installed_python,
     )
     assert result["jobs"] == [6, 3, 1]
     assert all(seconds > 0 for seconds in result["seconds"])
     assert result["status"] == "DELETED"
+    # On the platform every job pays a container start: six jobs hold more vCPU-hours than three, three than one.
+    assert result["platform_vcpu_hours"] == sorted(result["platform_vcpu_hours"], reverse=True)
+    assert result["platform_vcpu_hours"][0] > result["platform_vcpu_hours"][-1]
 
 
 @pytest.mark.slow
@@ -154,12 +157,15 @@ def test_cancel_section_cancels_the_failing_group(installed_python):
     result = run_section(
         "cancel",
         '{"cancelled": cancelled, "failed": htc.failure_summary(failed_jobs), '
-        '"to_the_end": htc.status_counts(all_jobs), "retried": retry_photos, '
+        '"after_it": after_it, "to_the_end": htc.status_counts(all_jobs), "retried": retry_photos, '
         '"missing_after_retry": htc.missing_results(failure_photos, retried_results), '
         '"runs": sorted(set(retried_results["run"])), "batch_runs": sorted([full_batch["run"], retry_batch["run"]])}',
         python=installed_python,
     )
     assert result["cancelled"] is True
+    # Best effort: however many were cancelled, every job of the group ended, one way or the other.
+    ended = {status: n for status, n in result["after_it"].items() if n}
+    assert set(ended) <= {"SUCCEEDED", "FAILED"} and sum(ended.values()) == 12
     assert any(reason.startswith("ErrorUnknownFailure") for reason in result["failed"])
     assert result["to_the_end"]["SUCCEEDED"] + result["to_the_end"]["FAILED"] == 12
     assert result["to_the_end"]["FAILED"] > 0

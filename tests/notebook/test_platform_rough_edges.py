@@ -229,6 +229,9 @@ def test_without_the_header_the_clock_is_the_platform_s(emulator):
 
 # --- the notebook's sections against them ------------------------------------------------------
 
+SAMPLE = "2008_004176.jpg"  # the Setup's sample photo: seven labelled faces
+READY_TASK = "session, PROJECT_ID, TASK_ID, IMAGE, IMAGE_LIST_KEY = quickstart.ready_task(API_URL)"
+
 
 @pytest.mark.slow
 def test_the_batch_section_after_an_image_that_stays_a_404_then_pending():
@@ -245,3 +248,35 @@ def test_the_batch_section_after_an_image_that_stays_a_404_then_pending():
     )
     assert result["image"] == {"status": "READY"}
     assert {status: n for status, n in result["counts"].items() if n} == {"SUCCEEDED": 6}
+
+
+@pytest.mark.slow
+def test_the_first_job_section_reads_its_logs_through_empty_pages():
+    result = run_section(
+        "first-job",
+        '{"status": final["status"], "lines": [line["message"] for line in htc.get_logs(session, PROJECT_ID, '
+        'TASK_ID, JOB_ID)], "pages": [len(session.get(f"/htc/projects/{PROJECT_ID}/tasks/{TASK_ID}/jobs/{JOB_ID}'
+        '/logs").json()["items"])]}',
+        preamble_line=f"{READY_TASK}; SAMPLE = {SAMPLE!r}",
+    )
+    assert result["pages"] == [0]  # the first page of the log is an empty one, with `next`
+    assert result["status"] == "SUCCEEDED"
+    assert any(SAMPLE in line and "7 faces" in line for line in result["lines"]), result["lines"]
+
+
+@pytest.mark.slow
+def test_the_dry_run_and_gather_sections_with_tokens_without_storage_path():
+    as_the_spec_reads = dataclasses.replace(PLATFORM, storage_path_in_tokens=False)
+    dry_run = run_section(
+        "dry-run",
+        '{"token_keys": sorted(task_token), "prefix": prefix, "task": TASK_ID, "listed": objects is not None}',
+        preamble_line=f"{READY_TASK}; REGION = quickstart.REGION; DOCKER = False; SAMPLE = {SAMPLE!r}",
+        profile=as_the_spec_reads,
+    )
+    assert "storagePath" not in dry_run["token_keys"]
+    # The listing opened the task's folder, found from regional-storage (the gather below has the jobs' results).
+    assert dry_run["task"] in dry_run["prefix"] and dry_run["listed"]
+    gathered = run_section(
+        "gather", '{"missing": missing, "rows": len(results), "winner": winner}', profile=as_the_spec_reads
+    )
+    assert gathered["missing"] == [] and gathered["rows"] > 0 and gathered["winner"]
