@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+import htc_helpers as htc
 import tutorial_helpers as tutorial
 from tests.helpers.support import ROOT, new_project
 
@@ -95,6 +96,7 @@ def test_publishing_for_this_machine_alone_pushes_the_image_built_here(emulator,
     uri = session.get(f"/htc/projects/{project_id}").json()["containerRegistry"]
     tutorial.docker_login(uri.split("/")[0], session.get(f"/htc/projects/{project_id}/container-registry/token").text)
     tutorial.docker_publish(f"{uri}opencv-htc-tutorial:v1", worker_image, tutorial.host_platform())
+    htc.wait_for_image(session, project_id, "opencv-htc-tutorial:v1")  # replicated, as on the platform
     status = session.get(f"/htc/projects/{project_id}/container-registry/images/opencv-htc-tutorial:v1").json()
     assert status["status"] == "READY"
     subprocess.run(["docker", "rmi", f"{uri}opencv-htc-tutorial:v1"], capture_output=True)

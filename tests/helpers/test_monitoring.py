@@ -111,12 +111,12 @@ def test_monitor_for_cancellation_shows_one_bar_that_ends_where_the_group_does(m
 
 
 def test_wait_for_job_shows_the_jobs_status_on_one_line_that_ends_with_it(session, capsys):
-    project_id = new_project(session)
+    project_id = new_project(session, repository="opencv-htc-tutorial")
     task_id = new_task(session, project_id)
-    # An image the registry lacks: the job fails without running, which is all this wait needs.
+    # A job that fails at once is all this wait needs.
     parent = session.post(
         f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
-        json=[{"htcJobDefinition": {"imageName": "not-in-the-registry:v1"}}],
+        json=[{"htcJobDefinition": {"imageName": "opencv-htc-tutorial:v1", "commands": ["false"]}}],
     ).json()[0]["parentJobId"]
     event = htc.wait_for_job(session, project_id, task_id, f"{parent}:0", interval=0.1, timeout=120)
     bars = [line.split("\r")[-1] for line in capsys.readouterr().out.split("\n") if line.strip()]

@@ -132,11 +132,11 @@ def test_paging_stops_when_a_page_repeats_the_one_before(paged):
 
 
 def test_page_sizes_are_parameters(session):
-    project_id = new_project(session)
+    project_id = new_project(session, repository="opencv-htc-tutorial")
     task_id = new_task(session, project_id)
     session.post(
         f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
-        json=[{"batchSize": 5, "htcJobDefinition": {"imageName": "not-in-the-registry:v1"}}],
+        json=[{"batchSize": 5, "htcJobDefinition": {"imageName": "opencv-htc-tutorial:v1", "commands": ["false"]}}],
     )
     seen = record_responses(session)
     assert len(htc.get_all_jobs(session, project_id, task_id, page_size=2)) == 5
