@@ -225,6 +225,106 @@ def test_html_report_loads_nothing_from_the_network():
 # --- the notebook as text: what a reader steps through ------------------------------------
 
 
+NEEDS = re.compile(r"\*\*Needs:\*\*(.*?)(?:\n\n|$)", re.DOTALL)
+CODE_WIDTH = 100  # what a default JupyterLab shows without scrolling, beside the prompt
+WAITS = ("monitor_group(", "monitor_for_cancellation(", "wait_for_job(")
+
+
+def sections() -> list[tuple[str, str, list[str]]]:
+    """(heading, the heading cell's text, code cells' sources) for every ``## `` section."""
+    found = []
+    for cell in NOTEBOOK.cells:
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("## "):
+            found.append((cell.source.lstrip()[3:].splitlines()[0].strip(), cell.source, []))
+        elif cell.cell_type == "code" and found:
+            found[-1][2].append(cell.source)
+    return found
+
+
+def bound_and_loaded(sources: list[str]) -> tuple[set[str], set[str]]:
+    """The names the code binds (assignments, imports, definitions, loop targets) and the names it reads."""
+    import ast
+
+    bound, loaded = set(), set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Name):
+                (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                bound.add(node.name)
+            elif isinstance(node, ast.arg):
+                bound.add(node.arg)
+    return bound, loaded
+
+
+def test_every_sections_needs_line_names_everything_it_needs():
+    """A section run after a kernel restart needs exactly what its Needs line says (Setup and Parameters too)."""
+    import builtins
+
+    setup, _ = bound_and_loaded([c.source for c in tagged("setup")])
+    parameters, _ = bound_and_loaded([tagged("parameters")[0].source])
+    wrong = []
+    for heading, text, code in sections():
+        if not code or heading in ("Setup", "Parameters"):
+            continue
+        needs = NEEDS.search(text)
+        if needs is None:
+            wrong.append(f"{heading}: no Needs line")
+            continue
+        stated = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", needs.group(1)))
+        bound, loaded = bound_and_loaded(code)
+        outside = loaded - bound - set(dir(builtins))
+        missing = sorted(outside - stated - setup - parameters)
+        if missing:
+            wrong.append(f"{heading}: uses {missing}, which its Needs line does not name")
+        for cell_name, names in (("Setup", setup), ("Parameters", parameters)):
+            if outside & names - stated and cell_name not in needs.group(1):
+                wrong.append(f"{heading}: uses {sorted(outside & names)} from {cell_name}, not named")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_code_lines_fit_a_default_jupyterlab_width():
+    long = [
+        line
+        for cell in NOTEBOOK.cells
+        if cell.cell_type == "code"
+        for line in cell.source.splitlines()
+        if len(line) > CODE_WIDTH
+    ]
+    assert not long, "\n".join(long)
+
+
+def test_every_wait_shows_its_progress():
+    """A cell that waits for jobs shows a progress bar: no cell is silent while the platform works."""
+    silent = [
+        cell.source.splitlines()[0]
+        for cell in NOTEBOOK.cells
+        if cell.cell_type == "code" and any(w in cell.source for w in WAITS) and "progress=False" in cell.source
+    ]
+    assert not silent, silent
+
+
+def test_the_emulator_appears_only_in_the_opening_note_and_marked_asides():
+    """After the opening note the lesson is about the platform; the emulator is named only in asides."""
+    opening = next(i for i, c in enumerate(NOTEBOOK.cells) if c.source.lstrip().startswith("## Setup"))
+    stray = []
+    for cell in NOTEBOOK.cells[opening:]:
+        mentions = re.search(r"emulator|EMULATED|tests?/|pytest|nbval", cell.source, re.IGNORECASE)
+        if not mentions:
+            continue
+        if cell.cell_type == "markdown":
+            asides = re.findall(r"^> \*\*On the emulator\.?\*\*.*?(?=\n\n|\Z)", cell.source, re.M | re.S)
+            rest = cell.source
+            for aside in asides:
+                rest = rest.replace(aside, "")
+            if not re.search(r"emulator|tests?/|pytest|nbval", rest, re.IGNORECASE):
+                continue
+        stray.append(cell.source[:120])
+    assert not stray, "\n---\n".join(stray)
+
+
 def test_committed_progress_bars_end_where_they_stop():
     frozen = [
         line
