@@ -131,9 +131,19 @@ class _S3Server:
 
     def stop(self) -> None:
         """Finish the requests being served, then close every socket from the server's own loop,
-        which ends with nothing left to watch (closed from another thread, its select would fail)."""
+        which ends with nothing left to watch (closed from another thread, its select would fail).
+
+        The loop runs the queued thunks whenever it wakes, and a byte an earlier pull left (a finished
+        request's) can wake it between ``pull_trigger``'s queuing of a thunk and its write. This thunk
+        closes the trigger too, so it is queued and the byte written under the trigger's lock, which the
+        loop takes to run thunks: otherwise the write could find the pipe closed (EBADF), or write into
+        whatever file had been given its descriptor's number meanwhile.
+        """
         self._server.task_dispatcher.shutdown()
-        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._connections))
+        trigger = self._server.trigger
+        with trigger.lock:
+            trigger.thunks.append(lambda: wasyncore.close_all(self._connections))
+            trigger.pull_trigger()  # without a thunk, pull_trigger only writes (it takes the lock for a thunk)
         self._thread.join(timeout=10)
 
 

@@ -5,12 +5,15 @@ What the credentials may reach (the S3 gate's enforcement) is ``test_storage_cre
 
 from __future__ import annotations
 
+import os
+
 import boto3
 import pytest
 import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from htc_emulator.storage import Storage
 from tests.support.refusals import assert_bad_request
 
 
@@ -227,3 +230,29 @@ def test_an_empty_file_and_a_kept_alive_connection_are_served(api, layout, emula
             s3.put_object(Bucket=bucket, Key=f"{prefix}empty-{attempt}.jsonl", Body=body)
         assert s3.get_object(Bucket=bucket, Key=f"{prefix}empty-{attempt}.jsonl")["Body"].read() == b""
     assert keys(s3, bucket, prefix) == [f"empty-{attempt}.jsonl" for attempt in range(3)]
+
+
+def test_stopping_writes_the_wake_up_byte_before_the_loop_can_close_the_trigger():
+    """Storage's server stops by queuing a thunk that closes every socket, its wake-up pipe (the trigger)
+    included, on the server's loop. The loop runs the queued thunks whenever it wakes, and a byte that an
+    earlier pull left (a finished request's) can wake it right after the thunk is queued: here the loop
+    gets that chance, deterministically, before the stop writes its own byte. The stop used to write to a
+    pipe already closed (EBADF in ``running()``'s exit, 1 run in 5), or into a file given its number meanwhile."""
+    storage = Storage()
+    server, loop = storage._server._server, storage._server._thread
+    trigger = server.trigger
+    write_wake_up_byte = trigger._physical_pull
+    closed_when_written = []
+
+    def pull_after_the_loop_had_its_chance() -> None:
+        if trigger.thunks:  # the stop's pull (a finished request's pulls queue nothing)
+            if not trigger.lock.locked():  # nothing keeps the loop from running the queued thunk first
+                os.write(trigger.trigger, b"x")  # an earlier pull's byte, still unread
+                loop.join()  # the loop ran it: the thunk closed everything and the loop ended
+            closed_when_written.append(trigger._closed)
+        write_wake_up_byte()
+
+    trigger._physical_pull = pull_after_the_loop_had_its_chance
+    storage.stop()
+    loop.join()  # stop() waits 10 s at most
+    assert closed_when_written == [False] and trigger._closed
