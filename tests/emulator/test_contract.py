@@ -36,6 +36,21 @@ def test_response_checker_catches_a_broken_response(openapi_spec, emulator):
     assert corrected_spec(openapi_spec, "http://h")["servers"] == [{"url": "http://h"}]
 
 
+def test_request_checker_ignores_read_only_properties_and_nothing_else(openapi_spec, emulator):
+    """A body with a read-only property (the platform ignores it, so does the emulator) is not refused for it,
+    even of the wrong type; a wrong type elsewhere in the same body still is."""
+    validator = ContractValidator(emulator.api_url, openapi_spec)
+
+    def post(body: dict) -> requests.PreparedRequest:
+        return requests.Request(
+            "POST", emulator.api_url + "/htc/projects", headers={"Authorization": "Bearer x"}, json=body
+        ).prepare()
+
+    project = {"projectName": "a", "projectDescription": "b"}
+    assert not validator.request_errors(post(project | {"createdBy": [259], "createdAt": [{}]}))
+    assert validator.request_errors(post(project | {"createdBy": [259], "projectName": 5}))
+
+
 def test_shape_check_names_a_left_out_property(api, emulator):
     """The check every test client runs can fail: a task without archivedAt is refused."""
     body = b'{"taskId": "t", "projectId": "p", "taskName": "a", "taskDescription": "b"}'

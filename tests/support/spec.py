@@ -69,8 +69,13 @@ class ContractValidator:
         return RequestsOpenAPIRequest(prepared)
 
     def request_errors(self, prepared) -> list[str]:
-        """Why the spec refuses this request (empty when it accepts it)."""
-        request = self._as_api_request(prepared)
+        """Why the spec refuses this request (empty when it accepts it).
+
+        Properties the spec marks ``readOnly`` are left out of the body first, at any depth: OpenAPI asks
+        clients not to send them, not servers to refuse them, and the platform's JSON reader ignores them,
+        as the emulator does (``htc_emulator/schemas.py``). openapi-core would refuse them outright.
+        """
+        request = self._as_api_request(self._without_read_only(prepared))
         errors = []
         for error in self._openapi.iter_request_errors(request):
             # The API-key exchange uses "Authorization: Token <key>", a
@@ -79,6 +84,42 @@ class ContractValidator:
                 continue
             errors.append(_describe(error))
         return errors
+
+    def _without_read_only(self, prepared):
+        """``prepared`` with the readOnly properties of its JSON body removed (itself when there are none)."""
+        if not prepared.body or "json" not in prepared.headers.get("Content-Type", ""):
+            return prepared
+        template = self._template(self._as_api_request(prepared))
+        operation = self._spec["paths"][template].get(prepared.method.lower(), {}) if template else {}
+        body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+        if "schema" not in body:
+            return prepared
+        try:
+            value = json.loads(prepared.body)
+        except ValueError:
+            return prepared
+        kept = self._drop_read_only(body["schema"], value)
+        if kept == value:
+            return prepared
+        prepared = prepared.copy()
+        prepared.prepare_body(data=None, files=None, json=kept)
+        return prepared
+
+    def _drop_read_only(self, schema: dict, value):
+        schema = self._resolve(schema)
+        if isinstance(value, list) and "items" in schema:
+            return [self._drop_read_only(schema["items"], item) for item in value]
+        if isinstance(value, dict):
+            properties = self._properties(schema)
+            read_only = {
+                name for name, prop in properties.items() if prop.get("readOnly") or self._resolve(prop).get("readOnly")
+            }
+            return {
+                name: self._drop_read_only(properties[name], item) if name in properties else item
+                for name, item in value.items()
+                if name not in read_only
+            }
+        return value
 
     def response_errors(self, response) -> list[str]:
         """Why the spec refuses this response (empty when it conforms)."""
