@@ -127,6 +127,7 @@ def platform(probe_image, client_for):
         yield client_for(emu)
 
 
+@pytest.mark.slow
 def test_an_image_is_unknown_then_pending_then_ready(platform):
     profile = platform.emu.profile
     project_id = platform.new_project()
@@ -190,6 +191,7 @@ def test_a_batch_naming_a_pending_image_is_refused_and_creates_nothing(probe_ima
 # --- status refresh ticks ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_statuses_change_only_at_refresh_ticks(platform):
     backend, period = platform.emu.backend, platform.emu.profile.status_refresh_seconds
     project_id, task_id = new_place(platform)
@@ -219,6 +221,7 @@ def test_statuses_change_only_at_refresh_ticks(platform):
 # --- instances and pulls -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_jobs_wait_for_a_cold_instance_then_for_their_image(probe_image, client_for):
     latency = dataclasses.replace(IDEAL, instance_start_seconds=4, instance_idle_seconds=2, image_pull_seconds=3)
     with running(images=probe_image, profile=latency, concurrency=1) as emu:
@@ -256,6 +259,7 @@ def log_pages(client, path: str, **params) -> list[dict]:
         params["pageIndex"] = parse_qs(urlsplit(body["next"]).query)["pageIndex"][0]
 
 
+@pytest.mark.slow
 def test_log_pages_come_as_cloudwatch_serves_them(platform):
     project_id, task_id = new_place(platform)
     parent = platform.submit(project_id, task_id, probe("lines", LINES=3000))
@@ -288,6 +292,7 @@ def test_log_pages_come_as_cloudwatch_serves_them(platform):
 # --- cancel ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cancel_is_best_effort_applied_at_the_next_tick(probe_image, client_for):
     best_effort = dataclasses.replace(IDEAL, best_effort_cancel=True, status_refresh_seconds=3.0)
     # A 5 s grace period (timeout scale 0.5): ample for the finishing job to end on SIGTERM on a busy machine.
@@ -327,6 +332,7 @@ def test_cancel_is_best_effort_applied_at_the_next_tick(probe_image, client_for)
 # --- tokens ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_user_defined_claims_are_prefixed_in_the_job_token(platform):
     project_id, task_id = new_place(platform)
     definition = {**probe("token"), "claims": [{"name": "team", "value": "faces"}]}
@@ -337,6 +343,7 @@ def test_user_defined_claims_are_prefixed_in_the_job_token(platform):
     assert claims["tokenType"] == "JOB" and claims["jobId"] == f"{parent}:0"
 
 
+@pytest.mark.slow
 def test_a_job_exchanges_its_refresh_token_for_a_fresh_job_token(platform, monkeypatch):
     project_id, task_id = new_place(platform)
     parent = platform.submit(project_id, task_id, probe("refresh"))

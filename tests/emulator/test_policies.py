@@ -53,6 +53,7 @@ def test_project_limits_create_overwrite_patch_delete(api):
     assert api.get(f"/htc/projects/{project_id}/limits/999999").status_code == 404
 
 
+@pytest.mark.slow
 def test_jobs_wait_for_capacity_under_a_limit(api):
     project_id = api.new_project(repositories=["opencv-htc-tutorial"])
     task_id = api.new_task(project_id)
@@ -173,6 +174,7 @@ def test_retention_archives_then_deletes_idle_tasks_with_their_storage(client_fo
         assert api.delete(policy_path).status_code == 204 and api.get(policy_path).status_code == 404
 
 
+@pytest.mark.slow
 def test_the_retention_sweeper_applies_the_policies_on_the_emulators_clock(client_for):
     with running(time_scale=0.0005) as emu:  # an hour lasts 1.8 s
         api = client_for(emu)

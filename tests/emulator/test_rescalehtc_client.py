@@ -51,6 +51,7 @@ def image_status_once_known(rescale, project_id: str, timeout: float = 60) -> di
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_rescalehtc_main_flow(rescale):
     project = HtcProject(
         api.post_htc_projects(

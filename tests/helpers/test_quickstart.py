@@ -62,6 +62,7 @@ def two_photos(tmp_path) -> Path:
     return photos
 
 
+@pytest.mark.slow
 def test_ready_task_twice_reuses_one_project_and_uploads_each_photo_once(tmp_path, monkeypatch):
     """On a fresh platform (the tutorial's settings, the platform's profile, process mode), from a folder of its own."""
     photos = two_photos(tmp_path)

@@ -124,6 +124,7 @@ def png_size(png: bytes) -> tuple[int, int]:
     return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
+@pytest.mark.slow
 def test_static_png_is_plotlys_own_drawing_of_the_figure_at_the_charts_size():
     """What the code asks for shows in the still (a log axis, value labels), at the interactive chart's size."""
     linear = px.bar(x=["1", "2", "6"], y=[9.5, 4.2, 2.1], title="same data")

@@ -31,6 +31,7 @@ def project(session):
     return new_project(session, repository="opencv-htc-tutorial")
 
 
+@pytest.mark.slow
 def test_more_than_1000_jobs_over_one_list_run_to_completion_with_failures(session, project, caplog, tmp_path):
     task_id = new_task(session, project)
     group = tutorial.unique_name("work-list")

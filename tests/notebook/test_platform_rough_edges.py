@@ -65,6 +65,7 @@ def answers(session, path_part: str) -> list:
 # --- an image: 404, then PENDING, then READY -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_wait_for_image_waits_through_the_404_and_pending():
     slow = dataclasses.replace(PLATFORM, image_unknown_seconds=5, image_pending_seconds=2)
     with running(images=TUTORIAL_IMAGES, profile=slow) as emu:
@@ -96,6 +97,7 @@ def test_wait_for_image_gives_up_at_its_deadline_naming_the_last_status():
 # --- log pages: empty, with next ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_get_logs_returns_every_line_through_empty_pages():
     """With the emulator's defaults (on a fast clock): a log of a few thousand lines, some pages of it empty."""
     with running(images=TUTORIAL_IMAGES, time_scale=0.01, timeout_scale=0.1) as emu:
@@ -173,6 +175,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_monitor_for_cancellation_when_not_every_job_is_cancelled():
     """Jobs 0 and 1 run from the start; once jobs 2-5 have failed the group is cancelled, and those two finish."""
     with running(images=TUTORIAL_IMAGES, time_scale=0.01, timeout_scale=0.1, concurrency=4) as emu:
@@ -200,6 +203,7 @@ def test_monitor_for_cancellation_when_not_every_job_is_cancelled():
 # --- a clock that runs faster, and says so ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_waits_poll_at_the_platform_refresh_on_the_clock_the_api_announces():
     with running(images=TUTORIAL_IMAGES, time_scale=0.02, timeout_scale=0.1) as emu:
         session = htc.HtcSession(emu.api_url, emu.api_key)
