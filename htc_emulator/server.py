@@ -39,6 +39,11 @@ from .scheduler import Scheduler
 from .storage import ADMIN_ACCESS_KEY, Storage
 
 ImageSource = str | os.PathLike | tuple[str | os.PathLike, str | os.PathLike]
+# How long the API server keeps an idle connection open. A pooled client (requests) reuses one without
+# knowing that the server is closing it, and a POST sent at that moment is lost: clients do not resend a
+# POST. uvicorn's 5 s default put that moment where a client polls or waits a few seconds between calls;
+# this is as long as the storage server's (waitress's channel_timeout), past anything the tutorial waits.
+KEEP_ALIVE_SECONDS = 120
 
 
 class Emulator:
@@ -189,6 +194,7 @@ def running(
             host="127.0.0.1",
             port=port,
             lifespan="off",
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             log_level="warning",
             access_log=False,
         )
