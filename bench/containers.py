@@ -30,7 +30,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.results import IDEALISED, Figure, load_average, ratio, record  # noqa: E402
+from bench.results import IDEALISED, Figure, OtherWork, ratio, record  # noqa: E402
 from htc_emulator import running  # noqa: E402
 from tools import container_build  # noqa: E402
 
@@ -113,7 +113,7 @@ def main() -> None:
             ["docker", "image", "inspect", "--format", "{{.Size}}", IMAGE], capture_output=True, text=True, check=True
         ).stdout
     )
-    started_load = load_average()
+    other_work = OtherWork(engine_is_ours=True)
     settings = {**IDEALISED, "concurrency": args.concurrency, "docker": True}
     with running(images={IMAGE: "docker/Dockerfile"}, **settings) as emu:
         http = requests.Session()
@@ -152,7 +152,7 @@ def main() -> None:
         Figure("bare docker run true, per run per slot", per_job["bare true"], "s"),
         Figure("bare docker run of the import, per run per slot", per_job["bare import"], "s"),
     ]
-    record("containers", figures, settings={**settings, "jobs": args.jobs}, started_load=started_load)
+    record("containers", figures, settings={**settings, "jobs": args.jobs}, others=other_work)
 
 
 if __name__ == "__main__":

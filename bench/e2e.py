@@ -31,7 +31,7 @@ import cv2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import htc_helpers as htc  # noqa: E402
-from bench.results import IDEALISED, Figure, load_average, ratio, record  # noqa: E402
+from bench.results import IDEALISED, Figure, OtherWork, ratio, record  # noqa: E402
 from face_data import scale_up  # noqa: E402
 from face_tagger import face_tagger as ft  # noqa: E402
 from htc_emulator import running  # noqa: E402
@@ -111,7 +111,7 @@ def main() -> None:
         f"OpenCV {cv2.__version__}"
     )
 
-    started_load = load_average()
+    other_work = OtherWork()
     settings = {**IDEALISED, "concurrency": args.concurrency or cores, "docker": False}
     bare = bare_detection(images)
     limit = bare / cores
@@ -198,7 +198,7 @@ def main() -> None:
         Figure("emulator CPU per job", emulator_cpu / args.jobs * 1000, "ms"),
         Figure("every photo accounted for once", float(accounted and not failed), "", better="higher", noise=0),
     ]
-    record(f"e2e-{len(keys)}x{args.jobs}", figures, settings=settings, started_load=started_load)
+    record(f"e2e-{len(keys)}x{args.jobs}", figures, settings=settings, others=other_work)
     if not accounted or failed:
         sys.exit(1)
 

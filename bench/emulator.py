@@ -26,7 +26,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.results import IDEALISED, Figure, load_average, record  # noqa: E402
+from bench.results import IDEALISED, Figure, OtherWork, record  # noqa: E402
 from htc_emulator import running  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--command", default="true", help="the no-op job command (default: true)")
     args = parser.parse_args()
     command = shlex.split(args.command)
-    started_load = load_average()
+    other_work = OtherWork()
     settings = {**IDEALISED, "concurrency": args.concurrency or os.cpu_count(), "docker": False}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +144,7 @@ def main() -> None:
                 p50, p99 = latency(client, path, params, args.calls)
                 print(f"  {label:38s} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms")
                 figures.append(Figure(f"{label}, p50 ({args.total} jobs)", p50, "ms"))
-    record("emulator", figures, settings={**settings, "command": command}, started_load=started_load)
+    record("emulator", figures, settings={**settings, "command": command}, others=other_work)
 
 
 if __name__ == "__main__":

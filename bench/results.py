@@ -3,8 +3,8 @@
 Each benchmark ends with :func:`record`: it prints every figure beside the same figure in the
 committed ``bench/results.json`` (``git show HEAD:bench/results.json``), says WORSE where a figure
 moved the wrong way by more than the machine's noise, and writes the run into ``bench/results.json``
-(with the date, the commit, the machine's load and the emulator settings it ran with). Commit that
-file when the figures were taken on a quiet machine; ``bench/README.md`` shows them.
+(with the date, the commit, the CPU other programs took meanwhile and the emulator settings it ran
+with). Commit that file when the figures were taken on a quiet machine; ``bench/README.md`` shows them.
 
 Run as a script: ``python bench/results.py`` compares every benchmark's last run with the
 committed one and exits 1 if any figure got worse beyond noise (``make bench`` ends with it);
@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ OUTPUTS = ("bench/results.json", "bench/README.md")
 MEASURED_CODE = ("htc_emulator", "face_tagger", "htc_helpers.py", "bench", "docker")
 TABLE_START = "<!-- figures from bench/results.json: python bench/results.py --readme -->"
 TABLE_END = "<!-- end of figures -->"
+# Other programs' CPU above which a run's figures are not ones to commit: a quarter of this machine's two cores.
+BUSY_CORES = 0.5
 
 # The emulator's idealised behaviour, stated in full: none of the platform's rough edges (profile
 # "ideal": statuses at once, images READY at once, no instance start or image pull, plain log pages,
@@ -60,8 +63,57 @@ def ratio(name: str, value: float, note: str = "", better: str = "lower") -> Fig
     return Figure(name, value, "x", better, RATIO_NOISE, note)
 
 
-def load_average() -> float:
-    return os.getloadavg()[0]
+class OtherWork:
+    """The CPU that programs other than the benchmark took while it ran: what makes its figures unfit to commit.
+
+    Not the load average: that counts the benchmark's own job slots too, so a run that fills both
+    cores of this machine looked busy by itself. This counts, from ``/proc``, every process outside
+    the benchmark's own tree (its jobs and servers are its children or theirs), and, for a benchmark
+    that runs containers, outside the Docker engine's tree as well (its containers are the engine's
+    children). Start it before the work, read :meth:`cores` after.
+    """
+
+    ENGINE = frozenset({"dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2"})
+
+    def __init__(self, *, engine_is_ours: bool = False) -> None:
+        self.engine_is_ours = engine_is_ours
+        self._started = time.monotonic()
+        self._before = self.processes()
+
+    def cpu_seconds(self) -> float:
+        """The CPU time other programs took since this was made."""
+        after = self.processes()
+        return sum(max(0.0, cpu - self._before.get(pid, 0.0)) for pid, cpu in after.items())
+
+    def cores(self) -> float:
+        """How many cores the other programs kept busy, on average, since this was made."""
+        return self.cpu_seconds() / max(time.monotonic() - self._started, 1e-9)
+
+    def processes(self) -> dict[int, float]:
+        """pid -> CPU seconds (its own and its reaped children's) of every process that is not ours."""
+        processes = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:  # it ended meanwhile
+                continue
+            name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+            processes[int(entry.name)] = (int(fields[1]), name, ticks / os.sysconf("SC_CLK_TCK"))
+        roots = {os.getpid()}
+        if self.engine_is_ours:
+            roots |= {pid for pid, (_, name, _) in processes.items() if name in self.ENGINE}
+
+        def ours(pid: int) -> bool:
+            while pid > 1:
+                if pid in roots:
+                    return True
+                pid = processes[pid][0] if pid in processes else 0
+            return False
+
+        return {pid: cpu for pid, (_, _, cpu) in processes.items() if not ours(pid)}
 
 
 def committed_results() -> dict:
@@ -103,7 +155,8 @@ def comparison_lines(name: str, run: dict, baseline: dict | None) -> tuple[list[
     before = {f["name"]: f for f in (baseline or {}).get("figures", [])}
     lines, regressions = [], 0
     since = f"committed {baseline['date']} at {baseline['commit']}" if baseline else "nothing committed yet"
-    lines.append(f"{name}: {run['date']} at {run['commit']}, load average {run['load_average']:.1f}; against {since}")
+    busy = f"other programs {run['other_cores']:.2f} cores"
+    lines.append(f"{name}: {run['date']} at {run['commit']}, {busy}; against {since}")
     for figure in run["figures"]:
         old = before.get(figure["name"])
         was = f"was {old['value']:.4g}" if old else "new"
@@ -116,21 +169,21 @@ def comparison_lines(name: str, run: dict, baseline: dict | None) -> tuple[list[
     return lines, regressions
 
 
-def record(benchmark: str, figures: list[Figure], *, settings: dict, started_load: float) -> int:
+def record(benchmark: str, figures: list[Figure], *, settings: dict, others: OtherWork) -> int:
     """Print the figures against the committed ones, write them to bench/results.json; regressions found."""
     run = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "commit": commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "load_average": round(max(started_load, load_average()), 2),
+        "other_cores": round(others.cores(), 2),
         "settings": settings,
         "figures": [{**asdict(f), "value": float(f"{f.value:.4g}")} for f in figures],
     }
     lines, regressions = comparison_lines(benchmark, run, committed_results().get(benchmark))
     print("\n".join(lines))
-    if run["load_average"] > (os.cpu_count() or 1) / 2:
-        print(f"  the machine was busy (load average {run['load_average']:.1f}): not a figure to commit")
+    if run["other_cores"] > BUSY_CORES:
+        print(f"  the machine was busy (other programs kept {run['other_cores']:.2f} cores): not a figure to commit")
     results = current_results()
     results[benchmark] = run
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -153,7 +206,7 @@ def readme_table(results: dict) -> str:
             note = f" ({figure['note']})" if figure.get("note") else ""
             rows.append(
                 f"| {benchmark} | {figure['name']}{note} | {figure['value']:.4g} {figure['unit']} "
-                f"| {run['date'][:10]}, `{run['commit']}`, load {run['load_average']:.1f} | `{run['command']}` |"
+                f"| {run['date'][:10]}, `{run['commit']}`, others {run['other_cores']:.2f} cores | `{run['command']}` |"
             )
     return "\n".join(rows)
 

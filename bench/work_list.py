@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import htc_helpers as htc  # noqa: E402
-from bench.results import IDEALISED, Figure, load_average, record  # noqa: E402
+from bench.results import IDEALISED, Figure, OtherWork, record  # noqa: E402
 
 IMAGE = "opencv-htc-tutorial:v1"
 # The steps complete_work_list and submit_work_list take, by the helper that does each.
@@ -193,7 +193,7 @@ def main() -> None:
 
     from htc_emulator import running
 
-    started_load = load_average()
+    other_work = OtherWork()
     cores = os.cpu_count() or 1
     settings = {**IDEALISED, "concurrency": args.concurrency or cores, "docker": False}
     served: collections.Counter = collections.Counter()
@@ -250,7 +250,7 @@ def main() -> None:
         Figure("S3 requests served per job", served["storage"] / run["jobs"], "", noise=0.25),
         Figure("every item accounted for once", float(accounted), "", better="higher", noise=0),
     ]
-    record(f"work-list-{run['items']}", figures, settings=settings, started_load=started_load)
+    record(f"work-list-{run['items']}", figures, settings=settings, others=other_work)
     if not accounted:
         sys.exit(1)
 

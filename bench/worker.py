@@ -26,7 +26,7 @@ from moto.server import ThreadedMotoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.results import Figure, load_average, ratio, record  # noqa: E402
+from bench.results import Figure, OtherWork, ratio, record  # noqa: E402
 from face_tagger import face_tagger as ft  # noqa: E402
 from face_tagger import htc_worker as hw  # noqa: E402
 
@@ -72,7 +72,7 @@ def main() -> None:
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.count]
     if not images:
         sys.exit(f"no images in {args.images}: run `make data` first")
-    started_load = load_average()
+    other_work = OtherWork()
     cv2.setNumThreads(1)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
@@ -107,7 +107,7 @@ def main() -> None:
         Figure("original, per image", original * 1000, "ms"),
     ]
     # moto's own server, no emulator: nothing of the emulator's behaviour is measured here.
-    record("worker", figures, settings={"images": len(keys), "server": "moto"}, started_load=started_load)
+    record("worker", figures, settings={"images": len(keys), "server": "moto"}, others=other_work)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ bench/README.md are the ones in bench/results.json (no timing here: the figures 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +45,7 @@ def test_nothing_to_compare_is_not_a_regression():
 
 
 def test_the_comparison_counts_and_names_what_got_worse():
-    run = {"date": "d", "commit": "c", "load_average": 0.5, "figures": [figure(1.5), {**figure(1.0), "name": "g"}]}
+    run = {"date": "d", "commit": "c", "other_cores": 0.05, "figures": [figure(1.5), {**figure(1.0), "name": "g"}]}
     baseline = {"date": "d0", "commit": "c0", "figures": [figure(1.0), {**figure(1.0), "name": "g"}]}
     lines, regressions = results.comparison_lines("bench", run, baseline)
     assert regressions == 1
@@ -58,6 +61,44 @@ def test_the_readme_shows_the_figures_of_results_json():
     assert table == (results.readme_table(committed) if committed else "")
 
 
+# Burns one second of CPU whatever the machine's speed, then waits to be killed.
+BURN = (
+    "import time\n"
+    "end = time.process_time() + 1\n"
+    "while time.process_time() < end: pass\n"
+    "print('done', flush=True)\n"
+    "time.sleep(60)"
+)
+
+
+def test_the_benchmarks_own_processes_are_not_other_work():
+    """A benchmark's job slots are its children or theirs: however busy they keep the cores, they are not others."""
+    other_work = results.OtherWork()
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(BURN)} & echo $!; wait"
+    with subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, text=True) as child:
+        grandchild = int(child.stdout.readline())
+        try:
+            assert child.stdout.readline().strip() == "done"
+            assert not {child.pid, grandchild} & set(other_work.processes())
+        finally:
+            os.kill(grandchild, signal.SIGKILL)
+
+
+def test_a_program_outside_the_benchmark_is_other_work():
+    """A process that is not the benchmark's descendant (its parent shell has exited) counts in full."""
+    other_work = results.OtherWork()
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(BURN)} & echo $!"
+    with subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, text=True) as shell:
+        pid = int(shell.stdout.readline())
+        shell.wait()
+        try:
+            assert shell.stdout.readline().strip() == "done"
+            assert other_work.processes()[pid] >= 0.9
+            assert other_work.cpu_seconds() >= 0.9
+        finally:
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_make_bench_fails_when_a_figure_got_worse(tmp_path):
     """The script's exit status, against a committed file, in a scratch repository."""
     repo = tmp_path / "repo"
@@ -67,7 +108,7 @@ def test_make_bench_fails_when_a_figure_got_worse(tmp_path):
         if source.is_file():
             (repo / "bench" / name).write_text(source.read_text())
     (repo / "bench" / "README.md").write_text(f"{results.TABLE_START}\n{results.TABLE_END}\n")
-    run = {"date": "d", "commit": "c", "command": "x", "load_average": 0.1, "figures": [figure(1.0)]}
+    run = {"date": "d", "commit": "c", "command": "x", "other_cores": 0.05, "figures": [figure(1.0)]}
     (repo / "bench" / "results.json").write_text(json.dumps({"bench": run}))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
     subprocess.run([*git, "init", "-q"], check=True)
