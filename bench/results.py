@@ -191,10 +191,13 @@ def record(benchmark: str, figures: list[Figure], *, settings: dict, others: Oth
 
 
 def changes_since(run: dict) -> int:
-    """How many commits since the run's changed the code the benchmarks measure."""
+    """How many commits since the run's changed the code the benchmarks measure (the figures themselves aside)."""
     base = run["commit"].split("+")[0]
     log = subprocess.run(
-        ["git", "log", "--oneline", f"{base}..HEAD", "--", *MEASURED_CODE], cwd=ROOT, capture_output=True, text=True
+        ["git", "log", "--oneline", f"{base}..HEAD", "--", *MEASURED_CODE, *(f":!{p}" for p in OUTPUTS)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     return len(log.stdout.splitlines()) if log.returncode == 0 else 0
 

@@ -99,8 +99,8 @@ def test_a_program_outside_the_benchmark_is_other_work():
             os.kill(pid, signal.SIGKILL)
 
 
-def test_make_bench_fails_when_a_figure_got_worse(tmp_path):
-    """The script's exit status, against a committed file, in a scratch repository."""
+def scratch_repository(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A git repository holding bench/results.py, an empty figures table, and a git command for it."""
     repo = tmp_path / "repo"
     (repo / "bench").mkdir(parents=True)
     for name in ("results.py", "__init__.py"):
@@ -108,14 +108,44 @@ def test_make_bench_fails_when_a_figure_got_worse(tmp_path):
         if source.is_file():
             (repo / "bench" / name).write_text(source.read_text())
     (repo / "bench" / "README.md").write_text(f"{results.TABLE_START}\n{results.TABLE_END}\n")
-    run = {"date": "d", "commit": "c", "command": "x", "other_cores": 0.05, "figures": [figure(1.0)]}
-    (repo / "bench" / "results.json").write_text(json.dumps({"bench": run}))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
     subprocess.run([*git, "init", "-q"], check=True)
+    return repo, git
+
+
+def commit_all(git: list[str], message: str) -> str:
     subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-qm", "baseline"], check=True)
+    subprocess.run([*git, "commit", "-qm", message], check=True)
+    return subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def test_make_bench_fails_when_a_figure_got_worse(tmp_path):
+    """The script's exit status, against a committed file, in a scratch repository."""
+    repo, git = scratch_repository(tmp_path)
+    run = {"date": "d", "commit": "c", "command": "x", "other_cores": 0.05, "figures": [figure(1.0)]}
+    (repo / "bench" / "results.json").write_text(json.dumps({"bench": run}))
+    commit_all(git, "baseline")
     script = [sys.executable, str(repo / "bench" / "results.py")]
     assert subprocess.run(script, capture_output=True, text=True).returncode == 0
     (repo / "bench" / "results.json").write_text(json.dumps({"bench": {**run, "figures": [figure(1.5)]}}))
     worse = subprocess.run(script, capture_output=True, text=True)
     assert worse.returncode == 1 and "WORSE by 50%" in worse.stdout
+
+
+def test_committing_the_figures_does_not_make_them_stale(tmp_path):
+    """A figure is stale when the measured code changed after it was taken, not when the figure itself was committed."""
+    repo, git = scratch_repository(tmp_path)
+    measured = commit_all(git, "the code measured")
+    for name in results.OUTPUTS:
+        (repo / name).write_text(f"{name} at {measured}\n")
+    commit_all(git, "the figures")
+    script = [
+        sys.executable,
+        "-c",
+        "import sys; sys.path.insert(0, 'bench'); import results; "
+        "print(results.changes_since({'commit': sys.argv[1]}))",
+    ]
+    assert subprocess.run([*script, measured], cwd=repo, capture_output=True, text=True).stdout.strip() == "0"
+    (repo / "bench" / "worker.py").write_text("# changed\n")
+    commit_all(git, "a change to the measured code")
+    assert subprocess.run([*script, measured], cwd=repo, capture_output=True, text=True).stdout.strip() == "1"
