@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,21 @@ def test_committing_the_figures_does_not_make_them_stale(tmp_path):
     (repo / "bench" / "worker.py").write_text("# changed\n")
     commit_all(git, "a change to the measured code")
     assert subprocess.run([*script, measured], cwd=repo, capture_output=True, text=True).stdout.strip() == "1"
+
+
+def test_an_orphan_of_the_benchmark_reaped_by_init_is_not_other_work():
+    """A container's shim leaves the benchmark's tree and is reaped by init: its time is not another program's."""
+    burn_and_exit = BURN.removesuffix("time.sleep(60)")
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(burn_and_exit)} & echo $!"
+    init_before = results.OtherWork().processes().get(1, 0.0)
+    with subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, text=True) as shell:
+        orphan = int(shell.stdout.readline())
+        assert shell.stdout.readline().strip() == "done"
+    for _ in range(300):
+        if not Path(f"/proc/{orphan}").exists():  # reaped
+            break
+        time.sleep(0.1)
+    assert results.OtherWork().processes().get(1, 0.0) - init_before < 0.5
 
 
 def test_kernel_threads_are_not_other_programs():
