@@ -62,10 +62,10 @@ def test_the_readme_shows_the_figures_of_results_json():
     assert table == (results.readme_table(committed) if committed else "")
 
 
-# Burns one second of CPU whatever the machine's speed, then waits to be killed.
+# Burns half a second of CPU whatever the machine's speed, then waits to be killed.
 BURN = (
     "import time\n"
-    "end = time.process_time() + 1\n"
+    "end = time.process_time() + 0.5\n"
     "while time.process_time() < end: pass\n"
     "print('done', flush=True)\n"
     "time.sleep(60)"
@@ -94,8 +94,8 @@ def test_a_program_outside_the_benchmark_is_other_work():
         shell.wait()
         try:
             assert shell.stdout.readline().strip() == "done"
-            assert other_work.processes()[pid] >= 0.9
-            assert other_work.cpu_seconds() >= 0.9
+            assert other_work.processes()[pid] >= 0.45
+            assert other_work.cpu_seconds() >= 0.45
         finally:
             os.kill(pid, signal.SIGKILL)
 
@@ -152,6 +152,7 @@ def test_committing_the_figures_does_not_make_them_stale(tmp_path):
     assert subprocess.run([*script, measured], cwd=repo, capture_output=True, text=True).stdout.strip() == "1"
 
 
+@pytest.mark.slow
 def test_an_orphan_of_the_benchmark_reaped_by_init_is_not_other_work():
     """A container's shim leaves the benchmark's tree and is reaped by init: its time is not another program's."""
     burn_and_exit = BURN.removesuffix("time.sleep(60)")
@@ -164,7 +165,7 @@ def test_an_orphan_of_the_benchmark_reaped_by_init_is_not_other_work():
         if not Path(f"/proc/{orphan}").exists():  # reaped
             break
         time.sleep(0.1)
-    assert results.OtherWork().processes().get(1, 0.0) - init_before < 0.5
+    assert results.OtherWork().processes().get(1, 0.0) - init_before < 0.25
 
 
 def test_kernel_threads_are_not_other_programs():

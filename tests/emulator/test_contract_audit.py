@@ -30,6 +30,7 @@ def as_requests(exchange) -> requests.Response:
     return response
 
 
+@pytest.mark.slow
 @pytest.mark.session_audit
 def test_every_response_of_the_session_follows_the_spec(emulator, openapi_spec, request):
     exchanges = emulator.recorder.exchanges

@@ -344,6 +344,7 @@ def test_a_job_of_its_own_user_runs_in_the_warm_template_what_it_may_read(launch
     )
 
 
+@pytest.mark.slow
 @as_root
 def test_an_emulator_that_is_not_root_says_at_start_what_its_jobs_can_reach(launcher, job_user, caplog):
     """Run by a user of its own (one the launcher gives a job), an emulator cannot confine its jobs, and says so."""

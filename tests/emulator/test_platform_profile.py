@@ -385,6 +385,7 @@ def test_storage_tokens_without_storage_path_as_the_spec_reads_them(client_for):
     assert PLATFORM.storage_path_in_tokens  # the original tutorial reads it; both ways work
 
 
+@pytest.mark.slow
 def test_jobs_are_deleted_some_time_after_they_end(probe_image, client_for):
     kept_for = 1.5
     with running(images=probe_image, profile=dataclasses.replace(IDEAL, job_retention_seconds=kept_for)) as emu:

@@ -71,6 +71,7 @@ def test_jobs_wait_for_capacity_under_a_limit(api):
     assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)), spans
 
 
+@pytest.mark.slow
 def test_jobs_held_by_a_limit_move_on_when_it_is_lifted(api):
     project_id = api.new_project(repositories=["opencv-htc-tutorial"])
     task_id = api.new_task(project_id)

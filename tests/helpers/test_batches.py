@@ -45,6 +45,7 @@ def settle(session, project_id, task_id, group, jobs):
     )
 
 
+@pytest.mark.slow
 def test_two_batches_in_one_task_lose_nothing(session, photos):
     """The issue's case: one request, two tagging batches over the two halves, one task, array indices alike."""
     project_id, names, halves = photos
@@ -83,6 +84,7 @@ def failing_seed() -> str:
     raise AssertionError("no such seed below 1000")
 
 
+@pytest.mark.slow
 def test_a_retry_of_the_missing_photos_in_the_same_task_loses_nothing(session, photos, tmp_path):
     """The natural retry: collect, find what is missing, resubmit exactly that in the same task, collect again."""
     project_id, names, halves = photos

@@ -110,6 +110,7 @@ def test_monitor_for_cancellation_shows_one_bar_that_ends_where_the_group_does(m
     assert bars[0].startswith("g (cancelled): 100%") and "20/20" in bars[0]
 
 
+@pytest.mark.slow
 def test_wait_for_job_shows_the_jobs_status_on_one_line_that_ends_with_it(session, capsys):
     project_id = new_project(session, repository="opencv-htc-tutorial")
     task_id = new_task(session, project_id)

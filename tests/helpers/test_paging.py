@@ -131,6 +131,7 @@ def test_paging_stops_when_a_page_repeats_the_one_before(paged):
     assert len(pages) == 2
 
 
+@pytest.mark.slow
 def test_page_sizes_are_parameters(session):
     project_id = new_project(session, repository="opencv-htc-tutorial")
     task_id = new_task(session, project_id)

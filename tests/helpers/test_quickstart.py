@@ -87,6 +87,7 @@ def test_ready_task_twice_reuses_one_project_and_uploads_each_photo_once(tmp_pat
     assert {p.name for p in photos.iterdir()} <= set(everything)
 
 
+@pytest.mark.slow
 def test_ready_task_uses_the_project_named_by_htc_project_id(tmp_path, monkeypatch):
     photos = two_photos(tmp_path)
     with emulator_environment(docker=False, profile="platform"):

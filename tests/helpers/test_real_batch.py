@@ -99,6 +99,7 @@ def test_worker_batch_is_monitored_collected_and_checked(session, tutorial_proje
     assert set(best["image"]) <= with_faces
 
 
+@pytest.mark.slow
 def test_too_many_failures_cancel_the_group(session, tutorial_project):
     project_id, _ = tutorial_project
     task_id = new_task(session, project_id)

@@ -127,6 +127,7 @@ def test_429_and_5xx_raise_typed_errors_once_retries_run_out(faulty, faults, kin
 # --- retries
 
 
+@pytest.mark.slow
 def test_get_retries_429_and_5xx_and_honours_retry_after(faulty, faults):
     session = fast_session(faulty)
     faults.script(["429", "500", "503"])
@@ -137,6 +138,7 @@ def test_get_retries_429_and_5xx_and_honours_retry_after(faulty, faults):
     assert faults.injected == {("api", "429"): 1, ("api", "500"): 1, ("api", "503"): 1}
 
 
+@pytest.mark.slow
 def test_post_is_retried_on_429_and_submits_once(faulty, faults):
     session = fast_session(faulty)
     project_id = new_project(session)
@@ -321,6 +323,7 @@ def test_token_renewed_before_it_expires(short_tokens):
     assert [urlsplit(r.url).path.endswith("/auth/token") for r in seen] == [True, True, False]
 
 
+@pytest.mark.slow
 def test_token_renewed_once_after_a_401(short_tokens):
     session = htc.HtcSession(short_tokens.api_url, short_tokens.api_key)
     seen = record_responses(session)

@@ -46,6 +46,7 @@ def test_with_run_id_names_each_batch_once():
     assert htc.with_run_id(batch) != htc.with_run_id(batch)
 
 
+@pytest.mark.slow
 def test_a_submit_whose_answer_was_lost_is_reconciled_without_duplicating_a_job(faulty, faults, caplog):
     session = fast_session(faulty, timeout=(5, 1))
     project_id = new_project(session)

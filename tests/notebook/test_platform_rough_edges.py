@@ -81,6 +81,7 @@ def test_wait_for_image_waits_through_the_404_and_pending():
         assert [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]] == [404, "PENDING", "READY"]
 
 
+@pytest.mark.slow
 def test_wait_for_image_gives_up_at_its_deadline_naming_the_last_status():
     pending = dataclasses.replace(PLATFORM, image_unknown_seconds=0, image_pending_seconds=10 * DAY)
     with running(images=TUTORIAL_IMAGES, profile=pending) as emu:

@@ -141,6 +141,7 @@ def test_without_a_command_each_item_is_only_accounted_for(emulator, shared_file
     assert all(r["status"] == "ok" and r["outputs"] == [] for r in lines)
 
 
+@pytest.mark.slow
 def test_a_work_list_of_sha256sum_jobs_runs_to_completion(shared_files):
     """The helpers and the layer together, in process mode: submit_work_list, then complete_work_list."""
     session, project_id = shared_files
