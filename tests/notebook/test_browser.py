@@ -1,5 +1,6 @@
 """The tutorial as a person runs it: JupyterLab in headless Chromium against the emulator, started as
-``make lab`` starts it, opened at the URL it prints, with Run All Cells.
+``make lab`` starts it, opened at the URL it prints; once with Run All Cells, once cell by cell with
+Shift+Enter, some cells twice.
 
 Chromium is Debian's (``make test`` installs it); Playwright drives it through
 ``executable_path`` and never downloads a browser of its own.
@@ -282,3 +283,190 @@ def test_run_all_cells_in_jupyterlab(jupyterlab):
     assert all(c["count"] is not None for c in state["cells"]), describe(state)
     assert not page_errors, page_errors
     assert plot_count >= 1, "the status plot did not render"
+
+
+# --- stepping through, cell by cell ----------------------------------------------------
+
+# Cells a person is likely to run twice, by their section and a phrase of their code: each must
+# reuse what it made or say what it did again, and the closing inventory must stay true.
+RUN_TWICE = [
+    ("Create a task", "/tasks"),
+    ("The whole library, as one batch", "/batch"),
+    ("Clean up", "delete"),
+]
+STEP_TIMEOUT_S = 600
+STEP_SCREENSHOT = ROOT / "build" / "browser-step-through.png"
+
+SELECT_CELL_JS = """(index) => {
+    const notebook = window.jupyterapp.shell.currentWidget.content;
+    notebook.activeCellIndex = index;
+    notebook.deselectAll();
+    notebook.mode = 'command';
+    notebook.node.focus();
+    return notebook.activeCellIndex;
+}"""
+
+CELLS_JS = """() => {
+    const model = window.jupyterapp.shell.currentWidget.content.model;
+    const cells = [];
+    for (let i = 0; i < model.cells.length; i++) {
+        const cell = model.cells.get(i);
+        cells.push({index: i, type: cell.type, source: cell.sharedModel.getSource()});
+    }
+    return cells;
+}"""
+
+# Every output of every code cell, as the notebook model holds it (text of streams, keys of rich outputs).
+OUTPUTS_JS = """() => {
+    const model = window.jupyterapp.shell.currentWidget.content.model;
+    const cells = [];
+    for (let i = 0; i < model.cells.length; i++) {
+        const cell = model.cells.get(i);
+        if (cell.type !== 'code') continue;
+        const outputs = [];
+        for (let j = 0; j < cell.outputs.length; j++) {
+            const out = cell.outputs.get(j).toJSON();
+            const data = out.data || {};
+            const plot = data['application/vnd.plotly.v1+json'];
+            outputs.push({type: out.output_type, name: out.name || null, ename: out.ename || null,
+                          evalue: out.evalue || null, text: [].concat(out.text || []).join(''),
+                          keys: Object.keys(data), png: data['image/png'] || null,
+                          plot_size: plot ? [plot.layout.width, plot.layout.height] : null});
+        }
+        cells.push({index: i, count: cell.executionCount, outputs: outputs});
+    }
+    return cells;
+}"""
+
+
+def section_of(cells: list[dict]) -> list[str]:
+    """The heading (## ...) each cell sits under."""
+    heading, sections = "", []
+    for cell in cells:
+        if cell["type"] == "markdown" and cell["source"].lstrip().startswith("## "):
+            heading = cell["source"].lstrip()[3:].splitlines()[0].strip()
+        sections.append(heading)
+    return sections
+
+
+def cells_to_run_twice(cells: list[dict]) -> set[int]:
+    sections = section_of(cells)
+    chosen = set()
+    for title, phrase in RUN_TWICE:
+        found = [
+            c["index"]
+            for c in cells
+            if c["type"] == "code" and sections[c["index"]].startswith(title) and phrase in c["source"]
+        ]
+        assert found, f"no code cell with {phrase!r} in the section {title!r}"
+        chosen.add(found[0])
+    return chosen
+
+
+def frozen_progress_bars(text: str) -> list[str]:
+    """Progress bars whose last state is not 100 %: a bar left where something stopped watching."""
+    finals = [line.split("\r")[-1] for line in text.split("\n")]
+    return [line for line in finals if re.search(r"\d+%\|", line) and "100%|" not in line]
+
+
+def png_size(png_base64: str) -> tuple[int, int]:
+    import base64
+
+    header = base64.b64decode(png_base64[:40])
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
+def test_step_through_cell_by_cell_with_some_cells_run_twice(jupyterlab, emulator):
+    """Shift+Enter from the first cell to the last, as a learner reads: nothing errors, leaks or misleads."""
+    from playwright.sync_api import sync_playwright
+
+    committed = hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest()
+    url, _, lab_log = jupyterlab
+    projects_before = set(emulator.backend.projects)
+    STEP_SCREENSHOT.parent.mkdir(exist_ok=True)
+    timings: list[tuple[float, int, str]] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page_errors = []
+        page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+
+        def fail(stage: str) -> None:
+            page.screenshot(path=str(STEP_SCREENSHOT), full_page=False)
+            state = page.evaluate(NOTEBOOK_STATE_JS)
+            log_tail = "".join(lab_log.read_text().splitlines(keepends=True)[-15:])
+            pytest.fail(
+                f"{stage}\n{describe(state)}\npage errors: {page_errors}\n"
+                f"screenshot: {STEP_SCREENSHOT}\nJupyterLab log (last lines):\n{log_tail}",
+                pytrace=False,
+            )
+
+        def wait_until(finished, timeout_s: float, stage: str) -> dict:
+            deadline = time.monotonic() + timeout_s
+            while not finished(state := page.evaluate(NOTEBOOK_STATE_JS)):
+                if time.monotonic() > deadline:
+                    fail(f"{stage} after {timeout_s:.0f} s")
+                page.wait_for_timeout(250)
+            return state
+
+        page.goto(url)
+        wait_until(lambda s: s["ready"] and s["kernel"] == "idle", KERNEL_READY_TIMEOUT_MS / 1000, "no kernel")
+        opened = page.evaluate("() => window.jupyterapp.shell.currentWidget?.context?.path ?? null")
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
+        cells = page.evaluate(CELLS_JS)
+        twice = cells_to_run_twice(cells)
+        done: set[int] = set()
+
+        def step(index: int) -> None:
+            """Select cell ``index`` and press Shift+Enter, as a reader does; wait for a code cell to finish."""
+            if page.evaluate(SELECT_CELL_JS, index) != index:
+                fail(f"could not select cell {index}")
+            started = time.monotonic()
+            # Shift+Enter on the last cell would add a new one below it: there, Ctrl+Enter runs it in place.
+            page.keyboard.press("Shift+Enter" if index < len(cells) - 1 else "Control+Enter")
+            if cells[index]["type"] != "code":
+                return
+            position = [c["index"] for c in cells if c["type"] == "code"].index(index)
+
+            def ran(state):
+                cell = state["cells"][position]
+                return state["kernel"] == "idle" and cell["count"] is not None
+
+            state = wait_until(ran, STEP_TIMEOUT_S, f"cell {index} did not finish")
+            timings.append((time.monotonic() - started, index, cells[index]["source"].splitlines()[0][:60]))
+            if any(o["traceback"] for o in state["cells"][position]["outputs"]):
+                fail(f"cell {index} raised, on its {'second' if index in done else 'first'} run")
+
+        for cell in cells:
+            step(cell["index"])
+            if cell["index"] in twice:
+                done.add(cell["index"])
+                step(cell["index"])
+        outputs = page.evaluate(OUTPUTS_JS)
+        page.screenshot(path=str(STEP_SCREENSHOT), full_page=False)
+        browser.close()
+
+    print("slowest cells (seconds, index, first line):", *sorted(timings, reverse=True)[:8], sep="\n  ")
+    assert hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest() == committed
+    assert opened == "tutorial.ipynb", f"the URL make lab prints opened {opened!r}, not the notebook"
+    assert not page_errors, page_errors
+    assert all(cell["count"] is not None for cell in outputs), [c["index"] for c in outputs if c["count"] is None]
+    errors = [(c["index"], o["ename"], o["evalue"]) for c in outputs for o in c["outputs"] if o["type"] == "error"]
+    assert not errors
+    stderr = [(c["index"], o["text"][:200]) for c in outputs for o in c["outputs"] if o["name"] == "stderr"]
+    assert not stderr, "a notebook shows stderr as an error box"
+    frozen = [(c["index"], bar) for c in outputs for o in c["outputs"] for bar in frozen_progress_bars(o["text"])]
+    assert not frozen, f"progress bars left short of their end: {frozen}"
+    plots = [o for c in outputs for o in c["outputs"] if o["plot_size"]]
+    assert plots and all(o["png"] and png_size(o["png"]) == tuple(o["plot_size"]) for o in plots)
+
+    # The closing inventory: every task the notebook created is deleted, a second run of a cell included.
+    created = set(emulator.backend.projects) - projects_before
+    assert created, "the notebook created no project"
+    tasks = [t for t in emulator.backend.tasks.values() if t.project_id in created]
+    assert tasks and [t.name for t in tasks if t.lifecycle_status != "DELETED"] == []
+    main_tasks = [t.task_id for t in tasks if t.name == "faces-scale-1.2"]
+    groups = {job.group for job in emulator.backend.jobs.values() if job.task_id in main_tasks and job.group}
+    assert len([g for g in groups if g.startswith("library")]) == 1, f"the library was submitted twice: {groups}"
