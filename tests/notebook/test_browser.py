@@ -423,16 +423,19 @@ def test_step_through_cell_by_cell_with_some_cells_run_twice(jupyterlab, emulato
             """Select cell ``index`` and press Shift+Enter, as a reader does; wait for a code cell to finish."""
             if page.evaluate(SELECT_CELL_JS, index) != index:
                 fail(f"could not select cell {index}")
+            is_code = cells[index]["type"] == "code"
+            position = [c["index"] for c in cells if c["type"] == "code"].index(index) if is_code else None
+            # A second run is finished when the cell has a new execution count, not the first run's.
+            before = page.evaluate(NOTEBOOK_STATE_JS)["cells"][position]["count"] if is_code else None
             started = time.monotonic()
             # Shift+Enter on the last cell would add a new one below it: there, Ctrl+Enter runs it in place.
             page.keyboard.press("Shift+Enter" if index < len(cells) - 1 else "Control+Enter")
-            if cells[index]["type"] != "code":
+            if not is_code:
                 return
-            position = [c["index"] for c in cells if c["type"] == "code"].index(index)
 
             def ran(state):
                 cell = state["cells"][position]
-                return state["kernel"] == "idle" and cell["count"] is not None
+                return state["kernel"] == "idle" and cell["count"] is not None and cell["count"] != before
 
             state = wait_until(ran, STEP_TIMEOUT_S, f"cell {index} did not finish")
             timings.append((time.monotonic() - started, index, cells[index]["source"].splitlines()[0][:60]))
@@ -470,3 +473,10 @@ def test_step_through_cell_by_cell_with_some_cells_run_twice(jupyterlab, emulato
     main_tasks = [t.task_id for t in tasks if t.name == "faces-scale-1.2"]
     groups = {job.group for job in emulator.backend.jobs.values() if job.task_id in main_tasks and job.group}
     assert len([g for g in groups if g.startswith("library")]) == 1, f"the library was submitted twice: {groups}"
+    # A second submit under the same group name would be a second batch (parent job) in that group.
+    batches = {
+        job.parent_job_id
+        for job in emulator.backend.jobs.values()
+        if job.task_id in main_tasks and (job.group or "").startswith("library")
+    }
+    assert len(batches) == 1, f"the library was submitted {len(batches)} times"
