@@ -211,31 +211,45 @@ def describe(state: dict) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
-def test_run_all_cells_in_jupyterlab(jupyterlab):
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+@contextlib.contextmanager
+def notebook_page(lab_log: Path, screenshot: Path, height: int):
+    """Chromium on a JupyterLab page: ``(page, page_errors, fail)``, where ``page_errors`` collects the page's
+    JavaScript errors and ``fail(stage)`` fails the test with what the notebook shows, a screenshot and
+    the last lines of JupyterLab's log."""
     from playwright.sync_api import sync_playwright
 
-    committed = hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest()
-    code_cells = sum(cell["cell_type"] == "code" for cell in json.loads((ROOT / "tutorial.ipynb").read_text())["cells"])
-    url, _, lab_log = jupyterlab
-    SCREENSHOT.parent.mkdir(exist_ok=True)
+    screenshot.parent.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page_errors = []
+        page = browser.new_page(viewport={"width": 1400, "height": height})
+        page_errors: list[str] = []
         page.on("pageerror", lambda exc: page_errors.append(str(exc)))
 
         def fail(stage: str) -> None:
-            page.screenshot(path=str(SCREENSHOT), full_page=False)
+            page.screenshot(path=str(screenshot), full_page=False)
             state = page.evaluate(NOTEBOOK_STATE_JS)
             log_tail = "".join(lab_log.read_text().splitlines(keepends=True)[-15:])
             pytest.fail(
                 f"{stage}\n{describe(state)}\npage errors: {page_errors}\n"
-                f"screenshot: {SCREENSHOT}\nJupyterLab log (last lines):\n{log_tail}",
+                f"screenshot: {screenshot}\nJupyterLab log (last lines):\n{log_tail}",
                 pytrace=False,
             )
+
+        try:
+            yield page, page_errors, fail
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
+def test_run_all_cells_in_jupyterlab(jupyterlab):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    committed = hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest()
+    code_cells = sum(cell["cell_type"] == "code" for cell in json.loads((ROOT / "tutorial.ipynb").read_text())["cells"])
+    url, _, lab_log = jupyterlab
+    with notebook_page(lab_log, SCREENSHOT, height=1000) as (page, page_errors, fail):
 
         def wait_until(finished, timeout_ms: int, stage: str) -> dict:
             """Poll until ``finished``; the timeout starts again each time one more cell has run."""
@@ -274,7 +288,6 @@ def test_run_all_cells_in_jupyterlab(jupyterlab):
             plots.first.scroll_into_view_if_needed()
         page.screenshot(path=str(SCREENSHOT), full_page=False)
         plot_count = plots.count()
-        browser.close()
 
     assert hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest() == committed, (
         "the browser run saved over tutorial.ipynb"
@@ -380,28 +393,11 @@ def png_size(png_base64: str) -> tuple[int, int]:
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
 def test_step_through_cell_by_cell_with_some_cells_run_twice(jupyterlab, emulator):
     """Shift+Enter from the first cell to the last, as a learner reads: nothing errors, leaks or misleads."""
-    from playwright.sync_api import sync_playwright
-
     committed = hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest()
     url, _, lab_log = jupyterlab
     projects_before = set(emulator.backend.projects)
-    STEP_SCREENSHOT.parent.mkdir(exist_ok=True)
     timings: list[tuple[float, int, str]] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page_errors = []
-        page.on("pageerror", lambda exc: page_errors.append(str(exc)))
-
-        def fail(stage: str) -> None:
-            page.screenshot(path=str(STEP_SCREENSHOT), full_page=False)
-            state = page.evaluate(NOTEBOOK_STATE_JS)
-            log_tail = "".join(lab_log.read_text().splitlines(keepends=True)[-15:])
-            pytest.fail(
-                f"{stage}\n{describe(state)}\npage errors: {page_errors}\n"
-                f"screenshot: {STEP_SCREENSHOT}\nJupyterLab log (last lines):\n{log_tail}",
-                pytrace=False,
-            )
+    with notebook_page(lab_log, STEP_SCREENSHOT, height=900) as (page, page_errors, fail):
 
         def wait_until(finished, timeout_s: float, stage: str) -> dict:
             deadline = time.monotonic() + timeout_s
@@ -449,7 +445,6 @@ def test_step_through_cell_by_cell_with_some_cells_run_twice(jupyterlab, emulato
                 step(cell["index"])
         outputs = page.evaluate(OUTPUTS_JS)
         page.screenshot(path=str(STEP_SCREENSHOT), full_page=False)
-        browser.close()
 
     print("slowest cells (seconds, index, first line):", *sorted(timings, reverse=True)[:8], sep="\n  ")
     assert hashlib.sha256((ROOT / "tutorial.ipynb").read_bytes()).hexdigest() == committed
