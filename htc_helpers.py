@@ -602,6 +602,23 @@ def paginate(
     return items if max_items is None else items[:max_items]
 
 
+def get_or_create_task(session: HtcSession, project_id: str, name: str, description: str = "") -> tuple[dict, bool]:
+    """The project's newest active task named ``name``, or a new one: ``(task, created)``.
+
+    Task names need not be unique: every ``POST .../tasks`` makes one more. Code that may run
+    again (a notebook cell, a script after a crash) finds the task an earlier run made instead.
+    Example: ``task, created = get_or_create_task(session, pid, "faces", "one batch of faces")``
+
+    Needs: HtcError, MAX_EMPTY_PAGES, _next_params, paginate
+    """
+    tasks = paginate(session, f"/htc/projects/{project_id}/tasks")
+    active = [t for t in tasks if t["taskName"] == name and t["lifecycleStatus"] == "ACTIVE"]
+    if active:
+        return max(active, key=lambda t: t["createdAt"]), False
+    body = {"taskName": name, "taskDescription": description}
+    return session.post(f"/htc/projects/{project_id}/tasks", json=body).json(), True
+
+
 def platform_seconds(session: HtcSession, seconds: float) -> float:
     """``seconds`` of the platform's time as the session's API runs them: the same on the platform, fewer
     on an emulator whose clock runs faster (it says so: ``HtcSession.time_scale``).

@@ -305,6 +305,7 @@ def test_run_all_cells_in_jupyterlab(jupyterlab):
 RUN_TWICE = [
     ("Create a task", "/tasks"),
     ("The whole library, as one batch", "/batch"),
+    ("How many photos per job?", "get_or_create_task"),
     ("Clean up", "delete"),
 ]
 STEP_TIMEOUT_S = 600
