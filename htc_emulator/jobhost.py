@@ -7,11 +7,15 @@ the job (the worker's parsed cascade) once, one step at a time while no request 
 forks per request, so a job pays for a fork instead of an interpreter start and
 half a second of imports.
 
-Every request forks a *supervisor* that makes the job a container of its own:
-it starts a new session, becomes the child subreaper of everything the job
-starts (a ``setsid``-forked grandchild still comes back to it), forks the job
-process, and when the job process ends it kills and reaps whatever is left,
-so the log pipe closes and nothing survives the job. Told to stop, it does what
+Every Python job runs under a *supervisor* forked for it that makes the job a
+container of its own: it starts a new session, becomes the child subreaper of
+everything the job starts (a ``setsid``-forked grandchild still comes back to it),
+forks the job process, and when the job process ends it kills and reaps whatever
+is left, so the log pipe closes and nothing survives the job. Commands that are
+not Python run under a supervisor that stays (``jobhost.py --slot CHANNEL_FD``,
+one per job slot in use), which does the same for one job at a time: a fork of it
+is a fork of a bare interpreter, and a supervisor forked per job cost more than
+the no-op job itself. Told to stop, it does what
 ``docker stop`` does: SIGTERM to the job process, SIGKILL to all after the grace
 period. With a memory limit it sums the resident memory of the job's
 processes, as a memory cgroup does, and kills them all when it is exceeded. If
@@ -29,11 +33,12 @@ job process takes that uid and gid, with no supplementary groups and no new priv
 before it changes to its working directory and runs anything of the job's; the
 supervisor stays root, so the job can neither signal it nor read its ``/proc`` files.
 
-Messages: a request is a header (``mode``, and the ``script`` the template compiles
-once) with four descriptors: the log, status and control pipes, and a memory file with
-the request itself (argv, environment, working directory, limits, user), read by the
-supervisor alone: the template never holds a job's token, so no later job finds one in
-the memory it forks from. The supervisor writes ``started PID`` or ``error ERRNO MESSAGE``,
+Messages: a request is a header (``mode``, the ``script`` the template compiles
+once, the user's ``way`` and the ``memory_limit``) with four descriptors: the log,
+status and control pipes, and a memory file with the request itself (argv,
+environment, working directory, user), read by the job process alone: neither the
+template nor a supervisor holds a job's token, so no later job finds one in the
+memory it forks from. The supervisor writes ``started PID`` or ``error ERRNO MESSAGE``,
 then ``exit RETURNCODE OOM`` to the status pipe; it reads ``stop GRACE`` from the
 control pipe.
 """
@@ -99,10 +104,42 @@ def serve(channel_fd: int, warm_up: list) -> dict:
         namespace = mount_namespace(*header["way"], namespaces) if header["way"] else None
         if os.fork() == 0:
             os.close(channel.detach())
-            *streams, body = fds
-            return supervise({**read_request(body), "code": code, "namespace": namespace}, *streams)
+            job = None
+            try:
+                wake_read = become_supervisor()
+                job = supervise(header, {"code": code, "namespace": namespace}, wake_read, *fds)
+                if job is not None:
+                    return job
+            finally:  # never back into the template's loop, whatever happened
+                if job is None:
+                    os._exit(0)
         for fd in fds:
             os.close(fd)
+
+
+def serve_slot(channel_fd: int) -> None:
+    """Supervise one job slot's commands that are not Python, one job at a time, for as long as the slot lives.
+
+    The supervisor stays from job to job: a fork of it is a fork of a bare interpreter, and only the
+    job's own processes are ever below it (every one of them is killed and reaped before the next job
+    starts), so an orphan that comes back to it belongs to its current job. It reads no request
+    itself: the job process does, so no later job finds an earlier one's token in the memory it forks from.
+    """
+    channel = socket.socket(fileno=channel_fd)
+    wake_read = become_supervisor()
+    namespaces: dict = {}
+    while True:
+        gc.freeze()
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, MAX_HEADER_BYTES, 4)
+        except OSError:
+            os._exit(1)
+        if not message:
+            os._exit(0)  # the emulator closed the channel
+        header = json.loads(message)
+        namespace = mount_namespace(*header["way"], namespaces) if header["way"] else None
+        if supervise(header, {"code": None, "namespace": namespace}, wake_read, *fds) is not None:
+            os._exit(0)  # only a job process that runs Python returns, and a slot runs none
 
 
 def mount_namespace(cover: list[str], bind: list[str], namespaces: dict) -> int:
@@ -128,7 +165,7 @@ def mount_namespace(cover: list[str], bind: list[str], namespaces: dict) -> int:
 
 
 def read_request(fd: int) -> dict:
-    """The job's request, from the memory file only its supervisor reads (the template never holds it)."""
+    """The job's request, from the memory file only the job process reads (no template or supervisor holds it)."""
     try:
         return json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
     finally:
@@ -151,38 +188,58 @@ def script_code(path: str, compiled: dict) -> types.CodeType | None:
         return None
 
 
-def supervise(request: dict, log_fd: int, status_fd: int, control_fd: int) -> dict:
-    """Start the job process and contain it; returns only inside the job process."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    os.setsid()
+def become_supervisor() -> int:
+    """Make this process a container of its own for the jobs it forks: a new session, the child subreaper
+    of everything they start (a ``setsid``-forked grandchild still comes back to it), woken when a child
+    ends; returns the descriptor :func:`contain` waits on."""
+    if os.getsid(0) != os.getpid():
+        os.setsid()
     LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    return wake_read
+
+
+def supervise(header: dict, extras: dict, wake_read: int, log_fd: int, status_fd: int, control_fd: int, body: int):
+    """Start the job process and contain it to its end; returns the request only inside a job process that
+    runs Python (None in the supervisor). Every descriptor it is given is closed when it returns."""
     exec_read, exec_write = os.pipe()
     job_pid = os.fork()
     if job_pid == 0:
+        argv0 = "?"
         try:
             for fd in (exec_read, status_fd, control_fd):
                 os.close(fd)
+            request = {**read_request(body), **extras}
+            argv0 = request["argv"][0]
             prepare_job_process(request, log_fd, exec_write)
             if request["mode"] == "python":
                 os.close(exec_write)
                 return request
-            os.execvpe(request["argv"][0], request["argv"], request["env"])
+            os.execvpe(argv0, request["argv"], request["env"])
         except OSError as exc:  # reported by the emulator as a job that could not start
-            os.write(exec_write, f"{exc.errno} {exc.strerror}: {exc.filename or request['argv'][0]}".encode())
-            os._exit(127)
+            os.write(exec_write, f"{exc.errno} {exc.strerror}: {exc.filename or argv0}".encode())
+        except BaseException as exc:  # never back into the supervisor's code, whatever happened
+            os.write(exec_write, f"0 {exc!r}".encode())
+        os._exit(127)
     try:
-        os.close(log_fd)
-        os.close(exec_write)
+        for fd in (log_fd, exec_write, body):
+            os.close(fd)
         failure = os.read(exec_read, 4096)  # empty once the job process exec'd or runs Python
         if failure:
             os.waitpid(job_pid, 0)
             os.write(status_fd, b"error " + failure + b"\n")
         else:
             os.write(status_fd, f"started {job_pid}\n".encode())
-            status, out_of_memory = contain(job_pid, control_fd, request.get("memory_limit"))
+            status, out_of_memory = contain(job_pid, control_fd, header.get("memory_limit"), wake_read)
             os.write(status_fd, f"exit {os.waitstatus_to_exitcode(status)} {int(out_of_memory)}\n".encode())
-    finally:  # never back into the template's loop, whatever happened
-        os._exit(0)
+    except OSError:  # the emulator is gone: nobody to tell
+        pass
+    finally:
+        for fd in (exec_read, status_fd, control_fd):
+            os.close(fd)
+    return None
 
 
 def prepare_job_process(request: dict, log_fd: int, exec_write: int) -> None:
@@ -261,11 +318,8 @@ def become(uid: int, gid: int) -> None:
     LIBC.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
-def contain(job_pid: int, control_fd: int, memory_limit: int | None) -> tuple[int, bool]:
+def contain(job_pid: int, control_fd: int, memory_limit: int | None, wake_read: int) -> tuple[int, bool]:
     """Wait for the job process, obey stop requests, then end every descendant; (wait status, OOM)."""
-    wake_read, wake_write = os.pipe2(os.O_NONBLOCK)
-    signal.set_wakeup_fd(wake_write)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
     job_status = None
     kill_at = None
     out_of_memory = False
@@ -495,4 +549,6 @@ def warm_boto3() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--slot":
+        serve_slot(int(sys.argv[2]))
     run_python(serve(int(sys.argv[1]), warm_up_steps(sys.argv[2:])))

@@ -2,8 +2,8 @@
 
 :class:`ProcessLauncher` keeps a warm template process (:mod:`htc_emulator.jobhost`)
 that has imported the modules the jobs use, and asks it to fork each Python job under a
-supervisor of its own; other commands are exec'd under a supervisor forked from a bare
-template. The scheduler sees a :class:`JobProcess`: the job's log
+supervisor of its own; other commands are exec'd under a supervisor that stays, one per job
+slot in use, running one job at a time. The scheduler sees a :class:`JobProcess`: the job's log
 stream (stdout and stderr merged), :meth:`~JobProcess.wait`,
 :meth:`~JobProcess.stop` (SIGTERM, then SIGKILL to every process of the job after
 the grace period) and, when the job ran past its memory limit, ``out_of_memory``.
@@ -50,7 +50,7 @@ _STARTUP_VARIABLES = re.compile(
 class JobProcess:
     """One running job: its log stream, its end, and how to stop it."""
 
-    def __init__(self, pid: int, stdout, status_fd: int, control_fd: int) -> None:
+    def __init__(self, pid: int, stdout, status_fd: int, control_fd: int, ended=None) -> None:
         self.pid = pid
         self.stdout = stdout
         self.returncode: int | None = None
@@ -58,6 +58,7 @@ class JobProcess:
         self._status = os.fdopen(status_fd, "rb", buffering=0)
         self._control_fd = control_fd
         self._control_lock = threading.Lock()
+        self._ended = ended  # called once the supervisor is done with the job: True if it can take another
 
     def wait(self, timeout: float | None = None) -> int:
         """The exit status (``-N`` for death by signal N); ``subprocess.TimeoutExpired`` past ``timeout``."""
@@ -67,13 +68,16 @@ class JobProcess:
                 raise subprocess.TimeoutExpired(str(self.pid), timeout)
             line = self._status.readline().decode().split()
             self._status.close()
-            if line[:1] == ["exit"]:
+            finished = line[:1] == ["exit"]
+            if finished:
                 self.returncode, self.out_of_memory = int(line[1]), line[2] == "1"
             else:  # the supervisor was killed from outside; its job process got SIGKILL with it
                 self.returncode = -signal.SIGKILL
             with self._control_lock:
                 os.close(self._control_fd)
                 self._control_fd = -1
+            if self._ended is not None:
+                self._ended(finished)
         return self.returncode
 
     def stop(self, grace: float) -> None:
@@ -88,17 +92,19 @@ class JobProcess:
 
 
 class ProcessLauncher:
-    """Forks jobs from warm template processes; each started on first use, restarted if it died.
+    """Forks Python jobs from a warm template process, started on first use, restarted if it died;
+    execs every other command under a supervisor that stays (:class:`_Supervisors`).
 
     Python jobs fork from a template that has imported ``preload``; every other command is exec'd
-    from a bare template (the interpreter and this package's stdlib imports only), because a fork
-    copies the page tables of all a template has loaded, and a job that execs has no use for them.
+    by a bare supervisor (the interpreter and this package's stdlib imports only), because a fork
+    copies the page tables of all its parent has loaded, and a job that execs has no use for them.
     """
 
     def __init__(self, template_env: dict[str, str], preload: tuple[str, ...] = DEFAULT_PRELOAD) -> None:
         self.template_env = dict(template_env)
         self.preload = preload
-        self._templates = {"python": _Template(template_env, preload), "exec": _Template(template_env, ())}
+        self._templates = {"python": _Template(template_env, preload)}
+        self._supervisors = _Supervisors(template_env)
 
     def start(
         self,
@@ -123,13 +129,17 @@ class ProcessLauncher:
             "mode": mode,
             "user": user,
         }
-        # The template reads the header alone; the request (the job's token among its variables) goes in a
-        # memory file that only the job's supervisor reads, so no later fork of the template finds it in memory.
+        # The template and the supervisor read the header alone; the request (the job's token among its
+        # variables) goes in a memory file that only the job process reads, so nothing that later jobs are
+        # forked from finds it in its memory.
         header = {
             "mode": mode,
             "script": argv[1] if mode == "python" and argv[1] != "-c" else None,
             "way": [user["cover"], user["bind"]] if user and user["cover"] else None,
+            "memory_limit": memory_limit,
         }
+        supervisor = self._supervisors.take() if mode == "exec" else None
+        channel = supervisor or self._templates[mode]
         body = os.memfd_create("htc-job-request")
         try:
             data = memoryview(json.dumps(request).encode())
@@ -139,10 +149,12 @@ class ProcessLauncher:
             status_read, status_write = os.pipe()
             control_read, control_write = os.pipe()
             try:
-                self._templates[mode].send(json.dumps(header).encode(), [log_write, status_write, control_read, body])
+                channel.send(json.dumps(header).encode(), [log_write, status_write, control_read, body])
             except BaseException:
                 for fd in (log_read, status_read, control_write):
                     os.close(fd)
+                if supervisor is not None:
+                    self._supervisors.give_back(supervisor, False)
                 raise
             finally:
                 for fd in (log_write, status_write, control_read):
@@ -156,17 +168,21 @@ class ProcessLauncher:
                 break
             first += chunk
         word, _, rest = first.decode().strip().partition(" ")
+        ended = None if supervisor is None else lambda reusable: self._supervisors.give_back(supervisor, reusable)
         if word != "started":
             for fd in (log_read, status_read, control_write):
                 os.close(fd)
+            if ended is not None:
+                ended(word == "error")  # the job could not start; its supervisor is still there
             errno, _, message = rest.partition(" ")
             raise OSError(int(errno) if errno.isdigit() else 0, message or "the job's supervisor died")
-        return JobProcess(int(rest), os.fdopen(log_read, "rb"), status_read, control_write)
+        return JobProcess(int(rest), os.fdopen(log_read, "rb"), status_read, control_write, ended)
 
     def close(self) -> None:
-        """End the templates (running jobs are the scheduler's to stop first)."""
+        """End the template and the supervisors (running jobs are the scheduler's to stop first)."""
         for template in self._templates.values():
             template.close()
+        self._supervisors.close()
 
     def _runs_in_template(self, argv: list[str], env: dict[str, str]) -> bool:
         """Python programs the template can run as a fresh interpreter would; anything else is exec'd."""
@@ -181,12 +197,51 @@ class ProcessLauncher:
         return runnable and startup == expected
 
 
-class _Template:
-    """One ``jobhost.py`` process and the socket that hands it requests and descriptors."""
+class _Supervisors:
+    """Supervisors that stay (``jobhost.py --slot``), one per job slot in use: each execs one job at a
+    time, kills and reaps all that job started when it ends, and takes the next; one that died is replaced."""
 
-    def __init__(self, env: dict[str, str], preload: tuple[str, ...]) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = dict(env)
+        self._idle: list[_Template] = []
+        self._all: list[_Template] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> _Template:
+        with self._lock:
+            while self._idle:
+                supervisor = self._idle.pop()
+                if supervisor.alive():
+                    return supervisor
+            supervisor = _Template(self.env, slot=True)
+            self._all.append(supervisor)
+            return supervisor
+
+    def give_back(self, supervisor: _Template, reusable: bool) -> None:
+        if reusable and supervisor.alive():
+            with self._lock:
+                self._idle.append(supervisor)
+            return
+        with self._lock:
+            if supervisor in self._all:
+                self._all.remove(supervisor)
+        supervisor.close()
+
+    def close(self) -> None:
+        with self._lock:
+            supervisors, self._all, self._idle = self._all, [], []
+        for supervisor in supervisors:
+            supervisor.close()
+
+
+class _Template:
+    """One ``jobhost.py`` process (a template or a supervisor) and the socket that hands it requests and
+    descriptors; started on first use, restarted if it died."""
+
+    def __init__(self, env: dict[str, str], preload: tuple[str, ...] = (), slot: bool = False) -> None:
         self.env = dict(env)
         self.preload = preload
+        self.slot = slot
         self._process: subprocess.Popen | None = None
         self._channel: socket.socket | None = None
         self._lock = threading.Lock()
@@ -203,6 +258,9 @@ class _Template:
                     if attempt == 2:
                         raise
                     self._process = None
+
+    def alive(self) -> bool:
+        return self._process is None or self._process.poll() is None
 
     def close(self) -> None:
         with self._lock:
@@ -223,7 +281,7 @@ class _Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self._process = subprocess.Popen(
-                [sys.executable, str(JOBHOST), str(theirs.fileno()), *self.preload],
+                [sys.executable, str(JOBHOST), *(["--slot"] if self.slot else []), str(theirs.fileno()), *self.preload],
                 env=self.env,
                 cwd="/",
                 stdin=subprocess.DEVNULL,

@@ -223,6 +223,46 @@ def test_a_command_that_is_not_python_is_supervised_from_the_bare_template(launc
     assert returncode == 0 and "python" in supervisor_maps and "cv2" not in supervisor_maps
 
 
+def test_commands_that_are_not_python_run_one_at_a_time_under_a_supervisor_that_stays(launcher, tmp_path):
+    """A supervisor per job slot, not a fork per job: it never reads a job's request (the job process
+    does), so no later job forked from it finds an earlier job's token in its memory."""
+    launcher, env = launcher
+    secret = "a-job-token-" + secrets.token_hex(16)
+    first = launched(launcher, ["sh", "-c", "echo $PPID"], {**env, "RESCALE_HTC_BEARER_TOKEN": secret}, tmp_path)
+    second = launched(launcher, ["sh", "-c", "echo $PPID"], env, tmp_path)
+    assert first[0] == second[0] == 0 and first[1] == second[1]
+    supervisor = int(first[1])
+    assert pid_alive(supervisor) and not writable_memory_holds(supervisor, secret.encode())
+
+
+def test_what_a_job_left_behind_ends_with_it_under_a_supervisor_that_stays(launcher, tmp_path):
+    """Orphans come back to the supervisor, which kills and reaps them before it reports the job's end:
+    the next job it runs finds nothing of the earlier one below it."""
+    launcher, env = launcher
+    escape = "setsid sleep 600 & echo $!; (sleep 600 & echo $!); echo $PPID"
+    returncode, output = launched(launcher, ["sh", "-c", escape], env, tmp_path)
+    *escapees, supervisor = map(int, output.split())
+    assert returncode == 0 and len(escapees) == 2
+    assert not [pid for pid in escapees if pid_alive(pid)]
+    returncode, output = launched(
+        launcher, ["sh", "-c", "echo $$ $PPID; cat /proc/$PPID/task/*/children"], env, tmp_path
+    )
+    job, its_supervisor, *below = map(int, output.split())
+    assert returncode == 0 and its_supervisor == supervisor and below == [job]
+
+
+def test_a_supervisor_that_was_killed_is_replaced_for_the_next_job(launcher, tmp_path):
+    launcher, env = launcher
+    process = launcher.start(["sh", "-c", "echo $$ $PPID; exec sleep 600"], env, tmp_path)
+    with process.stdout:
+        job, supervisor = map(int, process.stdout.readline().split())
+    os.kill(supervisor, signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    returncode, output = launched(launcher, ["sh", "-c", "echo $PPID"], env, tmp_path)
+    assert returncode == 0 and int(output) not in (supervisor, 0) and pid_alive(int(output))
+    wait_for(lambda: not pid_alive(job))
+
+
 def test_the_worker_finds_its_cascade_parsed_by_the_template(launcher, tmp_path):
     """The cascade does not depend on the job: parsed once before the fork, not once a job."""
     launcher, env = launcher
