@@ -58,6 +58,13 @@ PASSWORD_LIFETIME = 12 * 3600
 BEARER_LIFETIME = 300
 REGISTRY_EXECUTABLE = "docker-registry"
 TETHER = Path(__file__).with_name("tether.py")
+# The manifests a push stores (Docker's and OCI's, one platform or a list of them).
+MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+)
 
 
 def project_namespace(project_id: str) -> str:
@@ -300,6 +307,22 @@ class ContainerRegistry:
             tags = self._get(f"{path}/tags/list", [{"type": "repository", "name": path, "actions": ["pull"]}])
             names += [f"{repository}:{tag}" for tag in tags.get("tags") or []]
         return sorted(names)
+
+    def digest(self, project_id: str, name: str) -> str | None:
+        """The digest of the manifest the project's ``repository:tag`` names now (None if there is none).
+
+        What an engine that pulled it records (``RepoDigests``): the request accepts the formats a push
+        stores, so the registry answers with the stored manifest's own digest, not a converted one's.
+        """
+        repository, _, tag = name.rpartition(":")
+        path = project_namespace(project_id) + repository
+        bearer = self._bearer(ISSUER, [{"type": "repository", "name": path, "actions": ["pull"]}])
+        response = requests.head(
+            f"http://{self.host}/v2/{path}/manifests/{tag}",
+            timeout=30,
+            headers={"Accept": ", ".join(MANIFEST_TYPES), "Authorization": f"Bearer {bearer}"},
+        )
+        return response.headers.get("Docker-Content-Digest") if response.status_code == 200 else None
 
     def pull_credentials(self, project_id: str) -> tuple[str, str]:
         """(username, password) with which the scheduler pulls a project's image."""

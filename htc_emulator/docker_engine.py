@@ -1,25 +1,33 @@
-"""The Docker engine, driven through its CLI: job attempts as real containers.
+"""The Docker engine, driven through its API (the ``docker`` package): job attempts as real containers.
 
-:class:`DockerEngine` pulls, runs, stops, inspects and removes the containers of
-one emulator instance; :class:`ContainerProcess` is one attempt's ``docker run``,
-with the same ``wait``/``stop`` as a process-mode job
+:class:`DockerEngine` pulls (once per image digest), creates, starts, stops, inspects and removes
+the containers of one emulator instance over the engine's socket, as ``docker run`` does but
+without a client process per step; :class:`ContainerProcess` is one attempt's running container,
+with the same ``stdout``/``wait``/``stop`` as a process-mode job
 (:class:`htc_emulator.launcher.JobProcess`), so the scheduler runs either alike.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import os
 import secrets
-import signal
 import subprocess
 import threading
-from pathlib import Path
+from collections.abc import Callable
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.utils import parse_repository_tag
+from docker.utils.socket import frames_iter
 
 from . import leftovers
-from .child_env import without_api_key
+
+# Connections to the engine kept open: each running job holds one while it waits, and one for its output.
+MAX_CONNECTIONS = 32
+# A create, start or pull on a busy engine can take minutes (the CLI waited as long).
+API_TIMEOUT_SECONDS = 600
 
 
 class DockerEngine:
@@ -28,161 +36,245 @@ class DockerEngine:
     Every container carries the label ``htc-emulator.<instance>``, so the
     emulator can remove whatever one of its jobs left when it stops, and
     ``htc-emulator.owner.<owner>`` (:mod:`htc_emulator.leftovers`), so that the
-    next emulator to start removes those of one that was killed. Secrets
-    reach the container as ``-e NAME`` (the value is taken from the docker
-    client's environment), never as values on the command line, and registry
-    credentials go through a private client configuration file.
+    next emulator to start removes those of one that was killed. Secrets reach
+    the engine in the body of the create request over its socket, and registry
+    credentials in the pull request's ``X-Registry-Auth`` header: never on a
+    command line, never in a file.
     """
 
     LABEL = "htc-emulator"
-    # Labels without a value (no "=" in the arguments): the marker, and the marker and the owner as one key.
+    # Labels without a value: the marker, and the marker and the owner as one key.
     OWNER_LABEL = "htc-emulator.owner"
 
-    def __init__(self, executable: str = "docker", instance: str | None = None) -> None:
-        self.executable = executable
+    def __init__(self, instance: str | None = None, api: docker.APIClient | None = None) -> None:
         self.instance = instance or secrets.token_hex(6)
         self.owner = leftovers.current_owner()
+        self._api = api
+        self._lock = threading.Lock()
+        self._pulls: dict[str, threading.Lock] = {}
 
-    def _docker(self, *args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [self.executable, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env=without_api_key(),
-            **kwargs,
-        )
+    @property
+    def api(self) -> docker.APIClient:
+        """The engine's API client (``DOCKER_HOST`` and friends, as the CLI reads them), made on first use."""
+        with self._lock:
+            if self._api is None:
+                self._api = docker.from_env(timeout=API_TIMEOUT_SECONDS, max_pool_size=MAX_CONNECTIONS).api
+            return self._api
 
-    def available(self) -> bool:
+    @staticmethod
+    def available() -> bool:
+        """Whether a Docker engine answers where ``DOCKER_HOST`` (or the default socket) says, as ``docker info``."""
         try:
-            return self._docker("info", "--format", "{{.ServerVersion}}", timeout=10).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
+            client = docker.from_env(timeout=10)
+        except (DockerException, requests.RequestException):
             return False
-
-    def pull(self, reference: str, username: str, password: str, config_dir: Path) -> str | None:
-        """Pull ``reference`` with these registry credentials; the error text if it fails."""
-        registry_host = reference.split("/", 1)[0]
-        auth = base64.b64encode(f"{username}:{password}".encode()).decode()
-        config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        config = config_dir / "config.json"
-        config.touch(mode=0o600)
-        config.write_text(json.dumps({"auths": {registry_host: {"auth": auth}}}))
         try:
-            result = self._docker("--config", str(config_dir), "pull", "--quiet", reference)
+            return bool(client.ping())
+        except (DockerException, requests.RequestException):
+            return False
         finally:
-            config.unlink()
-        return None if result.returncode == 0 else (result.stderr or result.stdout).strip()
+            client.close()
 
-    def run_argv(
+    def close(self) -> None:
+        """Close the connections to the engine (a later call opens new ones)."""
+        with self._lock:
+            if self._api is not None:
+                self._api.close()
+                self._api = None
+
+    def ensure_image(
+        self, reference: str, digest: str | None, credentials: Callable[[], tuple[str, str]]
+    ) -> str | None:
+        """Pull ``reference`` unless the engine holds it at ``digest`` already; the error text if the pull fails.
+
+        ``digest`` is what the registry holds under the tag now (None if unknown: then it is pulled);
+        ``credentials()`` gives (username, password) for the registry, asked for only when pulling.
+        """
+        repository, tag = parse_repository_tag(reference)
+        with self._lock:
+            pulling = self._pulls.setdefault(reference, threading.Lock())
+        # Jobs that start together wait for one pull instead of each making their own.
+        with pulling:
+            try:
+                if digest is not None and f"{repository}@{digest}" in self._repo_digests(reference):
+                    return None
+                username, password = credentials()
+                auth = {"username": username, "password": password}
+                for progress in self.api.pull(repository, tag, stream=True, decode=True, auth_config=auth):
+                    if "error" in progress:
+                        return str(progress["error"]).strip()
+            except APIError as exc:
+                return str(exc.explanation or exc).strip()
+        return None
+
+    def _repo_digests(self, reference: str) -> list[str]:
+        try:
+            return self.api.inspect_image(reference).get("RepoDigests") or []
+        except ImageNotFound:
+            return []
+
+    def create_parameters(
         self,
         reference: str,
         commands: list[str],
-        env_names: list[str],
+        env: dict[str, str],
         container_name: str,
         *,
         vcpus: float | None = None,
         memory_mib: int | None = None,
-    ) -> list[str]:
-        """``docker run`` for one job attempt; ``--network host`` reaches the emulator on loopback.
+    ) -> dict:
+        """The create request for one job attempt, as ``docker run`` makes it; host networking reaches the
+        emulator on loopback.
 
-        ``memory_mib`` is a hard limit without swap, so a job that exceeds it is killed
-        (OOM), as on the platform; ``vcpus`` is capped at this machine's CPUs.
+        ``memory_mib`` is a hard limit without swap, so a job that exceeds it is killed (OOM), as
+        on the platform; ``vcpus`` is capped at this machine's CPUs.
         """
-        argv = [
-            self.executable,
-            "run",
-            "--network",
-            "host",
-            "--name",
-            container_name,
-            "--label",
-            f"{self.LABEL}.{self.instance}",
-            "--label",
-            self.OWNER_LABEL,
-            "--label",
-            f"{self.OWNER_LABEL}.{self.owner}",
-        ]
+        limits = {}
         if vcpus:
-            argv += ["--cpus", f"{min(float(vcpus), float(os.cpu_count() or 1)):g}"]
+            limits["nano_cpus"] = int(min(float(vcpus), float(os.cpu_count() or 1)) * 1e9)
         if memory_mib:
-            argv += ["--memory", f"{int(memory_mib)}m", "--memory-swap", f"{int(memory_mib)}m"]
-        for env_name in env_names:
-            argv += ["-e", env_name]
-        return argv + [reference] + list(commands)
+            limits["mem_limit"] = limits["memswap_limit"] = int(memory_mib) * (1 << 20)
+        return {
+            "image": reference,
+            "command": list(commands) or None,  # none: the image's CMD
+            "environment": dict(env),
+            "name": container_name,
+            "labels": dict.fromkeys(
+                (f"{self.LABEL}.{self.instance}", self.OWNER_LABEL, f"{self.OWNER_LABEL}.{self.owner}"), ""
+            ),
+            "host_config": self.api.create_host_config(network_mode="host", **limits),
+        }
 
-    def stop(self, container_name: str, grace_seconds: int) -> None:
+    def start(self, parameters: dict) -> ContainerProcess:
+        """Create the container, attach to its output, start it (``docker run``); ``OSError`` if it cannot start.
+
+        It returns once the engine says the container runs: that is when the attempt starts.
+        """
+        try:
+            container = self.api.create_container(**parameters)["Id"]
+        except APIError as exc:
+            raise OSError(str(exc.explanation or exc)) from exc
+        try:
+            # Attached before it starts, so not a byte of its output is missed.
+            attached = self.api.attach_socket(container, params={"stdout": 1, "stderr": 1, "stream": 1})
+            self.api.start(container)
+        except APIError as exc:
+            self.remove(container)
+            raise OSError(str(exc.explanation or exc)) from exc
+        return ContainerProcess(self, container, attached)
+
+    def stop(self, container: str, grace_seconds: int) -> None:
         """SIGTERM, then SIGKILL after ``grace_seconds`` (``docker stop -t``)."""
-        self._docker("stop", "-t", str(grace_seconds), container_name, timeout=grace_seconds + 60)
+        try:
+            self.api.stop(container, timeout=grace_seconds)
+        except (APIError, requests.RequestException):
+            pass  # ended (and removed) meanwhile
 
-    def oom_killed(self, container_name: str) -> bool:
-        result = self._docker("inspect", "--format", "{{.State.OOMKilled}}", container_name)
-        return result.stdout.strip() == "true"
+    def finish(self, container: str, timeout: float | None) -> tuple[int, bool]:
+        """Wait for the container to end; (exit code, whether the engine killed it for memory).
 
-    def remove(self, container_name: str) -> None:
-        self._docker("rm", "--force", container_name)
+        ``subprocess.TimeoutExpired`` if it still runs after ``timeout`` seconds.
+        """
+        try:
+            # A timeout of 0 would make the socket non-blocking; a millisecond asks "has it ended?".
+            status = self.api.wait(container, timeout=None if timeout is None else max(timeout, 0.001))["StatusCode"]
+        except requests.Timeout as exc:
+            raise subprocess.TimeoutExpired(container, timeout) from exc
+        try:
+            return status, bool(self.api.inspect_container(container)["State"]["OOMKilled"])
+        except NotFound:
+            return status, False
+
+    def remove(self, container: str) -> None:
+        try:
+            self.api.remove_container(container, force=True)
+        except NotFound:
+            pass
 
     def untag_registry(self, registry_host: str) -> list[str]:
         """Remove the local image names under ``registry_host`` (``host:port``); returns them.
 
         An image stays while another name holds it (the user's own build does).
         """
-        listed = self._docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
-        names = [name for name in listed.stdout.split() if name.startswith(f"{registry_host}/")]
-        if names:
-            self._docker("image", "rm", *names)
+        names = [
+            name
+            for image in self.api.images()
+            for name in image.get("RepoTags") or []
+            if name.startswith(f"{registry_host}/")
+        ]
+        for name in names:
+            try:
+                self.api.remove_image(name)
+            except NotFound:
+                pass
         return names
 
     def remove_leftovers(self) -> list[str]:
         """Remove the containers of emulators that are provably gone (killed); returns their ids."""
-        listed = self._docker("ps", "--all", "--filter", f"label={self.OWNER_LABEL}", "--format", "{{.ID}} {{.Labels}}")
         ids = []
-        for container, _, labels in (line.partition(" ") for line in listed.stdout.splitlines()):
-            keys = (label.partition("=")[0] for label in labels.split(","))
+        for container in self.api.containers(all=True, filters={"label": self.OWNER_LABEL}):
             owners = [
-                key.removeprefix(f"{self.OWNER_LABEL}.") for key in keys if key.startswith(f"{self.OWNER_LABEL}.")
+                key.removeprefix(f"{self.OWNER_LABEL}.")
+                for key in container.get("Labels") or {}
+                if key.startswith(f"{self.OWNER_LABEL}.")
             ]
             if owners and leftovers.is_gone(owners[0]):
-                ids.append(container)
-        if ids:
-            self._docker("rm", "--force", *ids)
+                ids.append(container["Id"])
+        for container in ids:
+            self.remove(container)
         return ids
 
     def remove_all(self) -> list[str]:
         """Remove every container of this emulator instance; returns their ids."""
-        listed = self._docker("ps", "--all", "--quiet", "--filter", f"label={self.LABEL}.{self.instance}")
-        ids = listed.stdout.split()
-        if ids:
-            self._docker("rm", "--force", *ids)
+        ids = [c["Id"] for c in self.api.containers(all=True, filters={"label": f"{self.LABEL}.{self.instance}"})]
+        for container in ids:
+            self.remove(container)
         return ids
 
 
 class ContainerProcess:
-    """A job's ``docker run``, with the same wait/stop as a process-mode job."""
+    """One attempt's running container, with the same stdout/wait/stop as a process-mode job.
 
-    def __init__(self, docker: DockerEngine, container_name: str, client: subprocess.Popen) -> None:
-        self.docker, self.container_name, self.client = docker, container_name, client
-        self.stdout = client.stdout
+    ``stdout`` is a pipe carrying the container's stdout and stderr as the engine interleaves them
+    (the attach stream's frames, unwrapped by a thread of its own), closed when the container ends.
+    """
+
+    def __init__(self, engine: DockerEngine, container: str, attached) -> None:
+        self.engine, self.container = engine, container
+        self.returncode: int | None = None
         self.out_of_memory = False
+        read_end, write_end = os.pipe()
+        self.stdout = os.fdopen(read_end, "rb")
+        self._copier = threading.Thread(target=self._copy_output, args=(attached, write_end), daemon=True)
+        self._copier.start()
+
+    @staticmethod
+    def _copy_output(attached, write_end: int) -> None:
+        try:
+            for _, data in frames_iter(attached, tty=False):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(write_end, view) :]
+        except OSError:
+            pass  # the reader went away, or the engine dropped the stream: the log ends here
+        finally:
+            os.close(write_end)
+            # The HTTP response the socket came from owns the connection (attach_socket keeps it there).
+            getattr(attached, "_response", attached).close()
 
     def wait(self, timeout: float | None = None) -> int:
-        """The container's exit code; then whether the engine killed it for memory, and it is removed."""
-        returncode = self.client.wait(timeout=timeout)
-        self._kill_client_group()
-        self.out_of_memory = self.docker.oom_killed(self.container_name)
-        self.docker.remove(self.container_name)
-        return returncode
+        """The container's exit code; then whether the engine killed it for memory, and it is removed.
+
+        ``subprocess.TimeoutExpired`` if it still runs after ``timeout`` seconds.
+        """
+        if self.returncode is None:
+            self.returncode, self.out_of_memory = self.engine.finish(self.container, timeout)
+            self.engine.remove(self.container)
+        return self.returncode
 
     def stop(self, grace: float) -> None:
         """``docker stop`` (SIGTERM, SIGKILL after ``grace``) in the background: a cancel must not wait."""
         if grace <= 0:
-            self.docker.stop(self.container_name, 0)
-            self._kill_client_group()
+            self.engine.stop(self.container, 0)
             return
-        threading.Thread(target=self.docker.stop, args=(self.container_name, math.ceil(grace)), daemon=True).start()
-
-    def _kill_client_group(self) -> None:
-        try:
-            os.killpg(self.client.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        threading.Thread(target=self.engine.stop, args=(self.container, math.ceil(grace)), daemon=True).start()

@@ -19,10 +19,18 @@ Sources (where a row cites one, it is checked there):
 - **S**: the original Rescale HTC tutorial, written against the real platform;
 - **spec**: ``htc_emulator/openapi/htc-openapi.json``, its operations and the dated
   changelog in its ``info.description``;
-- **AWS**: the AWS Batch user guide (``job_states.html``), the platform's AWS provider.
+- **AWS**: AWS Batch, the platform's AWS provider: its user guide (``job_states.html``) and API
+  reference (``API_JobTimeout.html``, ``API_JobDetail.html``), under docs.aws.amazon.com/batch/latest/.
 
 Behaviours the platform has in every profile (they cost no time), also with sources:
 
+- a job's timeout (``execTimeoutSeconds``) counts from its attempt's ``startedAt``, when the
+  job went from STARTING to RUNNING, that is once its container runs: the image's pull and the
+  container's create and start are not part of it (AWS ``API_JobTimeout.html``,
+  ``attemptDurationSeconds``: "measured from the job attempt's startedAt timestamp";
+  ``API_JobDetail.html``, ``startedAt``: "when the job transitioned from the STARTING state to
+  the RUNNING state"): :meth:`htc_emulator.scheduler.Scheduler._execute` starts the clock once
+  the engine has started the container (or the process runs);
 - user-defined job ``claims`` appear in the job's JWT as ``userDefined_<name>``
   (P ``bearer_token.py:31-44`` ``get_user_claims``; P ``htcjobs.py:486``, the ``claims``
   parameter: "the name given here is prefixed by userDefined\\_ in the actual JWT"):

@@ -31,7 +31,6 @@ from pathlib import Path
 import requests
 
 from .auth import TokenAuthority
-from .child_env import without_api_key
 from .docker_engine import ContainerProcess, DockerEngine
 from .job_logs import LogSplitter
 from .job_users import JobUsers
@@ -203,11 +202,7 @@ class Scheduler:
                 job, "FAILED", f"CannotPullContainerError: registry: {exc}", failure_code="ErrorStartingContainer"
             )
         if reference is not None:
-            workdir = Path(tempfile.mkdtemp(prefix="attempt-", dir=self._scratch))
-            try:
-                return self._execute(job, None, workdir, reference)
-            finally:
-                remove_tree(workdir)
+            return self._execute(job, None, None, reference)
         image = self.images.local_image(job.project_id, image_name)
         if image is None:
             return self.backend.finish_attempt(
@@ -234,7 +229,7 @@ class Scheduler:
         self,
         job: Job,
         image: LocalImage | None,
-        workdir: Path,
+        workdir: Path | None,
         reference: str | None = None,
         user: dict | None = None,
     ) -> bool:
@@ -243,33 +238,25 @@ class Scheduler:
         commands = list(job.definition.get("commands") or [])
         try:
             if reference is not None:
-                problem = self.docker.pull(
-                    reference, *self.container_registry.pull_credentials(job.project_id), workdir / "docker-config"
+                problem = self.docker.ensure_image(
+                    reference,
+                    self.container_registry.digest(job.project_id, normalize_image_name(job.definition["imageName"])),
+                    lambda: self.container_registry.pull_credentials(job.project_id),
                 )
                 if problem:
                     return self.backend.finish_attempt(
                         job, "FAILED", f"CannotPullContainerError: {problem}", failure_code="ErrorStartingContainer"
                     )
-                argv = self.docker.run_argv(
-                    reference,
-                    commands,
-                    sorted(env),
-                    self._container_name(job),
-                    vcpus=job.definition.get("maxVCpus"),
-                    memory_mib=job.definition.get("maxMemory"),
-                )
-                process = ContainerProcess(
-                    self.docker,
-                    self._container_name(job),
-                    subprocess.Popen(
-                        argv,
-                        cwd=workdir,
-                        env={**without_api_key(), **env},
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    ),
+                # Returns once the container runs: its create and start are not the attempt's time (below).
+                process = self.docker.start(
+                    self.docker.create_parameters(
+                        reference,
+                        commands,
+                        env,
+                        self._container_name(job),
+                        vcpus=job.definition.get("maxVCpus"),
+                        memory_mib=job.definition.get("maxMemory"),
+                    )
                 )
                 self.container_jobs[job.job_id] = reference
             else:
@@ -295,6 +282,9 @@ class Scheduler:
         # job under the backend's lock. A cancel after that finds the process in _running.
         if self._stopping.is_set() or not self.backend.advance(job, "RUNNING", f"Running attempt {job.attempt}"):
             process.stop(0)
+        # The attempt's time counts from here, once its process or container runs, as the platform counts a
+        # timeout from the attempt's startedAt (htc_emulator.platform_profile): not the image's pull, nor
+        # the container's create and start.
         deadline = time.monotonic() + job.timeout_seconds * self.timeout_scale
         timed_out = not self._pump_logs(job, process, deadline)
         if not timed_out:
@@ -351,7 +341,7 @@ class Scheduler:
             env["VIRTUAL_ENV"] = sys.prefix
         return env
 
-    def _job_environment(self, job: Job, image: LocalImage | None, workdir: Path) -> dict[str, str]:
+    def _job_environment(self, job: Job, image: LocalImage | None, workdir: Path | None) -> dict[str, str]:
         """Minimal base, the image's ENV, the user's envs, then the platform's variables."""
         if image is None:
             env = {}  # the container brings its own base environment and ENV lines

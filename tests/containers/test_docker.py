@@ -272,6 +272,54 @@ def test_a_timeout_stops_the_container_with_sigterm_first(docker_emu, worker_ima
     assert containers_of(emu) == []
 
 
+def engine_events(instance: str, since: float, until: float) -> list[dict]:
+    """The Docker engine's events about this emulator instance's containers between two ``time.time()``s."""
+    listed = docker(
+        "events",
+        "--since",
+        f"{since:.6f}",
+        "--until",
+        f"{until:.6f}",
+        "--filter",
+        "type=container",
+        "--filter",
+        f"label=htc-emulator.{instance}",
+        "--format",
+        "{{json .}}",
+    )
+    assert listed.returncode == 0, listed.stderr
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+def test_a_jobs_time_counts_from_its_containers_start(docker_emu, worker_image, docker_config):
+    """Issue 20: on the platform a job's timeout counts from its attempt's startedAt, when it went from STARTING
+    to RUNNING, once its container runs (AWS Batch, JobTimeout and JobDetail.startedAt). The emulator made a job
+    RUNNING and started its clock when it spawned ``docker run``, before the engine had even created the
+    container, so a slow create and start were charged to the job. Now both come after the engine's start."""
+    emu, api = docker_emu
+    project_id, _ = pushed_project(emu, api, worker_image, docker_config)
+    task_id = api.new_task(project_id)
+    since = time.time()
+    parent = api.submit(project_id, task_id, container_job(["sleep", "600"], timeout=60))
+    api.wait_terminal(project_id, task_id, 1, timeout=300)
+    job = api.job(project_id, task_id, f"{parent}:0")
+    assert job["status"] == "FAILED" and job["statusReason"] == "Job attempt duration exceeded timeout", job
+    name = f"htc-emulator-{parent}-0-1"
+    events = [
+        event
+        for event in engine_events(emu.scheduler.docker.instance, since, time.time())
+        if event["Actor"]["Attributes"].get("name") == name
+    ]
+    started = next(event["timeNano"] for event in events if event["Action"] == "start")
+    stopped = next(event["timeNano"] for event in events if event["Action"] == "kill")
+    running = next(event.at for event in emu.backend.jobs[f"{parent}:0"].events if event.status == "RUNNING")
+    # Microseconds: the resolution of the emulator's clock.
+    assert round(running.timestamp() * 1e6) >= started // 1000, "the job was RUNNING before its container started"
+    timeout = 60 * emu.scheduler.timeout_scale
+    assert (stopped - started) / 1e9 >= timeout, "the container was stopped before its whole timeout had passed"
+    assert containers_of(emu) == []
+
+
 def test_an_image_never_pushed_is_refused_at_submit(docker_emu):
     """With a Docker engine a project's registry holds only what was pushed to it: a batch naming an image the
     emulator has registered but nobody pushed to this project is a 400 naming ``imageName``, and no job exists."""

@@ -1,14 +1,49 @@
-"""The Docker engine wrapper: how a job's container is started (the containers themselves: tests/containers/)."""
+"""The Docker engine wrapper: how a job's container is made (the containers themselves: tests/containers/)."""
 
 from __future__ import annotations
+
+import os
+import socket
+
+import docker
 
 from htc_emulator.docker_engine import DockerEngine
 
 
-def test_docker_run_keeps_secret_values_out_of_the_arguments():
-    argv = DockerEngine().run_argv(
-        "demo:v1", ["python", "/opt/x.py"], ["RESCALE_HTC_BEARER_TOKEN", "A"], "job-1", vcpus=1, memory_mib=512
-    )
-    assert argv[argv.index("demo:v1") :] == ["demo:v1", "python", "/opt/x.py"]
-    assert ["-e", "RESCALE_HTC_BEARER_TOKEN"] == argv[argv.index("RESCALE_HTC_BEARER_TOKEN") - 1 :][:2]
-    assert not any("=" in arg for arg in argv)
+def engine_without_engine() -> DockerEngine:
+    """A wrapper whose client knows the API version, so nothing is asked of an engine."""
+    return DockerEngine(api=docker.APIClient(base_url="unix:///nonexistent/docker.sock", version="1.41"))
+
+
+def test_a_jobs_container_keeps_secret_values_in_the_create_request_and_runs_the_jobs_command():
+    engine = engine_without_engine()
+    env = {"RESCALE_HTC_BEARER_TOKEN": "secret-value", "A": "1"}
+    created = engine.create_parameters("demo:v1", ["python", "/opt/x.py"], env, "job-1", vcpus=1, memory_mib=512)
+    assert created["image"] == "demo:v1"
+    assert created["command"] == ["python", "/opt/x.py"]
+    assert created["name"] == "job-1"
+    # The values travel in the create request's body to the engine's socket: no process, so no command line.
+    assert created["environment"] == env
+    assert created["labels"] == {
+        f"htc-emulator.{engine.instance}": "",
+        "htc-emulator.owner": "",
+        f"htc-emulator.owner.{engine.owner}": "",
+    }
+    host = created["host_config"]
+    assert host["NetworkMode"] == "host"
+    assert host["Memory"] == host["MemorySwap"] == 512 * 1024 * 1024, "a hard limit without swap: over it is OOM"
+    assert host["NanoCpus"] == 10**9
+
+
+def test_a_container_without_commands_runs_the_images_cmd_and_vcpus_are_capped_at_the_machines():
+    created = engine_without_engine().create_parameters("demo:v1", [], {}, "job-2", vcpus=1000)
+    assert created["command"] is None
+    assert created["host_config"]["NanoCpus"] == (os.cpu_count() or 1) * 10**9
+    assert "Memory" not in created["host_config"]
+
+
+def test_without_an_engine_where_docker_host_says_none_is_available(monkeypatch):
+    with socket.socket() as probe:  # a port nothing listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{probe.getsockname()[1]}")
+        assert DockerEngine.available() is False
