@@ -355,6 +355,9 @@ class HtcSession(requests.Session):
       ``_HtcRetry``); a refused connection or an unknown host is an ``HtcConnectionError`` at once;
     * raises a typed ``HtcError`` for every non-2xx response; a refused API key is an
       ``HtcUnauthorized`` that names ``key_source`` (where the key came from, e.g. ``config.key_source()``);
+    * sends a call that carries its own ``Authorization`` header with that header, as a plain
+      ``requests.Session`` would: the key exchange written out by hand,
+      ``session.get("/auth/token", headers={"Authorization": f"Token {api_key}"})``;
     * with ``deadline=`` (a ``time.monotonic()`` value) on a call, ends that call, its
       retries and their pauses by then, or raises ``HtcTimeoutError``;
     * knows how fast the API's clock runs (``time_scale``): 1.0 on the platform, less on an
@@ -458,16 +461,7 @@ class HtcSession(requests.Session):
         except requests.ConnectionError as exc:
             raise _connection_error(exc, url, self.api_url) from None
         if response.status_code == 401:
-            description = _description(response)
-            raise HtcUnauthorized(
-                f"the HTC API at {self.api_url} refused the API key from {self._key_source}"
-                f"{f' ({description})' if description else ''}. Check that it is this workspace's key, "
-                "not revoked and not a placeholder; a new key is made in the API section of your Rescale profile.",
-                status=401,
-                method="GET",
-                url=url,
-                description=description,
-            )
+            raise self._key_refused(response)
         _raise_for_status(response)
         self._note_clock(response)
         body = response.json()
@@ -475,6 +469,19 @@ class HtcSession(requests.Session):
         self._token = body["tokenValue"]
         self._renew_at = started + lifetime - min(self.refresh_margin, lifetime / 10)
         _log.info("bearer token renewed: valid for %.0f s, renewed again in %.0f s", lifetime, self._renew_at - started)
+
+    def _key_refused(self, response: requests.Response) -> HtcUnauthorized:
+        """The 401 to a request that carried this session's API key: which key, and what to do."""
+        description = _description(response)
+        return HtcUnauthorized(
+            f"the HTC API at {self.api_url} refused the API key from {self._key_source}"
+            f"{f' ({description})' if description else ''}. Check that it is this workspace's key, "
+            "not revoked and not a placeholder; a new key is made in the API section of your Rescale profile.",
+            status=401,
+            method=response.request.method,
+            url=_redact(response.url),
+            description=description,
+        )
 
     def _is_api_url(self, url: str) -> bool:
         # The bearer token goes only to the API itself, never to another host a URL may point at.
@@ -495,9 +502,11 @@ class HtcSession(requests.Session):
                 raise HtcTimeoutError(f"deadline reached before {method} {_redact(url)}")
             connect, read = kwargs["timeout"] if isinstance(kwargs["timeout"], tuple) else (kwargs["timeout"],) * 2
             kwargs["timeout"] = (min(connect or left, left), min(read or left, left))
+        # A call with an Authorization of its own (the key exchange, by hand) goes out with it, not the token.
+        own_credentials = any(name.lower() == "authorization" for name in headers or {})
         call_deadline = _REQUEST_DEADLINE.set(deadline)  # read by _HtcRetry.sleep during this call
         try:
-            if not self._is_api_url(url):
+            if own_credentials or not self._is_api_url(url):
                 response = super().request(method, url, params, data, headers, **kwargs)
             else:
                 response = self._send_with_token(method, url, params, data, headers or {}, kwargs)
@@ -523,6 +532,11 @@ class HtcSession(requests.Session):
             _REQUEST_DEADLINE.reset(call_deadline)
         if self._is_api_url(url):
             self._note_clock(response)
+            sent_the_key = self._api_key is not None and (
+                response.request.headers.get("Authorization") == f"Token {self._api_key}"
+            )
+            if response.status_code == 401 and sent_the_key:
+                raise self._key_refused(response)
         _raise_for_status(response, with_body=self._is_api_url(url))
         return response
 

@@ -1,7 +1,8 @@
 """The tutorial's own conveniences, beside the HTC client (``htc_helpers``): worth reading, not needed to reach HTC.
 
-* the face tagger's batch definition (``tagging_batch``), a fresh group name (``unique_name``)
-  and a batch's rough duration and size (``batch_estimate``);
+* the face tagger's batch definition (``tagging_batch``), a fresh group name (``unique_name``),
+  a submit said in one line, a second one as such (``submitted``), and a batch's rough duration and
+  size (``batch_estimate``);
 * the face results read the tutorial's way (``find_max_faces``, ``no_results_reason``);
 * Docker steps that end in Docker's own reason and the way out (``docker_build``,
   ``docker_login``, ``docker_push``, ``require_buildx``), not in ``exit status 1``;
@@ -44,6 +45,24 @@ def unique_name(prefix: str) -> str:
     Needs: nothing else
     """
     return f"{prefix}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{os.urandom(3).hex()}"
+
+
+def submitted(session: htc.HtcSession, project_id: str, task_id: str, group: str, jobs: int) -> str:
+    """What a submit cell did, in one line: ``jobs`` jobs as ``group`` (a ``unique_name``), and, when an earlier
+    run of the cell left groups of the same prefix in the task, that it submitted again and which are still there.
+
+    A cell run twice submits twice; this says so instead of printing the same line again.
+    Example: ``print(submitted(session, pid, tid, group, 12))  # 'submitted 12 jobs as group failures-2026...'``
+
+    Needs: nothing else
+    """
+    prefix = group.rsplit("-", 2)[0]
+    listed = session.get(f"/htc/projects/{project_id}/tasks/{task_id}/groups").json()
+    earlier = sorted(name for name in listed if name != group and name.rsplit("-", 2)[0] == prefix)
+    if not earlier:
+        return f"submitted {jobs} jobs as group {group}"
+    runs = "run's group is" if len(earlier) == 1 else f"{len(earlier)} runs' groups are"
+    return f"submitted {jobs} jobs again, as group {group}; the earlier {runs} still in the task: {', '.join(earlier)}"
 
 
 def tagging_batch(

@@ -259,6 +259,31 @@ def test_a_refused_api_key_says_where_it_came_from(emulator, monkeypatch, tmp_pa
     assert err.value.status == 401 and wrong not in str(err.value)
 
 
+def test_the_key_exchange_written_out_goes_with_its_own_authorization(emulator):
+    """``session.get("/auth/token", headers=...)`` as the notebook shows it: the key, not the session's token, goes."""
+    session = htc.HtcSession(emulator.api_url, emulator.api_key)
+    seen = record_responses(session)
+    token = session.get("/auth/token", headers={"Authorization": f"Token {emulator.api_key}"}).json()
+    assert token["tokenValue"] and int(token["expiresIn"]) > 0
+    assert [r.request.headers["Authorization"] for r in seen] == [f"Token {emulator.api_key}"]
+
+
+def test_a_refused_key_in_the_key_exchange_written_out_says_where_it_came_from(emulator, monkeypatch):
+    import config
+
+    wrong = "not-the-key-" + uuid.uuid4().hex
+    monkeypatch.setenv("RESCALE_API_KEY", wrong)
+    session = htc.HtcSession(emulator.api_url, config.get_profile()[1], key_source=config.key_source())
+    with pytest.raises(htc.HtcUnauthorized) as err:
+        session.get("/auth/token", headers={"Authorization": f"Token {wrong}"})
+    assert f"the HTC API at {emulator.api_url} refused the API key from $RESCALE_API_KEY" in str(err.value)
+    assert err.value.status == 401 and wrong not in str(err.value)
+    # Another key than the session's: the plain typed error, which names no source it cannot know.
+    with pytest.raises(htc.HtcUnauthorized) as err:
+        session.get("/auth/token", headers={"Authorization": "Token someone-elses"})
+    assert "refused the API key from" not in str(err.value) and "HTTP 401" in str(err.value)
+
+
 def test_a_connection_error_keeps_a_presigned_urls_signature_out():
     import socket
 

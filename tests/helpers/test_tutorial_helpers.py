@@ -12,13 +12,39 @@ import pytest
 
 import htc_helpers as htc
 import tutorial_helpers as tutorial
-from tests.helpers.support import results
+from tests.helpers.support import new_project, new_task, results
 
 
 def test_unique_name_differs_every_call_and_keeps_the_prefix():
     names = {tutorial.unique_name("library-1.2") for _ in range(50)}
     assert len(names) == 50
     assert all(re.fullmatch(r"library-1\.2-\d{8}T\d{6}-[0-9a-f]{6}", name) for name in names)
+
+
+def test_submitted_says_a_second_submit_and_the_earlier_groups_still_in_the_task(session):
+    project_id = new_project(session, "opencv-htc-tutorial")
+    task_id = new_task(session, project_id)
+
+    def submit(group):
+        session.post(
+            f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+            params={"group": group},
+            json=[tutorial.tagging_batch("opencv-htc-tutorial:v1", 1, "no-such-list.dat")],
+        )
+        return group
+
+    first = submit(tutorial.unique_name("failures-cancelled"))
+    submit(tutorial.unique_name("failures-to-the-end"))  # another cell's group: not an earlier run of this one
+    assert tutorial.submitted(session, project_id, task_id, first, 12) == f"submitted 12 jobs as group {first}"
+    second = submit(tutorial.unique_name("failures-cancelled"))
+    assert tutorial.submitted(session, project_id, task_id, second, 12) == (
+        f"submitted 12 jobs again, as group {second}; the earlier run's group is still in the task: {first}"
+    )
+    third = submit(tutorial.unique_name("failures-cancelled"))
+    earlier = ", ".join(sorted([first, second]))
+    assert tutorial.submitted(session, project_id, task_id, third, 12) == (
+        f"submitted 12 jobs again, as group {third}; the earlier 2 runs' groups are still in the task: {earlier}"
+    )
 
 
 def test_tagging_batch_sets_the_worker_variables():

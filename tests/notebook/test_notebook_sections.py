@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import nbformat
@@ -75,7 +76,7 @@ def run_section(
         *(c.source for c in tagged("setup")),
         tagged("parameters")[0].source,
         SMALL,
-        preamble_line or preamble(tag),
+        preamble(tag) if preamble_line is None else preamble_line,
         *(c.source for c in tagged(tag)),
         "import json",
         CHECK.format(check),
@@ -192,6 +193,35 @@ def test_gather_section_explains_a_batch_whose_jobs_all_failed(installed_python)
     assert "RuntimeError" in message and "IndexError" not in message
     assert "6 of 6 jobs failed" in message
     assert "ErrorNonZeroContainerExitCode" in message
+
+
+API_CALL = re.compile(r"\b(?:session|requests)\.(?:get|post|put|patch|delete|request)\(")
+
+
+@pytest.mark.slow
+def test_a_refused_key_at_the_first_call_says_so_and_where_the_key_came_from(emulator, monkeypatch, tmp_path):
+    """The notebook's first API call, with a wrong key: one short message naming the cause and the key's source."""
+    first_call = next(c for c in NOTEBOOK.cells if c.cell_type == "code" and API_CALL.search(c.source))
+    assert "authentication" in first_call.metadata.get("tags", []), first_call.source
+    wrong = "not-the-key-" + uuid.uuid4().hex
+    apiconfig = tmp_path / "apiconfig"
+    apiconfig.write_text(f"[mine]\napikey = {wrong}\n")
+    apiconfig.chmod(0o600)
+    for variable, source in (("RESCALE_API_KEY", "$RESCALE_API_KEY"), (None, f"profile [mine] of {apiconfig}")):
+        if variable:
+            monkeypatch.setenv(variable, wrong)
+        else:
+            monkeypatch.delenv("RESCALE_API_KEY")
+            monkeypatch.setenv("RESCALE_APICONFIG", str(apiconfig))
+            monkeypatch.setenv("RESCALE_PROFILE", "mine")
+        with pytest.raises(SectionFailed) as failure:
+            run_section("authentication", "{}", preamble_line="")
+        output = str(failure.value)
+        message = output.rstrip().splitlines()[-1]
+        assert message.startswith("htc_helpers.HtcUnauthorized: "), output
+        assert f"the HTC API at {emulator.api_url} refused the API key from {source}" in message
+        assert "API section of your Rescale profile" in message and len(message) < 400
+        assert "HTTPError" not in output and "During handling" not in output and wrong not in output
 
 
 def test_test_machinery_stays_out_of_the_code_a_reader_copies():
