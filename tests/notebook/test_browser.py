@@ -307,6 +307,7 @@ RUN_TWICE = [
     ("The whole library, as one batch", "/batch"),
     ("How many photos per job?", "get_or_create_task"),
     ("Clean up", "delete"),
+    ("Cancelling a group when too many jobs fail", "sent-by-mistake"),
 ]
 STEP_TIMEOUT_S = 600
 STEP_SCREENSHOT = ROOT / "build" / "browser-step-through.png"
@@ -458,6 +459,12 @@ def test_step_through_cell_by_cell_with_some_cells_run_twice(jupyterlab, emulato
     assert not stderr, "a notebook shows stderr as an error box"
     frozen = [(c["index"], bar) for c in outputs for o in c["outputs"] for bar in frozen_progress_bars(o["text"])]
     assert not frozen, f"progress bars left short of their end: {frozen}"
+    # A submit cell run twice submits twice, and says so, naming the group the first run left in the task.
+    resubmits = [c for c in outputs if c["index"] in twice and "tutorial.submitted(" in cells[c["index"]]["source"]]
+    assert resubmits, "no submit cell of the failure lesson was run twice"
+    for cell in resubmits:
+        text = "".join(o["text"] for o in cell["outputs"])
+        assert re.search(r"jobs again, as group \S+; the earlier run's group is still in the task: \S+", text), text
     plots = [o for c in outputs for o in c["outputs"] if o["plot_size"]]
     assert plots and all(o["png"] and png_size(o["png"]) == tuple(o["plot_size"]) for o in plots)
 
