@@ -50,12 +50,13 @@ _STARTUP_VARIABLES = re.compile(
 class JobProcess:
     """One running job: its log stream, its end, and how to stop it."""
 
-    def __init__(self, pid: int, stdout, status_fd: int, control_fd: int, ended=None) -> None:
+    def __init__(self, pid: int, stdout, status_fd: int, control_fd: int, ended=None, status: bytes = b"") -> None:
         self.pid = pid
         self.stdout = stdout
         self.returncode: int | None = None
         self.out_of_memory = False
-        self._status = os.fdopen(status_fd, "rb", buffering=0)
+        self._status_fd = status_fd
+        self._status = status  # what the supervisor wrote after its "started" line, read with it
         self._control_fd = control_fd
         self._control_lock = threading.Lock()
         self._ended = ended  # called once the supervisor is done with the job: True if it can take another
@@ -63,11 +64,13 @@ class JobProcess:
     def wait(self, timeout: float | None = None) -> int:
         """The exit status (``-N`` for death by signal N); ``subprocess.TimeoutExpired`` past ``timeout``."""
         if self.returncode is None:
-            ready, _, _ = select.select([self._status], [], [], timeout)
-            if not ready:
-                raise subprocess.TimeoutExpired(str(self.pid), timeout)
-            line = self._status.readline().decode().split()
-            self._status.close()
+            if b"\n" not in self._status:
+                ready, _, _ = select.select([self._status_fd], [], [], timeout)
+                if not ready:
+                    raise subprocess.TimeoutExpired(str(self.pid), timeout)
+                self._status = read_line(self._status_fd, self._status)
+            os.close(self._status_fd)
+            line = self._status.decode().split()
             finished = line[:1] == ["exit"]
             if finished:
                 self.returncode, self.out_of_memory = int(line[1]), line[2] == "1"
@@ -161,12 +164,7 @@ class ProcessLauncher:
                     os.close(fd)
         finally:
             os.close(body)
-        first = b""
-        while not first.endswith(b"\n"):
-            chunk = os.read(status_read, 1)
-            if not chunk:
-                break
-            first += chunk
+        first, _, later = read_line(status_read).partition(b"\n")
         word, _, rest = first.decode().strip().partition(" ")
         ended = None if supervisor is None else lambda reusable: self._supervisors.give_back(supervisor, reusable)
         if word != "started":
@@ -176,7 +174,7 @@ class ProcessLauncher:
                 ended(word == "error")  # the job could not start; its supervisor is still there
             errno, _, message = rest.partition(" ")
             raise OSError(int(errno) if errno.isdigit() else 0, message or "the job's supervisor died")
-        return JobProcess(int(rest), os.fdopen(log_read, "rb"), status_read, control_write, ended)
+        return JobProcess(int(rest), os.fdopen(log_read, "rb"), status_read, control_write, ended, later)
 
     def close(self) -> None:
         """End the template and the supervisors (running jobs are the scheduler's to stop first)."""
@@ -195,6 +193,17 @@ class ProcessLauncher:
         startup = {k: v for k, v in env.items() if _STARTUP_VARIABLES.fullmatch(k)}
         expected = {k: v for k, v in self.template_env.items() if _STARTUP_VARIABLES.fullmatch(k)}
         return runnable and startup == expected
+
+
+def read_line(fd: int, data: bytes = b"") -> bytes:
+    """``data`` and what follows it from ``fd`` up to a whole line or the end: a few reads, where a read per
+    byte let another thread take the GIL between each."""
+    while b"\n" not in data:
+        chunk = os.read(fd, 256)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 class _Supervisors:

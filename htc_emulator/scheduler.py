@@ -38,6 +38,7 @@ from .launcher import JobProcess, ProcessLauncher
 from .local_images import DockerfileError, LocalImage, normalize_image_name
 from .models import Backend, Job
 from .platform_profile import IDEAL, PlatformProfile
+from .presigned_tokens import PresignedTokens
 from .project_images import ProjectImages
 
 INTAKE_RECHECK_SECONDS = 0.1
@@ -103,6 +104,8 @@ class Scheduler:
         self.container_jobs: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        # A job's token, signed while it waits in the queue (a few jobs ahead of the job slots).
+        self.presigned = PresignedTokens(self._job_token, lookahead=self.concurrency)
         self._threads = [threading.Thread(target=self._intake_loop, name="htc-intake", daemon=True)]
         self._threads += [
             threading.Thread(target=self._worker_loop, args=(Instance(),), name=f"htc-worker-{i}", daemon=True)
@@ -139,6 +142,7 @@ class Scheduler:
             self._runnable.put(None)
         for thread in self._threads:
             thread.join(timeout=10)
+        self.presigned.close()
         self.launcher.close()
         if self.docker is not None:
             self.docker.remove_all()
@@ -160,6 +164,7 @@ class Scheduler:
             admitted, waiting = self.backend.admit(waiting + jobs)
             for job in admitted:
                 if self.backend.advance(job, "RUNNABLE", "Waiting for capacity"):
+                    self.presigned.expect(job)
                     self._runnable.put(job)
 
     def _worker_loop(self, instance: Instance) -> None:
@@ -348,9 +353,9 @@ class Scheduler:
         else:
             env = {**self._base_environment(workdir), **image.env}
         env.update({pair["name"]: pair["value"] for pair in job.definition.get("envs", [])})
-        lifetime = int(job.timeout_seconds * self.timeout_scale) + JOB_TOKEN_GRACE_SECONDS
+        lifetime = self._token_lifetime(job)
         ids = {"project_id": job.project_id, "task_id": job.task_id, "job_id": job.job_id}
-        token = self.tokens.job_token(**ids, lifetime=lifetime, extra_claims=job.claims)
+        token = self.presigned.take(job)
         env.update(
             {
                 "AWS_BATCH_JOB_ARRAY_INDEX": str(job.index),
@@ -366,6 +371,13 @@ class Scheduler:
             }
         )
         return env
+
+    def _token_lifetime(self, job: Job) -> int:
+        return int(job.timeout_seconds * self.timeout_scale) + JOB_TOKEN_GRACE_SECONDS
+
+    def _job_token(self, job: Job) -> str:
+        ids = {"project_id": job.project_id, "task_id": job.task_id, "job_id": job.job_id}
+        return self.tokens.job_token(**ids, lifetime=self._token_lifetime(job), extra_claims=job.claims)
 
     def _pump_logs(self, job: Job, process: JobProcess | ContainerProcess, deadline: float | None) -> bool:
         """stdout and stderr, merged like a container's log stream, as log events (:mod:`htc_emulator.job_logs`),

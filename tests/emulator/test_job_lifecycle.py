@@ -10,6 +10,7 @@ latency, cancel at once); the platform's profile has its own tests
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -187,6 +188,23 @@ def test_job_environment_and_command_mapping(fast, task, monkeypatch):
         assert report["HOME"] == report["cwd"] and not Path(report["cwd"]).exists()
         seen[index] = report["cwd"]
     assert seen[0] != seen[1]
+
+
+def test_a_job_that_waited_in_the_queue_gets_a_token_signed_at_its_start(fast, task):
+    """Tokens are signed while their jobs wait (:mod:`htc_emulator.presigned_tokens`); one signed long before
+    its job started would expire that much early, so a job's token is issued at its start, give or take a second."""
+    project_id, task_id = task
+    fast.submit(project_id, task_id, definition("sleep", SECONDS=5), batch_size=2)  # both job slots, 5 s
+    parent = fast.submit(project_id, task_id, definition("env"))
+    fast.wait_terminal(project_id, task_id, 3)
+    job_id = f"{parent}:0"
+    claims = json.loads(
+        jwt.utils.base64url_decode(json.loads(fast.logs(project_id, task_id, job_id)[1])["token_claims"])
+    )
+    job = fast.job(project_id, task_id, job_id)
+    created, started = (dt.datetime.fromisoformat(job[name]).timestamp() for name in ("createdAt", "startedAt"))
+    assert started - created >= 4  # it waited for a job slot
+    assert started - 3 <= claims["iat"] <= started
 
 
 def test_non_zero_exit_fails_with_its_exit_code(fast, task):
