@@ -3,11 +3,15 @@
 In one run, over the same N images (derived by ``face_data.scale_up``):
 
 * bare:  the Haar detection loop alone (read, detect; one OpenCV thread), in this process;
+* bare on every core: the same loop in one process per core at once, each over its share of the
+  images: what the cores deliver together (shared caches, memory and the host's scheduling make it
+  slower than one core's time divided by the cores);
 * batch: the tutorial's way, with the project's helpers and worker: upload the images and the
   image list to project shared storage, submit one batch of B ``face_tagger`` jobs to the emulator
   (process mode, as many job slots as cores), wait until every job is terminal, collect the results.
 
-It prints the batch time against its limit (bare time / cores), the ratio, the per-job overhead
+It prints the batch time against its limit (bare time / cores), the ratio, the batch against bare
+detection on every core at once, the per-job overhead
 (a job slot's time per job minus the job's share of bare detection), where the batch's CPU went
 (the jobs, the emulator's process, idle cores), the upload and collect times, and checks from the
 raw manifests that every image is accounted for exactly once.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -56,6 +61,32 @@ def bare_detection(images: list[Path]) -> float:
     for path in images:
         detector.detect(ft.read_image(path))
     return time.perf_counter() - started
+
+
+def _detect_share(paths: list[Path], ready, spans) -> None:
+    """Detect faces in ``paths`` once every process is ready; put (start, end) on the monotonic clock."""
+    cv2.setNumThreads(1)
+    detector = ft.FaceDetector.load()
+    ready.wait()  # every process has loaded its detector: they start together
+    started = time.monotonic()
+    for path in paths:
+        detector.detect(ft.read_image(path))
+    spans.put((started, time.monotonic()))
+
+
+def parallel_detection(images: list[Path], processes: int) -> float:
+    """Seconds from the first start to the last end of ``processes`` processes detecting their shares at once."""
+    context = multiprocessing.get_context("fork")
+    ready, spans = context.Barrier(processes), context.SimpleQueue()
+    workers = [
+        context.Process(target=_detect_share, args=(images[i::processes], ready, spans)) for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    finished = [spans.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return max(end for _, end in finished) - min(start for start, _ in finished)
 
 
 def machine_cpu_seconds() -> tuple[float, float]:
@@ -115,6 +146,7 @@ def main() -> None:
     settings = {**IDEALISED, "concurrency": args.concurrency or cores, "docker": False}
     bare = bare_detection(images)
     limit = bare / cores
+    together = parallel_detection(images, cores)
     with (
         running(images={IMAGE: "docker/Dockerfile"}, **settings) as emu,
         tempfile.TemporaryDirectory() as tmp,
@@ -174,6 +206,10 @@ def main() -> None:
     )
     print(f"ratio:           {batch / limit:8.2f}x the limit")
     print(
+        f"every core:      {together:8.1f} s of bare detection in {cores} processes at once "
+        f"({together / limit:.2f}x the limit): the batch is {batch / together:.2f}x that"
+    )
+    print(
         f"per-job overhead:{overhead:8.3f} s of a job slot ({slot_per_job:.3f} s a job, "
         f"{bare / args.jobs:.3f} s of it detection: overhead = {overhead / (bare / args.jobs):.2f}x "
         f"a job's bare detection)"
@@ -193,6 +229,7 @@ def main() -> None:
     )
     figures = [
         ratio(f"{len(keys)} photos over {args.jobs} jobs, batch / limit", batch / limit, "bare detection / cores"),
+        ratio("batch / bare detection on every core at once", batch / together, "the cores' own parallel limit"),
         Figure("batch, submit to all terminal", batch, "s"),
         Figure("per-job overhead (a slot's time beyond detection)", overhead, "s"),
         Figure("emulator CPU per job", emulator_cpu / args.jobs * 1000, "ms"),
