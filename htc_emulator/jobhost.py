@@ -107,7 +107,8 @@ def serve(channel_fd: int, warm_up: list) -> dict:
             job = None
             try:
                 wake_read = become_supervisor()
-                job = supervise(header, {"code": code, "namespace": namespace}, wake_read, *fds)
+                extras = {"code": code, "namespace": namespace, "signals": RESETTABLE_SIGNALS, "executable": None}
+                job = supervise(header, extras, wake_read, *fds)
                 if job is not None:
                     return job
             finally:  # never back into the template's loop, whatever happened
@@ -127,6 +128,9 @@ def serve_slot(channel_fd: int) -> None:
     """
     channel = socket.socket(fileno=channel_fd)
     wake_read = become_supervisor()
+    # What an exec does not reset itself (ignored signals) and what could run before it (handlers): a few
+    # signals, where resetting all of them in every job process cost it half a millisecond.
+    handled = [number for number in RESETTABLE_SIGNALS if signal.getsignal(number) != signal.SIG_DFL]
     namespaces: dict = {}
     while True:
         gc.freeze()
@@ -138,7 +142,8 @@ def serve_slot(channel_fd: int) -> None:
             os._exit(0)  # the emulator closed the channel
         header = json.loads(message)
         namespace = mount_namespace(*header["way"], namespaces) if header["way"] else None
-        if supervise(header, {"code": None, "namespace": namespace}, wake_read, *fds) is not None:
+        extras = {"code": None, "namespace": namespace, "signals": handled, "executable": executable(**header["exec"])}
+        if supervise(header, extras, wake_read, *fds) is not None:
             os._exit(0)  # only a job process that runs Python returns, and a slot runs none
 
 
@@ -217,6 +222,11 @@ def supervise(header: dict, extras: dict, wake_read: int, log_fd: int, status_fd
             if request["mode"] == "python":
                 os.close(exec_write)
                 return request
+            if request["executable"]:
+                try:
+                    os.execve(request["executable"], request["argv"], request["env"])
+                except OSError:  # not for this user, or not in its mount namespace: as the search would find it
+                    pass
             os.execvpe(argv0, request["argv"], request["env"])
         except OSError as exc:  # reported by the emulator as a job that could not start
             os.write(exec_write, f"{exc.errno} {exc.strerror}: {exc.filename or argv0}".encode())
@@ -242,6 +252,23 @@ def supervise(header: dict, extras: dict, wake_read: int, log_fd: int, status_fd
     return None
 
 
+def executable(command: str, path: str | None) -> str | None:
+    """The file ``os.execvpe(command, ...)`` would try first with this ``PATH``, found by the supervisor with
+    a few ``stat`` calls where the search in the job process (an ``exec`` tried per folder, in Python, in a
+    fresh fork) cost it a millisecond; None where the job process must search itself. The job's view of the
+    files is the supervisor's or a part of it (:func:`open_the_way`), so the job process runs this file or
+    finds it missing or not its own, and then searches as ``execvpe`` does."""
+    if os.sep in command:
+        return command
+    for folder in (path if path is not None else os.defpath).split(os.pathsep):
+        if not os.path.isabs(folder):  # relative to the job's working directory, not the supervisor's
+            return None
+        candidate = os.path.join(folder, command)
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
 def prepare_job_process(request: dict, log_fd: int, exec_write: int) -> None:
     """Standard streams, descriptors, signals, working directory and environment of a new process."""
     if request["namespace"] is not None:  # before its descriptor is closed with the others
@@ -255,7 +282,7 @@ def prepare_job_process(request: dict, log_fd: int, exec_write: int) -> None:
     os.closerange(3, exec_write)
     os.closerange(exec_write + 1, os.sysconf("SC_OPEN_MAX"))
     signal.set_wakeup_fd(-1)
-    for number in RESETTABLE_SIGNALS:
+    for number in request["signals"]:
         try:
             signal.signal(number, signal.SIG_DFL)
         except (OSError, ValueError):

@@ -140,6 +140,7 @@ class ProcessLauncher:
             "script": argv[1] if mode == "python" and argv[1] != "-c" else None,
             "way": [user["cover"], user["bind"]] if user and user["cover"] else None,
             "memory_limit": memory_limit,
+            "exec": {"command": argv[0], "path": env.get("PATH")} if mode == "exec" else None,
         }
         supervisor = self._supervisors.take() if mode == "exec" else None
         channel = supervisor or self._templates[mode]

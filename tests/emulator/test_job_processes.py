@@ -251,6 +251,30 @@ def test_what_a_job_left_behind_ends_with_it_under_a_supervisor_that_stays(launc
     assert returncode == 0 and its_supervisor == supervisor and below == [job]
 
 
+def test_a_command_is_found_on_the_jobs_path_as_execvpe_finds_it(launcher, tmp_path):
+    """The first folder that holds the command wins; one whose file the job may not run is passed over, a
+    relative folder is the job's working directory, and a command on no folder is not found."""
+    launcher, env = launcher
+    folders = {name: tmp_path / name for name in ("first", "second", "work")}
+    for name, folder in folders.items():
+        folder.mkdir()
+        (folder / "which-one").write_text(f"#!/bin/sh\necho {name}\n")
+        (folder / "which-one").chmod(0o755)
+    (folders["first"] / "which-one").chmod(0o644)  # not executable: the search goes on
+    path = os.pathsep.join([str(folders["first"]), str(folders["second"]), env["PATH"]])
+    assert launched(launcher, ["which-one"], {**env, "PATH": path}, tmp_path) == (0, "second\n")
+    relative = os.pathsep.join([str(folders["first"]), ".", str(folders["second"])])
+    assert launched(launcher, ["which-one"], {**env, "PATH": relative}, folders["work"]) == (0, "work\n")
+    with pytest.raises(FileNotFoundError):
+        launcher.start(["which-one"], env, tmp_path)
+
+
+def test_a_command_that_is_not_python_starts_with_no_signal_ignored_or_blocked(launcher, tmp_path):
+    launcher, env = launcher
+    returncode, output = launched(launcher, ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"], env, tmp_path)
+    assert returncode == 0 and output.split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16]
+
+
 def test_a_supervisor_that_was_killed_is_replaced_for_the_next_job(launcher, tmp_path):
     launcher, env = launcher
     process = launcher.start(["sh", "-c", "echo $$ $PPID; exec sleep 600"], env, tmp_path)
