@@ -51,6 +51,7 @@ import importlib
 import importlib.machinery
 import json
 import os
+import platform
 import select
 import signal
 import socket
@@ -71,6 +72,10 @@ MEMORY_POLL_SECONDS = 0.05
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 LIBC = ctypes.CDLL(None, use_errno=True)
 # As plain numbers, once: signal.valid_signals() builds a set of enum members, a third of a millisecond a job.
+# The C library keeps two signals for itself (32 and 33 on Linux) and refuses to change them, so Python
+# cannot: reset with the system call itself, whose all-zero action is SIG_DFL on every architecture.
+HIDDEN_SIGNALS = sorted(set(range(1, signal.NSIG)) - {int(n) for n in signal.valid_signals()})
+SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(platform.machine())
 RESETTABLE_SIGNALS = [int(n) for n in signal.valid_signals() if n not in (signal.SIGKILL, signal.SIGSTOP)]
 THIS_FILE = os.path.abspath(__file__)
 PRELOAD_ENV: dict[str, str] = {}
@@ -575,7 +580,21 @@ def warm_boto3() -> None:
     throwaway.create_client("s3", region_name="us-east-1", aws_access_key_id="warm", aws_secret_access_key="warm")
 
 
+def reset_hidden_signals() -> None:
+    """Set the C library's own signals to their default, once, for every job below this process.
+
+    A signal ignored here stays ignored through ``exec``: GNU make ignores these two in the commands it
+    runs, so a job of an emulator started by ``make`` began with them ignored, as no container does.
+    """
+    if SYS_RT_SIGACTION is None:
+        return
+    default = ctypes.create_string_buffer(64)  # larger than the kernel's struct sigaction anywhere
+    for number in HIDDEN_SIGNALS:
+        LIBC.syscall(SYS_RT_SIGACTION, number, default, None, 8)
+
+
 if __name__ == "__main__":
+    reset_hidden_signals()
     if sys.argv[1] == "--slot":
         serve_slot(int(sys.argv[2]))
     run_python(serve(int(sys.argv[1]), warm_up_steps(sys.argv[2:])))
