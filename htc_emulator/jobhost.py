@@ -98,13 +98,7 @@ def serve(channel_fd: int, warm_up: list) -> dict:
         if warm_up and not select.select([channel], [], [], 0)[0]:
             warm_up.pop(0)()
             continue
-        try:
-            message, fds, _, _ = socket.recv_fds(channel, MAX_HEADER_BYTES, 4)
-        except OSError:
-            os._exit(1)
-        if not message:
-            os._exit(0)  # the emulator closed the channel
-        header = json.loads(message)
+        header, fds = next_request(channel)
         code = script_code(header["script"], compiled) if header["script"] else None
         namespace = mount_namespace(*header["way"], namespaces) if header["way"] else None
         if os.fork() == 0:
@@ -139,17 +133,22 @@ def serve_slot(channel_fd: int) -> None:
     namespaces: dict = {}
     while True:
         gc.freeze()
-        try:
-            message, fds, _, _ = socket.recv_fds(channel, MAX_HEADER_BYTES, 4)
-        except OSError:
-            os._exit(1)
-        if not message:
-            os._exit(0)  # the emulator closed the channel
-        header = json.loads(message)
+        header, fds = next_request(channel)
         namespace = mount_namespace(*header["way"], namespaces) if header["way"] else None
         extras = {"code": None, "namespace": namespace, "signals": handled, "executable": executable(**header["exec"])}
         if supervise(header, extras, wake_read, *fds) is not None:
             os._exit(0)  # only a job process that runs Python returns, and a slot runs none
+
+
+def next_request(channel: socket.socket) -> tuple[dict, list[int]]:
+    """The next request's header and descriptors; this process ends when the emulator's end is gone."""
+    try:
+        message, fds, _, _ = socket.recv_fds(channel, MAX_HEADER_BYTES, 4)
+    except OSError:
+        os._exit(1)
+    if not message:
+        os._exit(0)  # the emulator closed the channel
+    return json.loads(message), fds
 
 
 def mount_namespace(cover: list[str], bind: list[str], namespaces: dict) -> int:
