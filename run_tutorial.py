@@ -122,14 +122,17 @@ def parameterised(scale: str) -> tuple[nbformat.NotebookNode, str]:
     return inject_parameters(notebook, SCALES[scale]), f"{NOTEBOOK.stem}-{scale}"
 
 
-def execute(notebook: nbformat.NotebookNode, cell_timeout: int = 900) -> None:
-    """Run every cell in a fresh kernel whose working directory is the project root."""
+def execute(notebook: nbformat.NotebookNode, cell_timeout: int = 900, record_timing: bool = False) -> None:
+    """Run every cell in a fresh kernel whose working directory is the project root.
+
+    ``record_timing`` keeps each cell's start and end in its metadata (for a profile; the committed
+    notebook carries none)."""
     # coalesce_streams folds progress bars (carriage returns) into their final line.
     NotebookClient(
         notebook,
         timeout=cell_timeout,
         kernel_name="python3",
-        record_timing=False,
+        record_timing=record_timing,
         coalesce_streams=True,
         resources={"metadata": {"path": str(ROOT)}},
     ).execute()

@@ -20,8 +20,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from nbclient import NotebookClient
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import run_tutorial  # noqa: E402
@@ -64,14 +62,7 @@ def main() -> None:
     with run_tutorial.emulator_environment() as emulator:
         os.environ["PLOTLY_RENDERER"] = "plotly_mimetype+notebook"
         start = time.perf_counter()
-        NotebookClient(
-            notebook,
-            timeout=900,
-            kernel_name="python3",
-            record_timing=True,
-            coalesce_streams=True,
-            resources={"metadata": {"path": str(ROOT)}},
-        ).execute()
+        run_tutorial.execute(notebook, record_timing=True)
         seconds = time.perf_counter() - start
         mode = "container" if emulator.scheduler.docker is not None else "process"
         print(f"notebook {seconds:.1f} s in {mode} mode, {emulator.scheduler.concurrency} job slots")
