@@ -47,6 +47,21 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{os.urandom(3).hex()}"
 
 
+# What unique_name appends; name_prefix cuts it off again, so the two change together.
+UNIQUE_NAME_SUFFIX = re.compile(r"-\d{8}T\d{6}-[0-9a-f]{6}\Z")
+
+
+def name_prefix(name: str) -> str | None:
+    """The prefix ``unique_name`` made ``name`` from, or None for a name it did not make.
+
+    Example: ``name_prefix("library-20261201T150102-3f9a1c")  # 'library'``
+
+    Needs: UNIQUE_NAME_SUFFIX
+    """
+    suffix = UNIQUE_NAME_SUFFIX.search(name)
+    return name[: suffix.start()] if suffix else None
+
+
 def submitted(session: htc.HtcSession, project_id: str, task_id: str, group: str, jobs: int) -> str:
     """What a submit cell did, in one line: ``jobs`` jobs as ``group`` (a ``unique_name``), and, when an earlier
     run of the cell left groups of the same prefix in the task, that it submitted again and which are still there.
@@ -54,11 +69,11 @@ def submitted(session: htc.HtcSession, project_id: str, task_id: str, group: str
     A cell run twice submits twice; this says so instead of printing the same line again.
     Example: ``print(submitted(session, pid, tid, group, 12))  # 'submitted 12 jobs as group failures-2026...'``
 
-    Needs: nothing else
+    Needs: name_prefix
     """
-    prefix = group.rsplit("-", 2)[0]
+    prefix = name_prefix(group)
     listed = session.get(f"/htc/projects/{project_id}/tasks/{task_id}/groups").json()
-    earlier = sorted(name for name in listed if name != group and name.rsplit("-", 2)[0] == prefix)
+    earlier = sorted(name for name in listed if prefix and name != group and name_prefix(name) == prefix)
     if not earlier:
         return f"submitted {jobs} jobs as group {group}"
     runs = "run's group is" if len(earlier) == 1 else f"{len(earlier)} runs' groups are"

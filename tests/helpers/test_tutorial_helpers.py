@@ -47,6 +47,26 @@ def test_submitted_says_a_second_submit_and_the_earlier_groups_still_in_the_task
     )
 
 
+def test_name_prefix_undoes_unique_name_and_only_it():
+    assert tutorial.name_prefix(tutorial.unique_name("library-1.2")) == "library-1.2"
+    assert tutorial.name_prefix("faces-scale-1.1") is None
+    assert tutorial.name_prefix("library-20261201T150102-3f9a1cz") is None
+
+
+def test_submitted_takes_hand_named_groups_for_no_earlier_run(session):
+    project_id = new_project(session, "opencv-htc-tutorial")
+    task_id = new_task(session, project_id)
+    for group in ("faces-scale-1.1", "faces-scale-1.3"):
+        session.post(
+            f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+            params={"group": group},
+            json=[tutorial.tagging_batch("opencv-htc-tutorial:v1", 1, "no-such-list.dat")],
+        )
+    assert tutorial.submitted(session, project_id, task_id, "faces-scale-1.3", 1) == (
+        "submitted 1 jobs as group faces-scale-1.3"
+    )
+
+
 def test_tagging_batch_sets_the_worker_variables():
     batch = tutorial.tagging_batch(
         "img:v1", 7, "list.dat", scale_factor=1.1, simulate_failures=True, timeout_seconds=60
