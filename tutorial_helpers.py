@@ -69,7 +69,7 @@ def submitted(session: htc.HtcSession, project_id: str, task_id: str, group: str
     A cell run twice submits twice; this says so instead of printing the same line again.
     Example: ``print(submitted(session, pid, tid, group, 12))  # 'submitted 12 jobs as group failures-2026...'``
 
-    Needs: name_prefix
+    Needs: name_prefix, UNIQUE_NAME_SUFFIX
     """
     prefix = name_prefix(group)
     listed = session.get(f"/htc/projects/{project_id}/tasks/{task_id}/groups").json()
