@@ -73,6 +73,20 @@ def test_image_has_exactly_the_pinned_packages(worker_image):
     assert pins(frozen.stdout) == pins(DOCKERFILE)
 
 
+def test_a_job_in_the_image_loads_no_model_but_s3_and_compiles_none_of_the_workers_modules(worker_image):
+    """Each job is a fresh interpreter in a fresh container: what it would redo in every job is done at build."""
+    # Nothing written here: whether the import found bytecode compiled at build is what is asked.
+    probe = (
+        "import os, sys; sys.path.insert(0, '/opt'); sys.dont_write_bytecode = True; import boto3, htc_worker; "
+        "print(boto3.session.Session().get_available_services()); print(os.path.isfile(htc_worker.__cached__))"
+    )
+    result = docker("run", "--rm", worker_image, "python", "-c", probe)
+    assert result.returncode == 0, result.stderr
+    services, compiled = result.stdout.splitlines()
+    assert services == "['s3']"
+    assert compiled == "True", "the worker's modules are compiled again in every job (/opt has no __pycache__)"
+
+
 def test_build_context_holds_only_what_the_image_needs(worker_image):
     """.dockerignore: without it every build sends .venv and data/ (hundreds of MB)."""
     probe = f"FROM {worker_image}\nCOPY . /tmp/context\n"
