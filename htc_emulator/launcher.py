@@ -12,7 +12,7 @@ Given a ``user`` (:mod:`htc_emulator.job_users`), the job runs as that uid and g
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import re
 import select
@@ -146,14 +146,14 @@ class ProcessLauncher:
         channel = supervisor or self._templates[mode]
         body = os.memfd_create("htc-job-request")
         try:
-            data = memoryview(json.dumps(request).encode())
+            data = memoryview(marshal.dumps(request))
             while data:
                 data = data[os.write(body, data) :]
             log_read, log_write = os.pipe()
             status_read, status_write = os.pipe()
             control_read, control_write = os.pipe()
             try:
-                channel.send(json.dumps(header).encode(), [log_write, status_write, control_read, body])
+                channel.send(marshal.dumps(header), [log_write, status_write, control_read, body])
             except BaseException:
                 for fd in (log_read, status_read, control_write):
                     os.close(fd)
