@@ -18,7 +18,6 @@ job token while the job lives; it is not a bearer token itself. Sources:
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import secrets
@@ -190,7 +189,7 @@ class TokenAuthority:
         return Principal(kind="job", project_id=project_id, task_id=task_id, job_id=job_id, expires_at=expires_at)
 
     def _refresh_mac(self, body: bytes) -> bytes:
-        return hmac.new(self._refresh_key, body, hashlib.sha256).digest()
+        return hmac.digest(self._refresh_key, body, "sha256")
 
     def payload(self, authorization: str | None) -> dict:
         """The verified claims of ``Authorization: Bearer <jwt>``."""

@@ -386,14 +386,16 @@ def contain(job_pid: int, control_fd: int, memory_limit: int | None, wake_read: 
                 elif kill_at is None:
                     os.kill(job_pid, signal.SIGTERM)
                     kill_at = time.monotonic() + grace
-    # The job process is gone: whatever it left behind goes too, as with its container.
+    # The job process is gone: whatever it left behind goes too, as with its container. Every process
+    # below this one is a child of it or of one of its children (orphans come back to it), so with no
+    # child left there is nothing to look for in /proc.
     while True:
-        kill_descendants()
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return job_status, out_of_memory
         if pid == 0:
+            kill_descendants()
             time.sleep(0.005)
 
 

@@ -218,17 +218,16 @@ class _Supervisors:
         self._lock = threading.Lock()
 
     def take(self) -> _Template:
+        """An idle supervisor, or a new one; one that died meanwhile is started again when it is sent the job."""
         with self._lock:
-            while self._idle:
-                supervisor = self._idle.pop()
-                if supervisor.alive():
-                    return supervisor
+            if self._idle:
+                return self._idle.pop()
             supervisor = _Template(self.env, slot=True)
             self._all.append(supervisor)
             return supervisor
 
     def give_back(self, supervisor: _Template, reusable: bool) -> None:
-        if reusable and supervisor.alive():
+        if reusable:
             with self._lock:
                 self._idle.append(supervisor)
             return
@@ -268,9 +267,6 @@ class _Template:
                     if attempt == 2:
                         raise
                     self._process = None
-
-    def alive(self) -> bool:
-        return self._process is None or self._process.poll() is None
 
     def close(self) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ period bound real work, so they have a scale of their own (``timeout_scale``).
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import select
@@ -93,6 +94,7 @@ class Scheduler:
         # Jobs run pushed images (as containers) only where a Docker engine runs them.
         self.container_registry = images.container_registry if docker is not None else None
         self._scratch = Path(tempfile.mkdtemp(prefix="htc-emulator-jobs-"))
+        self._attempts = itertools.count()
         # Registered images run as processes in either mode; pushed ones as containers.
         self.launcher = ProcessLauncher(self._base_environment(self._scratch))
         # Process-mode jobs as users of their own where this process is root (job_users says why not elsewhere).
@@ -216,7 +218,10 @@ class Scheduler:
                 f"CannotPullContainerError: {image_name} is not in the project's container registry",
                 failure_code="ErrorStartingContainer",
             )
-        workdir = Path(tempfile.mkdtemp(prefix="attempt-", dir=self._scratch))
+        # Named by a counter in a folder of its own, made as mkdtemp makes it (0700): mkdtemp's random names and
+        # their checks cost a no-op job's attempt a twentieth of a millisecond.
+        workdir = self._scratch / f"attempt-{next(self._attempts)}"
+        workdir.mkdir(mode=0o700)
         user = self.job_users.next(tuple(source for _, source in image.paths))
         try:
             self.job_users.hand_over(workdir, user)
@@ -335,7 +340,7 @@ class Scheduler:
     def _base_environment(workdir: Path) -> dict[str, str]:
         """What every process-mode job starts from (and the launcher's template too)."""
         env = {
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
+            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)]),
             "HOME": str(workdir),
             "TMPDIR": str(workdir),
             "LANG": "C.UTF-8",
