@@ -110,3 +110,56 @@ def test_a_token_signed_too_long_before_its_attempt_is_signed_again(presigned, s
     wait_for(lambda: len(signer.signed) == 1)
     time.sleep(0.1)
     assert presigned.take(job) == f"token-1-for-{job.job_id}" and signer.signed == [job.job_id] * 2
+
+
+def test_an_attempt_that_starts_while_its_token_is_being_signed_waits_for_that_signature(signer):
+    """One signature per job: an attempt that takes its token while the signer is signing it gets that
+    token, where it signed a second one itself (a millisecond of CPU, on a no-op job's path)."""
+    signing, release, signed = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_first_signature(job: Job) -> str:
+        if signing.is_set():
+            return signer(job)
+        signing.set()
+        release.wait(30)
+        token = signer(job)
+        signed.set()
+        return token
+
+    tokens = PresignedTokens(slow_first_signature, lookahead=2)
+    try:
+        job = queued_job(0)
+        tokens.expect(job)
+        assert signing.wait(30)
+        job.attempt = 1  # its attempt starts (claimed by a job slot) while the signer signs its token
+        taken: list[str] = []
+        attempt = threading.Thread(target=lambda: taken.append(tokens.take(job)))
+        attempt.start()
+        time.sleep(0.1)  # the attempt asks for its token before the signature is done
+        release.set()
+        attempt.join(30)
+        assert signed.wait(30)
+        assert taken == [f"token-0-for-{job.job_id}"] and signer.signed == [job.job_id]
+    finally:
+        release.set()
+        tokens.close()
+
+
+def test_a_job_whose_attempt_started_keeps_its_token_until_the_attempt_takes_it(signer):
+    """A job slot claims a job (its attempt starts) a moment before it takes the token: meanwhile the token is
+    still wanted, where the signer dropped it to make room and the attempt signed a second one."""
+    tokens = PresignedTokens(signer, lookahead=1)
+    try:
+        first, second = queued_job(0), queued_job(1)
+        tokens.expect(first)
+        tokens.expect(second)
+        wait_for(lambda: signer.signed == [first.job_id])
+        first.attempt = 1
+        first.events.append(JobEvent(event_id="started", at=first.created_at, status="STARTING"))
+        tokens.take(queued_job(9))  # another attempt takes its token: the signer looks for room again
+        time.sleep(0.2)
+        assert signer.signed == [first.job_id, "parent:9"]  # no room yet: the first job's token is still wanted
+        assert tokens.take(first) == f"token-0-for-{first.job_id}"
+        wait_for(lambda: signer.signed == [first.job_id, "parent:9", second.job_id])
+    finally:
+        tokens.close()
