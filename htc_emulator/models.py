@@ -200,6 +200,12 @@ class Job:
         # No timeout given: the spec's maximum (14 days) applies.
         return self.definition.get("execTimeoutSeconds", 1209600)
 
+    def visible_status(self, as_of: dt.datetime | None) -> str:
+        """The status a client sees: its last visible event's, without copying its events when all are visible."""
+        if as_of is None:
+            return self.events[-1].status
+        return self.visible_events(as_of)[-1].status
+
     def visible_events(self, as_of: dt.datetime | None) -> list[JobEvent]:
         """Events a client can see; a job always shows at least its first."""
         events = self.events[:]  # one atomic copy, read without the lock
@@ -617,7 +623,7 @@ class Backend:
             wanted = set(job_ids)
             jobs = [j for j in jobs if j.job_id in wanted or j.parent_job_id in wanted]
         if status is not None:
-            jobs = [j for j in jobs if j.visible_events(as_of)[-1].status == status]
+            jobs = [j for j in jobs if j.visible_status(as_of) == status]
         return jobs, as_of
 
     def seen_job(self, project_id: str, task_id: str, job_id: str) -> tuple[Job, dt.datetime | None]:
@@ -790,7 +796,7 @@ class Backend:
         """How many jobs are in each status as seen at ``as_of``; every summary status counted, zeros too."""
         counts: Counter = Counter({status: 0 for status in SUMMARY_STATUSES})
         for job in jobs:
-            counts[job.visible_events(as_of)[-1].status] += 1
+            counts[job.visible_status(as_of)] += 1
         return counts
 
     def task_statistics(self, project_id: str, task_id: str) -> Counter:
