@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import random
 import threading
 import uuid
 from collections import Counter, deque
@@ -86,6 +87,15 @@ def require_storable(field_name: str, value: object) -> None:
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+# Event ids are random (version 4) UUIDs, as uuid.uuid4() makes them, from a generator seeded once from the
+# system's: os.urandom releases the GIL, so each of a job's status events handed it to another thread.
+_EVENT_IDS = random.Random()
+
+
+def event_id() -> str:
+    return str(uuid.UUID(int=_EVENT_IDS.getrandbits(128), version=4))
 
 
 class Executor(Protocol):
@@ -521,7 +531,7 @@ class Backend:
                         claims={c["name"]: c["value"] for c in batch["htcJobDefinition"].get("claims", [])},
                         created_at=received,
                     )
-                    job.events.append(JobEvent(str(uuid.uuid4()), received, "SUBMITTED_TO_RESCALE", "Job received"))
+                    job.events.append(JobEvent(event_id(), received, "SUBMITTED_TO_RESCALE", "Job received"))
                     self.jobs[job.job_id] = job
                     self._task_jobs[task_id].append(job)
                     created.append(job)
@@ -661,7 +671,7 @@ class Backend:
     ) -> JobEvent:
         """Append a status event (the only way a job's status changes)."""
         with self.lock:
-            event = JobEvent(str(uuid.uuid4()), now(), status, reason, failure_code, container, user_cancelled)
+            event = JobEvent(event_id(), now(), status, reason, failure_code, container, user_cancelled)
             job.events.append(event)
             if status in TERMINAL and self.profile.job_retention_seconds:
                 self._ended.append(job)
