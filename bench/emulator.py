@@ -2,7 +2,9 @@
 
 1. Submits one batch of 1,000 no-op jobs and times it from the submit call
    until every job is SUCCEEDED or FAILED (polling summary-statistics every
-   0.1 s, as a client would); per-job overhead = that time x slots / jobs.
+   0.1 s, as a client would); per-job overhead = that time x slots / jobs; and the
+   CPU a job cost in the emulator's process and in its job process and supervisor
+   (what the machine's cores must find room for, whatever the wall time).
 2. Brings the task to 10,000 jobs (nine more batches, all finished), then
    times the list and statistics calls a client makes: p50 and p99 over
    ``--calls`` requests each, over real HTTP on loopback.
@@ -63,6 +65,21 @@ def wait_terminal(client: Client, task_path: str, total: int) -> None:
         time.sleep(0.1)
 
 
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children and everything they reaped: the job slots' supervisors and, in their
+    reaped children's time, the job processes (the supervisors stay, so they are read from /proc)."""
+    reaped = os.times()
+    total = reaped.children_user + reaped.children_system
+    for task in Path("/proc/self/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                stat = Path(f"/proc/{child}/stat").read_text()
+            except OSError:  # it ended meanwhile (and was reaped into the total above)
+                continue
+            total += sum(int(ticks) for ticks in stat[stat.rindex(")") + 2 :].split()[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def latency(client: Client, path: str, params: dict, calls: int) -> tuple[float, float]:
     samples = []
     for _ in range(calls):
@@ -99,12 +116,13 @@ def main() -> None:
             )["taskId"]
             task_path = f"/htc/projects/{project_id}/tasks/{task_id}"
 
-            started, emulator_cpu = time.perf_counter(), time.process_time()
+            started, emulator_cpu, jobs_cpu = time.perf_counter(), time.process_time(), children_cpu_seconds()
             submit(client, task_path, args.jobs, command, "timed")
             wait_terminal(client, task_path, args.jobs)
             elapsed = time.perf_counter() - started
             # This process is the emulator (API, scheduler) and the poller; the jobs and their supervisors are not.
             emulator_cpu = time.process_time() - emulator_cpu
+            jobs_cpu = children_cpu_seconds() - jobs_cpu
             failed = client.call("GET", f"{task_path}/summary-statistics")["jobStatuses"]["FAILED"]
 
             print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {slots} job slots, job command {command}")
@@ -115,11 +133,13 @@ def main() -> None:
             print(
                 f"per-job overhead: {elapsed * slots / args.jobs * 1000:.1f} ms of a job slot "
                 f"({elapsed / args.jobs * 1000:.1f} ms of wall time per job); "
-                f"{emulator_cpu / args.jobs * 1000:.1f} ms CPU a job in the emulator's process"
+                f"{emulator_cpu / args.jobs * 1000:.1f} ms CPU a job in the emulator's process, "
+                f"{jobs_cpu / args.jobs * 1000:.1f} ms in the job processes and their supervisors"
             )
             figures = [
                 Figure(f"{args.jobs} no-op jobs, submit to all terminal", elapsed, "s"),
                 Figure("emulator CPU per job", emulator_cpu / args.jobs * 1000, "ms"),
+                Figure("job process and supervisor CPU per job", jobs_cpu / args.jobs * 1000, "ms"),
             ]
 
             done = args.jobs
