@@ -100,8 +100,8 @@ def bare_docker_run(argv: list[str], engine: DockerEngine) -> list[str]:
     )
     host = job_container["host_config"]
     options = ["--network", host["NetworkMode"]]
-    if "NanoCpus" in host:
-        options += ["--cpus", str(host["NanoCpus"] / 1e9)]
+    if "CpuShares" in host:
+        options += ["--cpu-shares", str(host["CpuShares"])]
     if "Memory" in host:
         options += ["--memory", f"{host['Memory']}b", "--memory-swap", f"{host['MemorySwap']}b"]
     return ["docker", "run", "--rm", *options, IMAGE, *argv]

@@ -28,6 +28,8 @@ from . import leftovers
 MAX_CONNECTIONS = 32
 # A create, start or pull on a busy engine can take minutes (the CLI waited as long).
 API_TIMEOUT_SECONDS = 600
+CPU_SHARES_PER_VCPU = 1024  # AWS Batch's, and docker's default weight for a container
+MAX_CPU_SHARES = 262_144  # the kernel's largest cpu.shares
 
 
 class DockerEngine:
@@ -127,11 +129,13 @@ class DockerEngine:
         emulator on loopback.
 
         ``memory_mib`` is a hard limit without swap, so a job that exceeds it is killed (OOM), as
-        on the platform; ``vcpus`` is capped at this machine's CPUs.
+        on the platform. ``vcpus`` is a relative weight, not a cap: AWS Batch on EC2 maps a job's
+        vCPUs to ``CpuShares``, 1,024 a vCPU (Batch API reference, ContainerProperties ``vcpus``),
+        so a job may use a core no other job wants; the kernel's largest weight bounds it.
         """
         limits = {}
         if vcpus:
-            limits["nano_cpus"] = int(min(float(vcpus), float(os.cpu_count() or 1)) * 1e9)
+            limits["cpu_shares"] = min(int(float(vcpus) * CPU_SHARES_PER_VCPU), MAX_CPU_SHARES)
         if memory_mib:
             limits["mem_limit"] = limits["memswap_limit"] = int(memory_mib) * (1 << 20)
         return {

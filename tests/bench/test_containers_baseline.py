@@ -25,4 +25,4 @@ def test_the_bare_docker_run_has_the_job_containers_network_mode_and_limits():
     # Host networking skips the bridge's network namespace and veth pair: a bare run without it pays for them.
     assert options["--network"] == job["NetworkMode"] == "host"
     assert options["--memory"] == options["--memory-swap"] == f"{job['Memory']}b"
-    assert float(options["--cpus"]) * 1e9 == job["NanoCpus"]
+    assert int(options["--cpu-shares"]) == job["CpuShares"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 import docker
@@ -32,14 +31,18 @@ def test_a_jobs_container_keeps_secret_values_in_the_create_request_and_runs_the
     host = created["host_config"]
     assert host["NetworkMode"] == "host"
     assert host["Memory"] == host["MemorySwap"] == 512 * 1024 * 1024, "a hard limit without swap: over it is OOM"
-    assert host["NanoCpus"] == 10**9
+    # AWS Batch on EC2: a vCPU is 1,024 CPU shares, a weight against other jobs, not a cap.
+    assert host["CpuShares"] == 1024
+    assert "NanoCpus" not in host and "CpuQuota" not in host
 
 
-def test_a_container_without_commands_runs_the_images_cmd_and_vcpus_are_capped_at_the_machines():
+def test_a_container_without_commands_runs_the_images_cmd_and_vcpus_weigh_at_most_the_kernels_largest_share():
     created = engine_without_engine().create_parameters("demo:v1", [], {}, "job-2", vcpus=1000)
     assert created["command"] is None
-    assert created["host_config"]["NanoCpus"] == (os.cpu_count() or 1) * 10**9
+    assert created["host_config"]["CpuShares"] == 262_144
     assert "Memory" not in created["host_config"]
+    half = engine_without_engine().create_parameters("demo:v1", [], {}, "job-3", vcpus=0.5)
+    assert half["host_config"]["CpuShares"] == 512
 
 
 def test_without_an_engine_where_docker_host_says_none_is_available(monkeypatch):
