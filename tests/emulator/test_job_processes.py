@@ -307,6 +307,28 @@ def test_the_worker_finds_its_cascade_parsed_by_the_template(launcher, tmp_path)
     wait_for(parsed_before_the_job_started)  # once the template got to it
 
 
+def test_the_worker_finds_its_worker_layer_and_s3s_exception_classes_made_by_the_template(launcher, tmp_path):
+    """What a face_tagger job's first steps would import or build, whatever the job: done once before the fork."""
+    launcher, env = launcher
+    worker_folder = Path(__file__).resolve().parents[2] / "face_tagger"
+    probe = tmp_path / "probe.py"  # imports nothing: what it finds loaded, the template loaded
+    probe.write_text(
+        "import sys\nworker = sys.modules.get('htc_worker')\nboto3 = sys.modules.get('boto3')\n"
+        "session = boto3 and boto3.DEFAULT_SESSION and boto3.DEFAULT_SESSION._session\n"
+        "factory = session and session._get_internal_component('exceptions_factory')\n"
+        "print(worker.__file__ if worker else '-', sorted(factory._client_exceptions_cache) if factory else [],"
+        " all(name in sys.modules for name in ('argparse', 'netrc', 'boto3.s3.inject')))\n"
+    )
+    argv = [sys.executable, str(probe)]
+
+    def made_before_the_job_started():
+        returncode, output = launched(launcher, argv, env, tmp_path)
+        assert returncode == 0, output
+        return output.strip() == f"{worker_folder / 'htc_worker.py'} ['s3'] True"
+
+    wait_for(made_before_the_job_started)  # once the template got to it
+
+
 def test_a_job_process_does_not_outlive_its_supervisor(launcher, tmp_path):
     launcher, env = launcher
     process = launcher.start(
