@@ -83,6 +83,9 @@ SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(os.uname().machine)
 RESETTABLE_SIGNALS = [int(n) for n in signal.valid_signals() if n not in (signal.SIGKILL, signal.SIGSTOP)]
 THIS_FILE = os.path.abspath(__file__)
 PRELOAD_ENV: dict[str, str] = {}
+# The ``path=`` folders of the warm-up (the project's worker), and the modules preloaded from them: their files.
+PRELOAD_FOLDERS: list[str] = []
+FOLDER_PRELOADS: dict[str, str] = {}
 # The folders a fresh interpreter puts on sys.path, without this script's own.
 BASE_PATH = sys.path[1:]
 
@@ -477,6 +480,7 @@ def run_python(request: dict) -> None:
         main.__file__, main.__cached__ = args[0], None
         main.__loader__ = importlib.machinery.SourceFileLoader("__main__", args[0])
         source, filename = None, args[0]
+    forget_shadowed_preloads()
     try:
         program = request.get("code")
         if program is not None and request["user"]:
@@ -519,6 +523,16 @@ def exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def forget_shadowed_preloads() -> None:
+    """A job whose own ``sys.path`` finds another file for a module the template preloaded from its folder
+    imports that file, as a fresh interpreter would: a program beside its own copy of ``htc_worker.py``
+    (one a learner changed) runs with its copy, not the project's."""
+    for name, file in FOLDER_PRELOADS.items():
+        spec = importlib.machinery.PathFinder.find_spec(name, sys.path)
+        if spec is not None and spec.origin != file:
+            sys.modules.pop(name, None)
+
+
 def finish(code: int, by_signal: int | None = None) -> None:
     """The interpreter's exit as a program sees it: threads joined, atexit run, streams flushed.
 
@@ -555,7 +569,8 @@ def warm_up_steps(entries: list[str]) -> list:
 
 def preload(entry: str) -> None:
     if entry.startswith("path="):
-        sys.path.append(entry.removeprefix("path="))
+        PRELOAD_FOLDERS.append(entry.removeprefix("path="))
+        sys.path.append(PRELOAD_FOLDERS[-1])
         return
     name, _, function = entry.partition(":")
     before = dict(os.environ)
@@ -567,6 +582,9 @@ def preload(entry: str) -> None:
         return
     finally:
         PRELOAD_ENV.update({k: v for k, v in os.environ.items() if before.get(k) != v})
+    origin = getattr(module, "__file__", None)
+    if origin and os.path.dirname(origin) in PRELOAD_FOLDERS:
+        FOLDER_PRELOADS[name] = origin
 
 
 def warm_libraries() -> None:

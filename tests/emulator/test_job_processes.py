@@ -329,6 +329,30 @@ def test_the_worker_finds_its_worker_layer_and_s3s_exception_classes_made_by_the
     wait_for(made_before_the_job_started)  # once the template got to it
 
 
+def test_a_program_beside_its_own_copy_of_a_preloaded_worker_module_imports_its_copy(launcher, tmp_path):
+    """As in a fresh interpreter: the script's folder comes first, and the template's htc_worker is not the job's."""
+    launcher, env = launcher
+    worker_folder = Path(__file__).resolve().parents[2] / "face_tagger"
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "htc_worker.py").write_text("WHOSE = 'the job'\n")
+    (own / "program.py").write_text(
+        "import sys\npreloaded = sys.modules.get('htc_worker')\nimport htc_worker\n"
+        "print(preloaded is not None and preloaded.__file__, htc_worker.WHOSE)\n"
+    )
+    elsewhere = tmp_path / "probe.py"  # no copy beside it: it finds the template's
+    elsewhere.write_text("import sys\nprint(getattr(sys.modules.get('htc_worker'), '__file__', '-'))\n")
+
+    def template_preloaded_it():
+        returncode, output = launched(launcher, [sys.executable, str(elsewhere)], env, tmp_path)
+        assert returncode == 0, output
+        return output.strip() == str(worker_folder / "htc_worker.py")
+
+    wait_for(template_preloaded_it)
+    returncode, output = launched(launcher, [sys.executable, str(own / "program.py")], env, own)
+    assert (returncode, output.strip()) == (0, "False the job")
+
+
 def test_a_job_process_does_not_outlive_its_supervisor(launcher, tmp_path):
     launcher, env = launcher
     process = launcher.start(
