@@ -287,52 +287,55 @@ def test_a_supervisor_that_was_killed_is_replaced_for_the_next_job(launcher, tmp
     wait_for(lambda: not pid_alive(job))
 
 
+WORKER_FOLDER = Path(__file__).resolve().parents[2] / "face_tagger"
+
+
+def wait_for_the_templates_warm_up(launcher, env, folder: Path, probe_source: str, expected: str) -> None:
+    """Run a probe that imports nothing (what it finds loaded, the template loaded) until it prints ``expected``:
+    once the template got to its warm-up."""
+    probe = folder / "probe.py"
+    probe.write_text(probe_source)
+
+    def warmed_up():
+        returncode, output = launched(launcher, [sys.executable, str(probe)], env, folder)
+        assert returncode == 0, output
+        return output.strip() == expected
+
+    wait_for(warmed_up)
+
+
 def test_the_worker_finds_its_cascade_parsed_by_the_template(launcher, tmp_path):
     """The cascade does not depend on the job: parsed once before the fork, not once a job."""
     launcher, env = launcher
-    worker_folder = Path(__file__).resolve().parents[2] / "face_tagger"
-    probe = tmp_path / "probe.py"  # imports nothing: what it finds loaded, the template loaded
-    probe.write_text(
+    wait_for_the_templates_warm_up(
+        launcher,
+        env,
+        tmp_path,
         "import sys\nloaded = sys.modules.get('haar_cascades')\n"
-        "print(len(loaded._PARSED), loaded.__file__) if loaded else print(0, '-')\n"
+        "print(len(loaded._PARSED), loaded.__file__) if loaded else print(0, '-')\n",
+        f"1 {WORKER_FOLDER / 'haar_cascades.py'}",
     )
-    argv = [sys.executable, str(probe)]
-
-    def parsed_before_the_job_started():
-        returncode, output = launched(launcher, argv, env, tmp_path)
-        assert returncode == 0, output
-        count, where = output.split()
-        return count == "1" and Path(where).parent == worker_folder
-
-    wait_for(parsed_before_the_job_started)  # once the template got to it
 
 
 def test_the_worker_finds_its_worker_layer_and_s3s_exception_classes_made_by_the_template(launcher, tmp_path):
     """What a face_tagger job's first steps would import or build, whatever the job: done once before the fork."""
     launcher, env = launcher
-    worker_folder = Path(__file__).resolve().parents[2] / "face_tagger"
-    probe = tmp_path / "probe.py"  # imports nothing: what it finds loaded, the template loaded
-    probe.write_text(
+    wait_for_the_templates_warm_up(
+        launcher,
+        env,
+        tmp_path,
         "import sys\nworker = sys.modules.get('htc_worker')\nboto3 = sys.modules.get('boto3')\n"
         "session = boto3 and boto3.DEFAULT_SESSION and boto3.DEFAULT_SESSION._session\n"
         "factory = session and session._get_internal_component('exceptions_factory')\n"
         "print(worker.__file__ if worker else '-', sorted(factory._client_exceptions_cache) if factory else [],"
-        " all(name in sys.modules for name in ('argparse', 'netrc', 'boto3.s3.inject')))\n"
+        " all(name in sys.modules for name in ('argparse', 'netrc', 'boto3.s3.inject')))\n",
+        f"{WORKER_FOLDER / 'htc_worker.py'} ['s3'] True",
     )
-    argv = [sys.executable, str(probe)]
-
-    def made_before_the_job_started():
-        returncode, output = launched(launcher, argv, env, tmp_path)
-        assert returncode == 0, output
-        return output.strip() == f"{worker_folder / 'htc_worker.py'} ['s3'] True"
-
-    wait_for(made_before_the_job_started)  # once the template got to it
 
 
 def test_a_program_beside_its_own_copy_of_a_preloaded_worker_module_imports_its_copy(launcher, tmp_path):
     """As in a fresh interpreter: the script's folder comes first, and the template's htc_worker is not the job's."""
     launcher, env = launcher
-    worker_folder = Path(__file__).resolve().parents[2] / "face_tagger"
     own = tmp_path / "own"
     own.mkdir()
     (own / "htc_worker.py").write_text("WHOSE = 'the job'\n")
@@ -340,15 +343,14 @@ def test_a_program_beside_its_own_copy_of_a_preloaded_worker_module_imports_its_
         "import sys\npreloaded = sys.modules.get('htc_worker')\nimport htc_worker\n"
         "print(preloaded is not None and preloaded.__file__, htc_worker.WHOSE)\n"
     )
-    elsewhere = tmp_path / "probe.py"  # no copy beside it: it finds the template's
-    elsewhere.write_text("import sys\nprint(getattr(sys.modules.get('htc_worker'), '__file__', '-'))\n")
-
-    def template_preloaded_it():
-        returncode, output = launched(launcher, [sys.executable, str(elsewhere)], env, tmp_path)
-        assert returncode == 0, output
-        return output.strip() == str(worker_folder / "htc_worker.py")
-
-    wait_for(template_preloaded_it)
+    # A probe with no copy beside it finds the template's.
+    wait_for_the_templates_warm_up(
+        launcher,
+        env,
+        tmp_path,
+        "import sys\nprint(getattr(sys.modules.get('htc_worker'), '__file__', '-'))\n",
+        str(WORKER_FOLDER / "htc_worker.py"),
+    )
     returncode, output = launched(launcher, [sys.executable, str(own / "program.py")], env, own)
     assert (returncode, output.strip()) == (0, "False the job")
 
