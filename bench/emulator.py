@@ -28,7 +28,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.results import IDEALISED, Figure, OtherWork, record  # noqa: E402
+from bench.results import IDEALISED, Figure, OtherWork, process_times, record  # noqa: E402
 from htc_emulator import running  # noqa: E402
 
 
@@ -72,11 +72,9 @@ def children_cpu_seconds() -> float:
     total = reaped.children_user + reaped.children_system
     for task in Path("/proc/self/task").iterdir():
         for child in (task / "children").read_text().split():
-            try:
-                stat = Path(f"/proc/{child}/stat").read_text()
-            except OSError:  # it ended meanwhile (and was reaped into the total above)
-                continue
-            total += sum(int(ticks) for ticks in stat[stat.rindex(")") + 2 :].split()[11:15]) / os.sysconf("SC_CLK_TCK")
+            times = process_times(child)
+            if times is not None:  # else it ended meanwhile, and was reaped into the total above
+                total += times[2] + times[3]
     return total
 
 

@@ -97,15 +97,13 @@ class OtherWork:
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:  # it ended meanwhile
+            times = process_times(entry.name)
+            if times is None:  # it ended meanwhile
                 continue
-            name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-            # utime, stime, and the same of its children once reaped; init reaps every orphan, the
-            # benchmark's too (a container's shim is one), so its children's time is nobody's in particular.
-            ticks = sum(int(fields[i]) for i in ((11, 12) if entry.name == "1" else (11, 12, 13, 14)))
-            processes[int(entry.name)] = (int(fields[1]), name, ticks / os.sysconf("SC_CLK_TCK"))
+            parent, name, own, reaped = times
+            # Init reaps every orphan, the benchmark's too (a container's shim is one), so its children's
+            # time is nobody's in particular.
+            processes[int(entry.name)] = (parent, name, own if entry.name == "1" else own + reaped)
         # Kernel threads (kthreadd's, pid 2) are not programs: their work is done for whoever asked, the
         # benchmark too (a container's mounts and network cost kworker time).
         roots = {os.getpid(), 2}
@@ -120,6 +118,17 @@ class OtherWork:
             return False
 
         return {pid: cpu for pid, (_, _, cpu) in processes.items() if not ours(pid)}
+
+
+def process_times(pid: int | str) -> tuple[int, str, float, float] | None:
+    """(parent pid, name, its own CPU seconds, its reaped children's) from ``/proc/PID/stat``; None once it ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
 def committed_results() -> dict:
