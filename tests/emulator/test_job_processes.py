@@ -624,6 +624,16 @@ def test_nothing_a_job_started_outlives_its_end(emu, task, drop_box):
     assert not [pid for pid in escapees(emu, task, job_id) if pid_alive(pid)]
 
 
+def test_an_attempts_folder_goes_once_its_job_has_ended(emu, task):
+    """Removed by a thread of its own after the job's end, with what the job left in it."""
+    parent = emu.submit(*task, {"imageName": "launch:v1", "commands": ["sh", "-c", "pwd; mkdir kept; touch kept/file"]})
+    emu.wait_terminal(*task, 1)
+    assert emu.job(*task, f"{parent}:0")["status"] == "SUCCEEDED"
+    (folder,) = emu.logs(*task, f"{parent}:0")
+    assert Path(folder).name.startswith("attempt-")
+    wait_for(lambda: not Path(folder).exists())
+
+
 def test_nothing_a_job_started_outlives_its_task(emu, task, drop_box):
     job_id, _ = submit(emu, task, drop_box, "ignore")
     pids = escapees(emu, task, job_id)
