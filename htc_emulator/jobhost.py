@@ -137,12 +137,23 @@ def serve_slot(channel_fd: int) -> None:
     # What an exec does not reset itself (ignored signals) and what could run before it (handlers): a few
     # signals, where resetting all of them in every job process cost it half a millisecond.
     handled = [number for number in RESETTABLE_SIGNALS if signal.getsignal(number) != signal.SIG_DFL]
+    # The supervisor joins its job's mount namespace itself, once for as many jobs as share it, and its job
+    # processes start in it: a setns in each job process (a ctypes call in a fresh fork) cost it more.
+    host = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    joined = host
     namespaces: dict = {}
     while True:
         gc.freeze()
         header, fds = next_request(channel)
-        namespace = mount_namespace(*header["way"], namespaces) if header["way"] else None
-        extras = {"code": None, "namespace": namespace, "signals": handled, "executable": executable(**header["exec"])}
+        namespace = mount_namespace(*header["way"], namespaces, made_from=host) if header["way"] else host
+        if namespace >= 0 and namespace != joined:
+            try:
+                check(SETNS(namespace, CLONE_NEWNS))
+                joined = namespace
+            except OSError as exc:
+                namespace = -(exc.errno or 1)
+        failed = namespace if namespace < 0 else None  # the job process reports it as a job that could not start
+        extras = {"code": None, "namespace": failed, "signals": handled, "executable": executable(**header["exec"])}
         if supervise(header, extras, wake_read, *fds) is not None:
             os._exit(0)  # only a job process that runs Python returns, and a slot runs none
 
@@ -158,15 +169,18 @@ def next_request(channel: socket.socket) -> tuple[dict, list[int]]:
     return marshal.loads(message), fds
 
 
-def mount_namespace(cover: list[str], bind: list[str], namespaces: dict) -> int:
+def mount_namespace(cover: list[str], bind: list[str], namespaces: dict, made_from: int | None = None) -> int:
     """A descriptor of a mount namespace made by :func:`open_the_way` (``-ERRNO`` if it could not be), made
     once per way and kept alive by the descriptor: a job joins it for the cost of a ``setns``, where a
-    namespace of its own cost milliseconds to make and to tear down."""
+    namespace of its own cost milliseconds to make and to tear down. ``made_from``: the namespace it starts
+    from (a descriptor), where this process may have joined another's."""
     key = (tuple(cover), tuple(bind))
     if key not in namespaces:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if os.fork() == 0:  # makes it, hands it over, and is gone
             try:
+                if made_from is not None:
+                    check(SETNS(made_from, CLONE_NEWNS))
                 open_the_way(cover, bind)
                 socket.send_fds(theirs, [b"0"], [os.open("/proc/self/ns/mnt", os.O_RDONLY)])
             except OSError as exc:

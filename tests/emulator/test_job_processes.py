@@ -456,6 +456,26 @@ def test_a_job_of_its_own_user_runs_in_the_warm_template_what_it_may_read(launch
     )
 
 
+@as_root
+def test_each_job_of_a_supervisor_that_stays_sees_the_files_of_its_own_way(launcher, job_user, tmp_path):
+    """The supervisor joins its job's mount namespace itself: the job after it, of another way or of none,
+    sees the files its own way holds, not those of the job before it."""
+    launcher, env = launcher
+    private = Path(tempfile.mkdtemp(prefix="htc-test-private-"))  # closed to a job's user: its way covers it
+    try:
+        for name in ("first", "other", "second"):
+            (private / name).write_text(name)
+            (private / name).chmod(0o644)
+        listing = ["sh", "-c", f"ls {private}"]
+        first, second = job_user((private / "first",)), job_user((private / "second",))
+        assert launched_as(launcher, listing, env, *first[::-1]) == (0, "first\n")
+        assert launched_as(launcher, listing, env, *second[::-1]) == (0, "second\n")
+        assert launched(launcher, listing, env, tmp_path) == (0, "first\nother\nsecond\n")
+        assert launched_as(launcher, listing, env, *first[::-1]) == (0, "first\n")
+    finally:
+        shutil.rmtree(private)
+
+
 @pytest.mark.slow
 @as_root
 def test_an_emulator_that_is_not_root_says_at_start_what_its_jobs_can_reach(launcher, job_user, caplog):
