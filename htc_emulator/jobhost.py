@@ -4,18 +4,18 @@
 ``python jobhost.py CHANNEL_FD ENTRY...``: it imports the heavy modules the
 jobs use (OpenCV, NumPy, boto3) and prepares what they need that does not depend on
 the job (the worker's parsed cascade) once, one step at a time while no request waits, and
-forks per request, so a job pays for a fork instead of an interpreter start and
-half a second of imports.
+forks a supervisor per job slot, which forks each job, so a job pays for a fork instead of an
+interpreter start and half a second of imports.
 
-Every Python job runs under a *supervisor* forked for it that makes the job a
-container of its own: it starts a new session, becomes the child subreaper of
-everything the job starts (a ``setsid``-forked grandchild still comes back to it),
-forks the job process, and when the job process ends it kills and reaps whatever
-is left, so the log pipe closes and nothing survives the job. Commands that are
-not Python run under a supervisor that stays (``jobhost.py --slot CHANNEL_FD``,
-one per job slot in use), which does the same for one job at a time: a fork of it
-is a fork of a bare interpreter, and a supervisor forked per job cost more than
-the no-op job itself. Told to stop, it does what
+Every job runs under a *supervisor* that stays, one per job slot in use, and makes
+each job in turn a container of its own: it starts a new session, becomes the child
+subreaper of everything the job starts (a ``setsid``-forked grandchild still comes
+back to it), forks the job process, and when the job process ends it kills and reaps
+whatever is left, so the log pipe closes and nothing survives the job. A Python job's
+supervisor is a fork of the warm template, asked for once per slot, so the job process
+is one fork of the template; the supervisor of commands that are not Python is a bare
+interpreter (``jobhost.py --slot CHANNEL_FD``), so a fork of it copies no page tables
+of OpenCV's. Told to stop, it does what
 ``docker stop`` does: SIGTERM to the job process, SIGKILL to all after the grace
 period. With a memory limit it sums the resident memory of the job's
 processes, as a memory cgroup does, and kills them all when it is exceeded. If
@@ -26,19 +26,20 @@ The job process is either an ``exec`` of the job's command or, for
 the template's, the same program run in the forked interpreter with its own
 ``argv``, environment, working directory, ``sys.path``, standard streams on the
 log pipe, default signal handlers and exit status. A fork starts from the
-template's pristine state, so nothing one job does reaches another.
+supervisor's pristine copy of the template, so nothing one job does reaches another.
 
 Where the emulator gives the job a user of its own (:mod:`htc_emulator.job_users`), the
 job process takes that uid and gid, with no supplementary groups and no new privileges,
 before it changes to its working directory and runs anything of the job's; the
 supervisor stays root, so the job can neither signal it nor read its ``/proc`` files.
 
-Messages: a request is a header (``mode``, the ``script`` the template compiles
-once, the user's ``way`` and the ``memory_limit``) with four descriptors: the log,
-status and control pipes, and a memory file with the request itself (argv,
-environment, working directory, user), read by the job process alone: neither the
-template nor a supervisor holds a job's token, so no later job finds one in the
-memory it forks from. Both are in :mod:`marshal`'s format: the emulator that writes them runs this same
+Messages: the template is asked for a Python slot's supervisor with the descriptor of
+the slot's channel, and the supervisor answers ``warm`` or ``cold`` on it. A job's request
+is a header (``mode``, the ``script`` its supervisor compiles once, the user's ``way`` and
+the ``memory_limit``) with four descriptors: the log, status and control pipes, and a memory
+file with the request itself (argv, environment, working directory, user), read by the job
+process alone: neither the template nor a supervisor holds a job's token, so no later job
+finds one in the memory it forks from. Both are in :mod:`marshal`'s format: the emulator that writes them runs this same
 interpreter, and the job process decodes its request in one call of C, where json's decoder (Python
 code whose pages a fresh fork copies as it runs) cost it 0.4 ms. The supervisor writes
 ``started PID`` or ``error ERRNO MESSAGE``, then ``exit RETURNCODE OOM`` to the status pipe;
@@ -91,37 +92,57 @@ BASE_PATH = sys.path[1:]
 
 
 def serve(channel_fd: int, warm_up: list) -> dict:
-    """Fork a supervised job per request; returns only inside a job process that runs Python.
+    """Fork a supervisor that stays for each job slot asked for; returns only inside a job process.
 
     While no request waits, the template takes the next ``warm_up`` step (one import each), so
-    the first jobs start at once and import what is not loaded yet themselves.
+    the first jobs start at once and import what is not loaded yet themselves. A supervisor forked
+    before the last step serves one job and ends: the slot's next supervisor is forked warmer.
     """
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished supervisors
     channel = socket.socket(fileno=channel_fd)
-    compiled: dict = {}
-    namespaces: dict = {}
     while True:
         gc.freeze()  # keeps the imported modules' pages shared with every fork
         if warm_up and not select.select([channel], [], [], 0)[0]:
             warm_up.pop(0)()
             continue
-        header, fds = next_request(channel)
-        code = script_code(header["script"], compiled) if header["script"] else None
-        namespace = mount_namespace(*header["way"], namespaces) if header["way"] else None
+        _, fds = next_request(channel)
         if os.fork() == 0:
-            os.close(channel.detach())
             job = None
             try:
-                wake_read = become_supervisor()
-                extras = {"code": code, "namespace": namespace, "signals": RESETTABLE_SIGNALS, "executable": None}
-                job = supervise(header, extras, wake_read, *fds)
-                if job is not None:
-                    return job
+                os.close(channel.detach())
+                job = serve_python_slot(fds[0], stays=not warm_up)
             finally:  # never back into the template's loop, whatever happened
                 if job is None:
                     os._exit(0)
+            return job
         for fd in fds:
             os.close(fd)
+
+
+def serve_python_slot(channel_fd: int, stays: bool) -> dict:
+    """Supervise one job slot's Python jobs, one at a time, each a fork of this pristine copy of the template.
+
+    One fork a job, where a supervisor forked from the template per job and the job forked from it
+    cost two forks and two exits of the template's page tables. Like :func:`serve_slot`'s supervisor,
+    it reads no request and keeps nothing of a job's: every job process starts from the same image.
+    Says first whether it ``stays`` (``warm``) or serves one job (``cold``); returns only inside a job process.
+    """
+    channel = socket.socket(fileno=channel_fd)
+    wake_read = become_supervisor()
+    channel.send(b"warm" if stays else b"cold")
+    compiled: dict = {}
+    namespaces: dict = {}
+    while True:
+        gc.freeze()
+        header, fds = next_request(channel)
+        code = script_code(header["script"], compiled) if header["script"] else None
+        namespace = mount_namespace(*header["way"], namespaces) if header["way"] else None
+        extras = {"code": code, "namespace": namespace, "signals": RESETTABLE_SIGNALS, "executable": None}
+        job = supervise(header, extras, wake_read, *fds)
+        if job is not None:
+            return job
+        if not stays:
+            os._exit(0)
 
 
 def serve_slot(channel_fd: int) -> None:

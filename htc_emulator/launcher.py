@@ -1,10 +1,10 @@
 """Starts and stops process-mode jobs: contained, stoppable like ``docker stop``, memory-limited, cheap.
 
 :class:`ProcessLauncher` keeps a warm template process (:mod:`htc_emulator.jobhost`)
-that has imported the modules the jobs use, and asks it to fork each Python job under a
-supervisor of its own; other commands are exec'd under a supervisor that stays, one per job
-slot in use, running one job at a time. The scheduler sees a :class:`JobProcess`: the job's log
-stream (stdout and stderr merged), :meth:`~JobProcess.wait`,
+that has imported the modules the jobs use, and asks it to fork a supervisor per job slot
+in use, which forks that slot's Python jobs one at a time; other commands are exec'd under a
+bare supervisor that stays, one per job slot in use, running one job at a time. The scheduler
+sees a :class:`JobProcess`: the job's log stream (stdout and stderr merged), :meth:`~JobProcess.wait`,
 :meth:`~JobProcess.stop` (SIGTERM, then SIGKILL to every process of the job after
 the grace period) and, when the job ran past its memory limit, ``out_of_memory``.
 Given a ``user`` (:mod:`htc_emulator.job_users`), the job runs as that uid and gid.
@@ -12,6 +12,7 @@ Given a ``user`` (:mod:`htc_emulator.job_users`), the job runs as that uid and g
 
 from __future__ import annotations
 
+import functools
 import marshal
 import os
 import re
@@ -101,19 +102,22 @@ class JobProcess:
 
 
 class ProcessLauncher:
-    """Forks Python jobs from a warm template process, started on first use, restarted if it died;
-    execs every other command under a supervisor that stays (:class:`_Supervisors`).
+    """Runs each job under a supervisor that stays, one per job slot in use (:class:`_Supervisors`).
 
-    Python jobs fork from a template that has imported ``preload``; every other command is exec'd
-    by a bare supervisor (the interpreter and this package's stdlib imports only), because a fork
-    copies the page tables of all its parent has loaded, and a job that execs has no use for them.
+    Python jobs fork from a supervisor that is a fork of a warm template process that has imported
+    ``preload`` (started on first use, restarted if it died); every other command is exec'd by a bare
+    supervisor (the interpreter and this package's stdlib imports only), because a fork copies the
+    page tables of all its parent has loaded, and a job that execs has no use for them.
     """
 
     def __init__(self, template_env: dict[str, str], preload: tuple[str, ...] = DEFAULT_PRELOAD) -> None:
         self.template_env = dict(template_env)
         self.preload = preload
-        self._templates = {"python": _Template(template_env, preload)}
-        self._supervisors = _Supervisors(template_env)
+        self._template = _Template(template_env, preload)
+        self._supervisors = {
+            "python": _Supervisors(lambda: _ForkedSupervisor(self._template)),
+            "exec": _Supervisors(lambda: _Template(template_env, slot=True)),
+        }
 
     def start(
         self,
@@ -148,8 +152,8 @@ class ProcessLauncher:
             "memory_limit": memory_limit,
             "exec": {"command": argv[0], "path": env.get("PATH")} if mode == "exec" else None,
         }
-        supervisor = self._supervisors.take() if mode == "exec" else None
-        channel = supervisor or self._templates[mode]
+        supervisors = self._supervisors[mode]
+        supervisor = supervisors.take()
         body = os.memfd_create("htc-job-request")
         try:
             data = memoryview(marshal.dumps(request))
@@ -159,12 +163,11 @@ class ProcessLauncher:
             status_read, status_write = os.pipe()
             control_read, control_write = os.pipe()
             try:
-                channel.send(marshal.dumps(header), [log_write, status_write, control_read, body])
+                supervisor.send(marshal.dumps(header), [log_write, status_write, control_read, body])
             except BaseException:
                 for fd in (log_read, status_read, control_write):
                     os.close(fd)
-                if supervisor is not None:
-                    self._supervisors.give_back(supervisor, False)
+                supervisors.give_back(supervisor, False)
                 raise
             finally:
                 for fd in (log_write, status_write, control_read):
@@ -173,21 +176,20 @@ class ProcessLauncher:
             os.close(body)
         first, _, later = read_line(status_read).partition(b"\n")
         word, _, rest = first.decode().strip().partition(" ")
-        ended = None if supervisor is None else lambda reusable: self._supervisors.give_back(supervisor, reusable)
+        ended = functools.partial(supervisors.give_back, supervisor)
         if word != "started":
             for fd in (log_read, status_read, control_write):
                 os.close(fd)
-            if ended is not None:
-                ended(word == "error")  # the job could not start; its supervisor is still there
+            ended(word == "error")  # the job could not start; its supervisor is still there
             errno, _, message = rest.partition(" ")
             raise OSError(int(errno) if errno.isdigit() else 0, message or "the job's supervisor died")
         return JobProcess(int(rest), os.fdopen(log_read, "rb"), status_read, control_write, ended, later)
 
     def close(self) -> None:
         """End the template and the supervisors (running jobs are the scheduler's to stop first)."""
-        for template in self._templates.values():
-            template.close()
-        self._supervisors.close()
+        for supervisors in self._supervisors.values():
+            supervisors.close()
+        self._template.close()
 
     def _runs_in_template(self, argv: list[str], env: dict[str, str]) -> bool:
         """Python programs the template can run as a fresh interpreter would; anything else is exec'd."""
@@ -214,26 +216,27 @@ def read_line(fd: int, data: bytes = b"") -> bytes:
 
 
 class _Supervisors:
-    """Supervisors that stay (``jobhost.py --slot``), one per job slot in use: each execs one job at a
-    time, kills and reaps all that job started when it ends, and takes the next; one that died is replaced."""
+    """Supervisors that stay, one per job slot in use: each runs one job at a time, kills and reaps all that
+    job started when it ends, and takes the next; one that died, or serves one job only, is replaced."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = dict(env)
-        self._idle: list[_Template] = []
-        self._all: list[_Template] = []
+    def __init__(self, make) -> None:
+        self._make = make
+        self._idle: list = []
+        self._all: list = []
         self._lock = threading.Lock()
 
-    def take(self) -> _Template:
+    def take(self):
         """An idle supervisor, or a new one; one that died meanwhile is started again when it is sent the job."""
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-            supervisor = _Template(self.env, slot=True)
+        supervisor = self._make()
+        with self._lock:
             self._all.append(supervisor)
-            return supervisor
+        return supervisor
 
-    def give_back(self, supervisor: _Template, reusable: bool) -> None:
-        if reusable:
+    def give_back(self, supervisor, reusable: bool) -> None:
+        if reusable and supervisor.stays:
             with self._lock:
                 self._idle.append(supervisor)
             return
@@ -249,9 +252,49 @@ class _Supervisors:
             supervisor.close()
 
 
+class _ForkedSupervisor:
+    """A Python job slot's supervisor: a fork of the warm template, asked for over the template's channel,
+    forked again if it died. It ``stays`` unless the template forked it before its warm-up was done."""
+
+    def __init__(self, template: _Template) -> None:
+        self._template = template
+        self._channel: socket.socket | None = None
+        self.stays = False
+        self._fork()
+
+    def send(self, payload: bytes, fds: list[int]) -> None:
+        for attempt in (1, 2):
+            try:
+                socket.send_fds(self._channel, [payload], fds)
+                return
+            except (BrokenPipeError, ConnectionResetError):
+                if attempt == 2:
+                    raise
+                self._fork()
+
+    def close(self) -> None:
+        """Its end of the channel closed, the supervisor ends once its job has (it is the template's child)."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _fork(self) -> None:
+        self.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self._template.send(marshal.dumps({"slot": True}), [theirs.fileno()])
+        answer = ours.recv(16)
+        if not answer:
+            ours.close()
+            raise OSError(0, "the job's supervisor died")
+        self._channel, self.stays = ours, answer == b"warm"
+
+
 class _Template:
     """One ``jobhost.py`` process (a template or a supervisor) and the socket that hands it requests and
     descriptors; started on first use, restarted if it died."""
+
+    stays = True
 
     def __init__(self, env: dict[str, str], preload: tuple[str, ...] = (), slot: bool = False) -> None:
         self.env = dict(env)

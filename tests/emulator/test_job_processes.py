@@ -170,8 +170,23 @@ def test_no_job_finds_an_earlier_jobs_environment_in_the_template(launcher, tmp_
     secret = "a-job-token-" + secrets.token_hex(16)
     for argv in ([sys.executable, "-c", "pass"], ["true"]):
         assert launched(launcher, argv, {**base, "RESCALE_HTC_BEARER_TOKEN": secret}, tmp_path) == (0, "")
-    for template in launcher._templates.values():
-        assert not writable_memory_holds(template._process.pid, secret.encode())
+    assert not writable_memory_holds(launcher._template._process.pid, secret.encode())
+
+
+def test_python_jobs_run_one_at_a_time_under_a_fork_of_the_template_that_stays(launcher, tmp_path):
+    """One fork a job, from a supervisor that is a warm copy of the template, where a supervisor forked per job
+    and the job forked from it cost two forks of the template's page tables. The supervisor never reads a job's
+    request, so no later job forked from it finds an earlier job's token in its memory."""
+    launcher, env = launcher
+    probe = "import os, sys; print(os.getppid(), 'cv2' in sys.modules)"
+    wait_for(lambda: "True" in launched(launcher, [sys.executable, "-c", probe], env, tmp_path)[1])  # warm
+    secret = "a-job-token-" + secrets.token_hex(16)
+    first = launched(launcher, [sys.executable, "-c", probe], {**env, "RESCALE_HTC_BEARER_TOKEN": secret}, tmp_path)
+    second = launched(launcher, [sys.executable, "-c", probe], env, tmp_path)
+    assert first[0] == second[0] == 0 and first[1] == second[1]
+    supervisor = int(first[1].split()[0])
+    assert supervisor != launcher._template._process.pid
+    assert pid_alive(supervisor) and not writable_memory_holds(supervisor, secret.encode())
 
 
 def writable_memory_holds(pid: int, needle: bytes) -> bool:
