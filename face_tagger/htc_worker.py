@@ -15,7 +15,8 @@ A job of a batch:
 * **saves as it goes**: each item's record and outputs, and a manifest
   ``runs/<run id>/manifests/chunk-<index>.jsonl`` that accounts for every item it finished,
   failures included, rewritten every few items and when SIGTERM stops the job
-  (:func:`process_items`); a **retried attempt** skips the items the manifest holds as done.
+  (:func:`process_items`); a **retried attempt** skips the items the manifest holds as done (a
+  first attempt in its batch's namespace does not look: nothing else writes its manifest).
 
 A program on it is a function ``handle(item, local_path) -> (fields, outputs)`` and one call::
 
@@ -579,7 +580,10 @@ def process_items(
     SIGTERM_GUARD.install()
     prefix = namespace(run)
     manifest_key = f"{prefix}manifests/{manifest_name}"
-    finished = finished_records(storage, manifest_key)
+    # A batch's namespace is its own: on a job's first attempt nothing has written its manifest yet, and not
+    # asking spares a request a job (of about nine). Elsewhere (no run, no attempt number) an earlier one may have.
+    first_attempt = run is not None and labels.get("attempt") == 1
+    finished = [] if first_attempt else finished_records(storage, manifest_key)
     done = {record.get(key_field) for record in finished}
     if done:
         print(f"{len(done)} {noun} already done by an earlier attempt ({manifest_key}): skipped", flush=True)

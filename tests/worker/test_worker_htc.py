@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import cv2
@@ -215,6 +216,39 @@ def test_one_storage_token_and_one_client_reach_both_areas(job_context, tmp_path
     note.write_text("one token")
     storage.upload_task([(note, "notes/one-token.txt")])
     assert "notes/one-token.txt" in htc.list_objects(session, project_id, task_id)
+
+
+def test_only_a_retried_attempt_reads_its_manifest(job_context):
+    """A batch's namespace is its own: on a first attempt no manifest of the job can be there yet, so none is asked
+    for (a request a job); a retried attempt, or a job outside any run, reads it."""
+    session, project_id, task_id, env = job_context
+    storage = hw.HtcStorage.from_api(env["RESCALE_HTC_API_URL"], env["RESCALE_HTC_BEARER_TOKEN"], project_id, task_id)
+    reads = []
+    storage.task.client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **kwargs: reads.append(params["url_path"])
+    )
+
+    def manifest_reads(run, attempt):
+        reads.clear()
+        hw.process_items(
+            storage,
+            ["a"],
+            lambda item, local: ({}, []),
+            run=run,
+            manifest_name="chunk-00000.jsonl",
+            labels={"attempt": attempt},
+            download=False,
+        )
+        return [path for path in reads if path.endswith("/manifests/chunk-00000.jsonl")]
+
+    sigterm = signal.getsignal(signal.SIGTERM)  # process_items turns it into JobStopped: not for pytest's process
+    try:
+        with closing(storage.task.client):
+            assert manifest_reads("first-attempt", 1) == []
+            assert len(manifest_reads("first-attempt", 2)) == 1
+            assert len(manifest_reads(None, 1)) == 1
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 @pytest.mark.parametrize(
