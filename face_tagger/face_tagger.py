@@ -24,6 +24,7 @@ import math
 import mmap
 import os
 import re
+import signal
 import struct
 import sys
 import time
@@ -40,6 +41,11 @@ os.environ.setdefault(
     "OPENCV_IO_MAX_IMAGE_PIXELS",
     _PIXEL_SETTING if re.fullmatch(r"[0-9]{1,10}", _PIXEL_SETTING) else str(DEFAULT_MAX_IMAGE_PIXELS),
 )
+
+# A container's first process ignores SIGTERM without a handler: a job stopped while it loads OpenCV exits as
+# SIGTERM would, not at SIGKILL after the grace period. htc_worker.main puts its own handler in place.
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
 
 import cv2  # noqa: E402
 

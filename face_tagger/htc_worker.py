@@ -650,6 +650,10 @@ def run_share(
 def main(program: str, work: Callable[[], int]) -> int:
     """Run a job's ``work``, which returns its exit code: bad settings are one line and exit 2, not a traceback;
     a SIGTERM that stopped :func:`process_items` (which saved what was finished) exits as SIGTERM would."""
+    # From the start, not only from process_items on: a container's first process ignores a signal it has no
+    # handler for (the kernel's rule for a PID namespace's init), so a job stopped while it reads its settings or
+    # hangs on purpose would wait out the grace period for SIGKILL.
+    SIGTERM_GUARD.install()
     try:
         return work()
     except UsageError as exc:

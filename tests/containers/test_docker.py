@@ -4,6 +4,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from face_tagger import htc_worker as hw
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "docker" / "Dockerfile").read_text()
@@ -284,6 +287,27 @@ def test_a_timeout_stops_the_container_with_sigterm_first(docker_emu, worker_ima
     assert job["status"] == "FAILED" and job["statusReason"] == "Job attempt duration exceeded timeout", job
     assert api.logs(project_id, task_id, f"{parent}:0") == ["waiting", "SIGTERM received"]
     assert containers_of(emu) == []
+
+
+def test_the_worker_stopped_while_it_hangs_in_a_container_exits_on_sigterm_not_sigkill(
+    docker_emu, worker_image, docker_config
+):
+    # As the container's first process, a worker without a SIGTERM handler ignored the stop and was killed
+    # (exit code 137) after the grace period; with one it exits at once as SIGTERM says (143).
+    emu, api = docker_emu
+    project_id, _ = pushed_project(emu, api, worker_image, docker_config)
+    task_id = api.new_task(project_id)
+    seed = next(str(s) for s in range(100) if hw.simulated_failure(1.0, 0, str(s)) == "hang")
+    envs = {"IMG_OBJKEY_LIST": "list.dat", "BATCH_JOB_ARRAY_SIZE": "1", "SIMULATE_FAILURES": "1"}
+    envs["SIMULATE_FAILURES_SEED"] = seed
+    job_definition = container_job(["python", "/opt/face_tagger.py"], timeout=60, envs=envs.items())
+    parent = api.submit(project_id, task_id, job_definition)
+    api.wait_terminal(project_id, task_id, 1, timeout=300)
+    job = api.job(project_id, task_id, f"{parent}:0")
+    logs = api.logs(project_id, task_id, f"{parent}:0")
+    assert job["statusReason"] == "Job attempt duration exceeded timeout", job
+    assert job["container"]["exitCode"] == 128 + signal.SIGTERM, (job, logs)
+    assert any("stopped by SIGTERM" in line for line in logs), logs
 
 
 def engine_events(instance: str, since: float, until: float) -> list[dict]:

@@ -2,6 +2,7 @@
 
 import json
 import resource
+import signal
 import struct
 import subprocess
 import sys
@@ -205,6 +206,29 @@ def test_simulated_failures_are_reproducible_and_near_the_rate():
     assert first != [hw.simulated_failure(0.3, i, seed="other") for i in range(2000)]
     assert all(hw.simulated_failure(0.0, i) is None for i in range(200))
     assert all(hw.simulated_failure(1.0, i) is not None for i in range(200))
+
+
+def test_a_job_stopped_before_its_share_exits_as_sigterm_says_not_by_the_signal(tmp_path):
+    # A container's first process ignores SIGTERM it has no handler for, so a job stopped while it hangs on
+    # purpose (before it reaches storage) would wait out the grace period for SIGKILL: it must handle SIGTERM.
+    hanging = next(i for i in range(100) if hw.simulated_failure(1.0, i) == "hang")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "IMG_OBJKEY_LIST": "list.dat",
+        "BATCH_JOB_ARRAY_SIZE": "100",
+        "AWS_BATCH_JOB_ARRAY_INDEX": str(hanging),
+        "SIMULATE_FAILURES": "1",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, str(WORKER)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert "simulated hang" in worker.stdout.readline()
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, (worker.returncode, err)
 
 
 @pytest.mark.slow
