@@ -90,6 +90,24 @@ def test_a_job_in_the_image_loads_no_model_but_s3_and_compiles_none_of_the_worke
     assert compiled == "True", "the worker's modules are compiled again in every job (/opt has no __pycache__)"
 
 
+def test_image_carries_no_documentation_manual_pages_or_translations(worker_image):
+    # Every push compresses the whole image again: a slim base leaves these out (copyright files stay).
+    listing = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "sh",
+        worker_image,
+        "-c",
+        "find /usr/share/doc /usr/share/man /usr/share/info /usr/share/locale -type f 2>/dev/null",
+    )
+    assert listing.returncode == 0, listing.stderr
+    kept = [path for path in listing.stdout.split() if not path.endswith("/copyright")]
+    assert [path for path in kept if path != "/usr/share/locale/locale.alias"] == [], kept[:10]
+
+
 def test_build_context_holds_only_what_the_image_needs(worker_image):
     """.dockerignore: without it every build sends .venv and data/ (hundreds of MB)."""
     probe = f"FROM {worker_image}\nCOPY . /tmp/context\n"
