@@ -160,15 +160,16 @@ def test_cancel_section_cancels_the_failing_group(installed_python):
         '{"cancelled": cancelled, "failed": htc.failure_summary(failed_jobs), '
         '"after_it": after_it, "to_the_end": htc.status_counts(all_jobs), "retried": retry_photos, '
         '"missing_after_retry": htc.missing_results(failure_photos, retried_results), '
-        '"runs": sorted(set(retried_results["run"])), "batch_runs": sorted([full_batch["run"], retry_batch["run"]])}',
+        '"runs": sorted(set(retried_results["run"])), "batch_runs": sorted([full_batch["run"], retry_batch["run"]]), '
+        '"jobs": FAILURE_JOBS}',
         python=installed_python,
     )
     assert result["cancelled"] is True
     # Best effort: however many were cancelled, every job of the group ended, one way or the other.
     ended = {status: n for status, n in result["after_it"].items() if n}
-    assert set(ended) <= {"SUCCEEDED", "FAILED"} and sum(ended.values()) == 12
+    assert set(ended) <= {"SUCCEEDED", "FAILED"} and sum(ended.values()) == result["jobs"]
     assert any(reason.startswith("ErrorUnknownFailure") for reason in result["failed"])
-    assert result["to_the_end"]["SUCCEEDED"] + result["to_the_end"]["FAILED"] == 12
+    assert result["to_the_end"]["SUCCEEDED"] + result["to_the_end"]["FAILED"] == result["jobs"]
     assert result["to_the_end"]["FAILED"] > 0
     # The retry of exactly the missing photos, in the same task, loses nothing; rows name both batches.
     assert len(result["retried"]) > 0
