@@ -34,8 +34,9 @@ RATIO_NOISE = 0.10
 TIME_NOISE = 0.25
 OUTPUTS = ("bench/results.json", "bench/README.md")
 MEASURED_CODE = ("htc_emulator", "face_tagger", "htc_helpers.py", "bench", "docker")
-# In bench/ but measuring nothing: the figures themselves, and this file, which only compares and records them.
-NOT_MEASURED = (*OUTPUTS, "bench/results.py")
+# Among the measured folders but measuring nothing: the figures themselves, this file, which only compares and
+# records them, and docker/'s README, which explains them.
+NOT_MEASURED = (*OUTPUTS, "bench/results.py", "docker/README.md")
 TABLE_START = "<!-- figures from bench/results.json: python bench/results.py --readme -->"
 TABLE_END = "<!-- end of figures -->"
 # Other programs' CPU above which a run's figures are not ones to commit: a quarter of this machine's two cores.

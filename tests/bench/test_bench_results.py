@@ -137,9 +137,11 @@ def test_committing_the_figures_does_not_make_them_stale(tmp_path):
     """A figure is stale when the measured code changed after it was taken, not when the figure itself was committed."""
     repo, git = scratch_repository(tmp_path)
     measured = commit_all(git, "the code measured")
+    (repo / "docker").mkdir()
+    (repo / "docker" / "README.md").write_text(f"what the container figures mean, taken at {measured}\n")
     for name in results.NOT_MEASURED:
         (repo / name).write_text((repo / name).read_text() + f"\n# {measured}\n" if name.endswith(".py") else measured)
-    commit_all(git, "the figures, and a change to how they are compared")
+    commit_all(git, "the figures, what they mean, and a change to how they are compared")
     script = [
         sys.executable,
         "-c",
