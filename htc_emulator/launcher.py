@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 JOBHOST = Path(__file__).with_name("jobhost.py")
@@ -252,6 +253,15 @@ class _Supervisors:
             supervisor.close()
 
 
+def _send_or_renew(send: Callable[[], None], renew: Callable[[], None]) -> None:
+    """Send; where the other end is gone (it died since the last request), ``renew`` it and send once more."""
+    try:
+        send()
+    except (BrokenPipeError, ConnectionResetError):
+        renew()
+        send()
+
+
 class _ForkedSupervisor:
     """A Python job slot's supervisor: a fork of the warm template, asked for over the template's channel,
     forked again if it died. It ``stays`` unless the template forked it before its warm-up was done."""
@@ -263,14 +273,7 @@ class _ForkedSupervisor:
         self._fork()
 
     def send(self, payload: bytes, fds: list[int]) -> None:
-        for attempt in (1, 2):
-            try:
-                socket.send_fds(self._channel, [payload], fds)
-                return
-            except (BrokenPipeError, ConnectionResetError):
-                if attempt == 2:
-                    raise
-                self._fork()
+        _send_or_renew(lambda: socket.send_fds(self._channel, [payload], fds), self._fork)
 
     def close(self) -> None:
         """Its end of the channel closed, the supervisor ends once its job has (it is the template's child)."""
@@ -306,16 +309,9 @@ class _Template:
 
     def send(self, payload: bytes, fds: list[int]) -> None:
         with self._lock:
-            for attempt in (1, 2):
-                if self._process is None or self._process.poll() is not None:
-                    self._start()
-                try:
-                    socket.send_fds(self._channel, [payload], fds)
-                    return
-                except (BrokenPipeError, ConnectionResetError):
-                    if attempt == 2:
-                        raise
-                    self._process = None
+            if self._process is None or self._process.poll() is not None:
+                self._start()
+            _send_or_renew(lambda: socket.send_fds(self._channel, [payload], fds), self._start)
 
     def close(self) -> None:
         with self._lock:
