@@ -115,6 +115,35 @@ def batch_definition(image_list: str, jobs: int) -> dict:
     }
 
 
+def project_and_task(session, name: str) -> tuple[str, str]:
+    """A project holding the worker image's repository, and a task in it: their ids."""
+    project_id = session.post("/htc/projects", json={"projectName": name, "projectDescription": "bench"}).json()[
+        "projectId"
+    ]
+    session.post(f"/htc/projects/{project_id}/container-registry/repo/{IMAGE.split(':')[0]}")
+    task = session.post(f"/htc/projects/{project_id}/tasks", json={"taskName": name, "taskDescription": "bench"})
+    return project_id, task.json()["taskId"]
+
+
+def upload_with_list(session, project_id: str, images: list[Path], workdir: Path) -> tuple[list[str], str]:
+    """The images in shared storage, then the list of their keys that the jobs share out: (keys, the list's name)."""
+    keys = htc.upload_files(session, project_id, images, progress=False)
+    image_list = workdir / "image_list.dat"
+    image_list.write_text("\n".join(keys) + "\n")
+    htc.upload_files(session, project_id, [image_list], progress=False)
+    return keys, image_list.name
+
+
+def run_batch(session, project_id: str, task_id: str, image_list: str, jobs: int, group: str) -> None:
+    """Submit a batch of ``jobs`` face_tagger jobs over ``image_list`` and wait until every one has ended."""
+    session.post(
+        f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
+        params={"group": group},
+        json=[batch_definition(image_list, jobs)],
+    )
+    htc.monitor_group(session, project_id, task_id, group, expected_jobs=jobs, interval=0.2, progress=False)
+
+
 def manifest_counts(session, project_id: str, task_id: str, workdir: Path) -> collections.Counter:
     """How many times each image appears across the raw manifests (no de-duplication)."""
     # The batch's namespace: runs/<its run id>/manifests/ (htc_worker).
@@ -154,19 +183,10 @@ def main() -> None:
         slots = emu.scheduler.concurrency
         os.environ.update(emu.env())  # the helpers find the S3 endpoint there, as the notebook's do
         session = htc.HtcSession(emu.api_url, emu.api_key)
-        project_id = session.post("/htc/projects", json={"projectName": "e2e", "projectDescription": "bench"}).json()[
-            "projectId"
-        ]
-        session.post(f"/htc/projects/{project_id}/container-registry/repo/{IMAGE.split(':')[0]}")
-        task_id = session.post(
-            f"/htc/projects/{project_id}/tasks", json={"taskName": "e2e", "taskDescription": "bench"}
-        ).json()["taskId"]
+        project_id, task_id = project_and_task(session, "e2e")
 
         started = time.perf_counter()
-        keys = htc.upload_files(session, project_id, images, progress=False)
-        image_list = Path(tmp) / "image_list.dat"
-        image_list.write_text("\n".join(keys) + "\n")
-        htc.upload_files(session, project_id, [image_list], progress=False)
+        keys, image_list = upload_with_list(session, project_id, images, Path(tmp))
         upload = time.perf_counter() - started
 
         started, emulator_cpu, (machine_busy, machine_all) = (
@@ -174,12 +194,7 @@ def main() -> None:
             time.process_time(),
             machine_cpu_seconds(),
         )
-        session.post(
-            f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
-            params={"group": "e2e"},
-            json=[batch_definition(image_list.name, args.jobs)],
-        )
-        htc.monitor_group(session, project_id, task_id, "e2e", expected_jobs=args.jobs, interval=0.2, progress=False)
+        run_batch(session, project_id, task_id, image_list, args.jobs, "e2e")
         batch = time.perf_counter() - started
         # This process is the emulator (API, S3 server, scheduler) and the poller; the jobs run outside it.
         emulator_cpu = time.process_time() - emulator_cpu

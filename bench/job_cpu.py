@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import htc_helpers as htc  # noqa: E402
-from bench.e2e import IMAGE, batch_definition, scaled_images  # noqa: E402
+from bench.e2e import IMAGE, project_and_task, run_batch, scaled_images, upload_with_list  # noqa: E402
 from bench.results import IDEALISED  # noqa: E402
 from htc_emulator import running  # noqa: E402
 
@@ -61,23 +61,11 @@ def run(images: list[Path], jobs: int, group: Path) -> None:
     with running(images={IMAGE: "docker/Dockerfile"}, **settings) as emu, tempfile.TemporaryDirectory() as tmp:
         os.environ.update(emu.env())
         session = htc.HtcSession(emu.api_url, emu.api_key)
-        project = session.post("/htc/projects", json={"projectName": "cpu", "projectDescription": "bench"}).json()
-        project_id = project["projectId"]
-        session.post(f"/htc/projects/{project_id}/container-registry/repo/{IMAGE.split(':')[0]}")
-        task = session.post(f"/htc/projects/{project_id}/tasks", json={"taskName": "cpu", "taskDescription": "bench"})
-        task_id = task.json()["taskId"]
-        keys = htc.upload_files(session, project_id, images, progress=False)
-        image_list = Path(tmp) / "image_list.dat"
-        image_list.write_text("\n".join(keys) + "\n")
-        htc.upload_files(session, project_id, [image_list], progress=False)
+        project_id, task_id = project_and_task(session, "cpu")
+        keys, image_list = upload_with_list(session, project_id, images, Path(tmp))
         time.sleep(WARM_UP_SECONDS)
         started, cpu, emulator_cpu = time.perf_counter(), usage(), time.process_time()
-        session.post(
-            f"/htc/projects/{project_id}/tasks/{task_id}/jobs/batch",
-            params={"group": "cpu"},
-            json=[batch_definition(image_list.name, jobs)],
-        )
-        htc.monitor_group(session, project_id, task_id, "cpu", expected_jobs=jobs, interval=0.2, progress=False)
+        run_batch(session, project_id, task_id, image_list, jobs, "cpu")
         wall, cpu, emulator_cpu = (
             time.perf_counter() - started,
             usage() - cpu,
